@@ -1,0 +1,414 @@
+"""Load TFS-Diff JSON configs (with ``//`` comments) into validated, frozen, typed dataclasses.
+
+Parsing has no side effects: no folders are created and no environment variables are set.
+Every error is a :class:`ConfigError` whose message names the source file and the full key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+# Field metadata key: (value SR3 configs write, value it stands for), e.g. gpu_ids null -> ().
+_SR3_ALIAS = "sr3_alias"
+
+
+class ConfigError(ValueError):
+    """A config value is missing, malformed or inconsistent; the message names the file and the key path."""
+
+    def __init__(self, key: str, reason: str, source: str | None = None) -> None:
+        self.key = key
+        self.reason = reason
+        self.source = source
+        super().__init__(": ".join(part for part in (source, key, reason) if part))
+
+    def located(self, prefix: str, source: str) -> ConfigError:
+        """Return this error with ``prefix`` prepended to its key path and ``source`` attached."""
+        return ConfigError(_join(prefix, self.key), self.reason, source)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix and key else prefix or key
+
+
+def _check(ok: bool, key: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(key, reason)
+
+
+def _check_min(value: int, minimum: int, key: str) -> None:
+    _check(value >= minimum, key, f"expected an integer >= {minimum}, got {value}")
+
+
+# ----------------------------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True, kw_only=True)
+class PathConfig:
+    """Where experiment outputs go and which training state to resume from."""
+
+    experiments_root: str = "experiments"
+    resume_state: str | None = field(default=None, metadata={_SR3_ALIAS: ("", None)})  # "" means None (SR3 writes "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddedConfig:
+    """The embedded dataset, built on first use into ``root``."""
+
+    root: str
+    r_resolution: int  # HR size, power of two >= 16
+    scales: tuple[int, ...] = (2, 4, 8)  # each in {2, 4, 8}; so each divides r_resolution
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        r = self.r_resolution
+        _check(r >= 16 and r & (r - 1) == 0, "r_resolution", f"expected a power of two >= 16, got {r}")
+        _check(len(self.scales) > 0, "scales", "expected at least one scale")
+        for i, scale in enumerate(self.scales):
+            _check(scale in (2, 4, 8), f"scales[{i}]", f"expected one of 2, 4, 8, got {scale}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetConfig:
+    """One split (train/val/test) of LR sources and HR targets."""
+
+    dataroot: str
+    l_resolution: int
+    r_resolution: int  # must be a multiple of l_resolution, l < r
+    batch_size: int = 1  # >= 1
+    num_workers: int = 0  # >= 0
+    use_shuffle: bool = True
+    data_len: int = -1  # -1: all; else >= 1
+
+    def __post_init__(self) -> None:
+        low, high = self.l_resolution, self.r_resolution
+        _check_min(low, 1, "l_resolution")
+        _check(high > low and high % low == 0, "r_resolution",
+               f"expected a multiple of l_resolution {low} larger than it, got {high}")
+        _check_min(self.batch_size, 1, "batch_size")
+        _check_min(self.num_workers, 0, "num_workers")
+        _check(self.data_len == -1 or self.data_len >= 1, "data_len",
+               f"expected -1 (all) or an integer >= 1, got {self.data_len}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetsConfig:
+    """All dataset splits, plus the optional embedded dataset to build."""
+
+    embedded: EmbeddedConfig | None = None  # when given, the embedded dataset is built on first use into `root`
+    train: DatasetConfig
+    val: DatasetConfig
+    test: DatasetConfig | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UNetConfig:
+    """The SR3 noise-prediction U-Net."""
+
+    in_channel: int = 12  # must equal 9 + out_channel (three 3-channel sources + noisy image)
+    out_channel: int = 3
+    inner_channel: int = 64
+    norm_groups: int = 32  # must divide inner_channel * m for every m in channel_multiplier
+    channel_multiplier: tuple[int, ...] = (1, 2, 4, 8, 8)
+    attn_res: tuple[int, ...] = (16,)  # each one of image_size / 2**k, k < len(channel_multiplier)
+    res_blocks: int = 2  # >= 1
+    dropout: float = 0.0  # in [0, 1)
+    use_affine_level: bool = False  # FeatureWiseAffine: False = additive (official), True = scale and shift
+
+    def __post_init__(self) -> None:
+        _check_min(self.out_channel, 1, "out_channel")
+        _check(self.in_channel == 9 + self.out_channel, "in_channel",
+               f"expected 9 + out_channel = {9 + self.out_channel} (three 3-channel sources + the noisy image), "
+               f"got {self.in_channel}")
+        _check_min(self.inner_channel, 1, "inner_channel")
+        _check_min(self.norm_groups, 1, "norm_groups")
+        _check(len(self.channel_multiplier) > 0, "channel_multiplier", "expected at least one multiplier")
+        for i, mult in enumerate(self.channel_multiplier):
+            _check_min(mult, 1, f"channel_multiplier[{i}]")
+            width = self.inner_channel * mult
+            _check(width % self.norm_groups == 0, "norm_groups",
+                   f"{self.norm_groups} does not divide inner_channel * channel_multiplier[{i}] = {width}")
+        _check_min(self.res_blocks, 1, "res_blocks")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"expected a number in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TMFAConfig:
+    """The tri-modal fusion attention module."""
+
+    placement: Literal["condition", "all_channels", "off"] = "condition"  # paper / official code / "w/o TMFA"
+    reduction: int = 4  # >= 1
+
+    def __post_init__(self) -> None:
+        _check_min(self.reduction, 1, "reduction")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    """One noise (beta) schedule."""
+
+    schedule: Literal["linear", "quad", "cosine", "warmup10", "warmup50", "const", "jsd"]
+    n_timestep: int  # >= 2
+    linear_start: float = 1e-6  # > 0
+    linear_end: float = 1e-2  # >= linear_start, < 1
+
+    def __post_init__(self) -> None:
+        _check_min(self.n_timestep, 2, "n_timestep")
+        _check(self.linear_start > 0, "linear_start", f"expected a number > 0, got {self.linear_start}")
+        _check(self.linear_start <= self.linear_end < 1, "linear_end",
+               f"expected a number in [linear_start {self.linear_start}, 1), got {self.linear_end}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BetaScheduleConfig:
+    """The training and validation noise schedules."""
+
+    train: ScheduleConfig
+    val: ScheduleConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionConfig:
+    """The Gaussian diffusion process."""
+
+    image_size: int  # must equal datasets.train.r_resolution and datasets.val.r_resolution
+    channels: int = 3  # must equal model.unet.out_channel
+    clip_denoised: bool = True
+    timestep_sampling: Literal["per_sample", "per_batch"] = "per_sample"  # per_batch = SR3/official (one t)
+
+    def __post_init__(self) -> None:
+        _check_min(self.image_size, 1, "image_size")
+
+
+# Which tunable loss keys each loss type reads; giving any other one is an error ("official" has fixed weights).
+_LOSS_KEYS_USED: dict[str, tuple[str, ...]] = {
+    "psf": ("lambda_mse", "lambda_ssim", "ssim_window"),
+    "mse": ("lambda_mse",),
+    "official": (),
+}
+
+
+def _unused_loss_reason(name: str, loss_type: str) -> str:
+    users = " or ".join(repr(t) for t, keys in _LOSS_KEYS_USED.items() if name in keys)
+    return f"only used by type {users}; remove it for type {loss_type!r}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossConfig:
+    """The training loss (psf = lambda_mse * MSE + lambda_ssim * (1 - SSIM))."""
+
+    type: Literal["psf", "mse", "official"] = "psf"
+    lambda_mse: float = 1.0  # in (0, 1]
+    lambda_ssim: float = 0.1  # in (0, 1]; only for type "psf"
+    ssim_window: int = 11  # odd, >= 3; only for type "psf"
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_mse", "lambda_ssim"):
+            value = getattr(self, name)
+            _check(0 < value <= 1, name, f"expected a number in (0, 1], got {value}")
+        _check(self.ssim_window >= 3 and self.ssim_window % 2 == 1, "ssim_window",
+               f"expected an odd integer >= 3, got {self.ssim_window}")
+        for f in dataclasses.fields(self):
+            if f.name != "type" and f.name not in _LOSS_KEYS_USED[self.type]:
+                _check(getattr(self, f.name) == f.default, f.name, _unused_loss_reason(f.name, self.type))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The network, its initialisation, the diffusion process and the loss."""
+
+    unet: UNetConfig
+    tmfa: TMFAConfig = TMFAConfig()
+    init: Literal["kaiming", "orthogonal"] = "kaiming"
+    beta_schedule: BetaScheduleConfig
+    diffusion: DiffusionConfig
+    loss: LossConfig = LossConfig()
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+    """The optimiser."""
+
+    type: Literal["adam"] = "adam"
+    lr: float = 1e-4  # > 0
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", f"expected a number > 0, got {self.lr}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Training length, logging/validation/checkpoint frequencies and optimiser."""
+
+    n_iter: int  # >= 1
+    val_freq: int  # >= 1
+    save_checkpoint_freq: int  # >= 1
+    print_freq: int  # >= 1
+    optimizer: OptimizerConfig = OptimizerConfig()
+
+    def __post_init__(self) -> None:
+        for name in ("n_iter", "val_freq", "save_checkpoint_freq", "print_freq"):
+            _check_min(getattr(self, name), 1, name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TFSDiffConfig:
+    """A whole TFS-Diff experiment."""
+
+    name: str
+    gpu_ids: tuple[int, ...] = field(default=(), metadata={_SR3_ALIAS: (None, ())})  # () -> CPU; null means ()
+    seed: int = 0
+    path: PathConfig = PathConfig()
+    datasets: DatasetsConfig
+    model: ModelConfig
+    train: TrainConfig
+
+    def __post_init__(self) -> None:
+        unet, diffusion = self.model.unet, self.model.diffusion
+        size = diffusion.image_size
+        for split in ("train", "val"):
+            r_res = getattr(self.datasets, split).r_resolution
+            _check(size == r_res, "model.diffusion.image_size",
+                   f"{size} differs from datasets.{split}.r_resolution {r_res}")
+        _check(diffusion.channels == unet.out_channel, "model.diffusion.channels",
+               f"{diffusion.channels} differs from model.unet.out_channel {unet.out_channel}")
+        levels = len(unet.channel_multiplier)
+        _check(size % 2 ** (levels - 1) == 0, "model.diffusion.image_size",
+               f"{size} is not divisible by 2**{levels - 1} (the U-Net downsamples len(channel_multiplier) - 1 times)")
+        resolutions = [size // 2**k for k in range(levels)]
+        for i, res in enumerate(unet.attn_res):
+            _check(res in resolutions, f"model.unet.attn_res[{i}]",
+                   f"{res} is not a U-Net resolution (image_size / 2**k: {', '.join(map(str, resolutions))})")
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+_COMMENT_OR_STRING = re.compile(r'("(?:\\.|[^"\\])*")|//[^\n]*')
+
+
+def strip_json_comments(text: str) -> str:
+    """Remove ``// ...`` comments (to end of line) outside JSON strings; line and column numbers are kept."""
+    return _COMMENT_OR_STRING.sub(lambda match: match.group(1) or "", text)
+
+
+def load_config(path: str | os.PathLike) -> TFSDiffConfig:
+    """Read the JSON-with-comments file at ``path`` and parse it with :func:`parse_config`."""
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", "file not found", source) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError("", f"cannot read file: {err}", source) from None
+    try:
+        data = json.loads(strip_json_comments(text))
+    except json.JSONDecodeError as err:
+        raise ConfigError("", f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}", source) from None
+    return parse_config(data, source)
+
+
+def parse_config(data: dict, source: str = "<dict>") -> TFSDiffConfig:
+    """Validate a plain dict (as loaded from JSON) into a :class:`TFSDiffConfig`; ``source`` names it in errors."""
+    return _parse_dataclass(TFSDiffConfig, data, "", source)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_dataclass(cls: type, data: Any, path: str, source: str) -> Any:
+    """Build dataclass ``cls`` from dict ``data`` found at key path ``path``."""
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"expected an object, got {_show(data)}", source)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(fields)}"
+            raise ConfigError(_join(path, str(key)), f"unknown key ({hint})", source)
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(key, "missing required key", source)
+            continue
+        value = data[name]
+        alias = f.metadata.get(_SR3_ALIAS)
+        if alias is not None and type(value) is type(alias[0]) and value == alias[0]:
+            value = alias[1]
+        kwargs[name] = _coerce(value, hints[name], key, source)
+    try:
+        result = cls(**kwargs)
+    except ConfigError as err:
+        raise err.located(path, source) from None
+    if isinstance(result, LossConfig):
+        for name in data:
+            if name != "type" and name not in _LOSS_KEYS_USED[result.type]:
+                raise ConfigError(_join(path, name), _unused_loss_reason(name, result.type), source)
+    return result
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against annotation ``tp`` and convert it (lists -> tuples, integral floats -> int)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _coerce(value, inner, key, source)
+    if origin is Literal:
+        if any(type(value) is type(arg) and value == arg for arg in args):
+            return value
+        raise ConfigError(key, f"expected one of {', '.join(map(repr, args))}, got {_show(value)}", source)
+    if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {_show(value)}", source)
+        return tuple(_coerce(item, args[0], f"{key}[{i}]", source) for i, item in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _parse_dataclass(tp, value, key, source)
+    return _coerce_scalar(value, tp, key, source)
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check a bool/int/float/str; bools are never numbers, ints pass as floats, integral floats as ints."""
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    names = {bool: "true or false", str: "a string", float: "a number", int: "an integer"}
+    if tp not in names:
+        raise TypeError(f"{key}: unsupported annotation {tp!r} in the config schema")
+    raise ConfigError(key, f"expected {names[tp]}, got {_show(value)}", source)
+
+
+def config_to_dict(cfg: TFSDiffConfig) -> dict:
+    """Return ``cfg`` as a plain JSON-able dict; ``parse_config(config_to_dict(cfg)) == cfg``."""
+    return _to_plain(cfg)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        out = {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, LossConfig):
+            out = {k: v for k, v in out.items() if k == "type" or k in _LOSS_KEYS_USED[value.type]}
+        return out
+    if isinstance(value, tuple):
+        return [_to_plain(item) for item in value]
+    return value

@@ -1,0 +1,265 @@
+"""Tests for core/config.py: comment stripping, typed parsing, validation messages and round trips."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.config import (
+    ConfigError,
+    TFSDiffConfig,
+    config_to_dict,
+    load_config,
+    parse_config,
+    strip_json_comments,
+)
+
+
+def valid_dict() -> dict[str, Any]:
+    """A small, valid config dict (image size 32, 3 U-Net levels)."""
+    split = {"dataroot": "data/x", "l_resolution": 8, "r_resolution": 32}
+    schedule = {"schedule": "linear", "n_timestep": 10}
+    return {
+        "name": "tiny",
+        "datasets": {"train": dict(split, batch_size=2), "val": dict(split)},
+        "model": {
+            "unet": {"inner_channel": 8, "norm_groups": 4, "channel_multiplier": [1, 2, 2], "attn_res": [8]},
+            "beta_schedule": {"train": dict(schedule), "val": dict(schedule)},
+            "diffusion": {"image_size": 32},
+        },
+        "train": {"n_iter": 100, "val_freq": 10, "save_checkpoint_freq": 50, "print_freq": 5},
+    }
+
+
+def with_value(path: str, value: Any) -> dict[str, Any]:
+    """valid_dict() with the dotted key ``path`` set to ``value``."""
+    data = valid_dict()
+    *parents, last = path.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return data
+
+
+def error_of(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="cfg.json")
+    return str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ comments
+
+
+def test_strip_comment_after_value_and_full_line() -> None:
+    text = '{\n  // full line\n  "a": 1, // trailing\n  "b": 2\n}'
+    stripped = strip_json_comments(text)
+    assert json.loads(stripped) == {"a": 1, "b": 2}
+    assert stripped.count("\n") == text.count("\n")
+
+
+def test_strip_keeps_slashes_inside_strings() -> None:
+    text = '{"url": "http://x", "root": "C://data"} // gone'
+    assert json.loads(strip_json_comments(text)) == {"url": "http://x", "root": "C://data"}
+
+
+def test_strip_handles_escaped_quote_before_slashes() -> None:
+    text = '{"a": "say \\"hi\\" // not a comment", "b": "\\\\"} // comment'
+    assert json.loads(strip_json_comments(text)) == {"a": 'say "hi" // not a comment', "b": "\\"}
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+
+def test_valid_dict_parses_with_defaults_and_tuples() -> None:
+    cfg = parse_config(valid_dict())
+    assert isinstance(cfg, TFSDiffConfig)
+    assert cfg.gpu_ids == () and cfg.path.resume_state is None and cfg.datasets.test is None
+    assert cfg.model.unet.channel_multiplier == (1, 2, 2)
+    assert cfg.model.loss.type == "psf" and cfg.train.optimizer.lr == 1e-4
+    hash(cfg)
+
+
+def test_round_trip() -> None:
+    data = valid_dict()
+    data["gpu_ids"] = [0, 1]
+    data["path"] = {"resume_state": "experiments/x/I100"}
+    data["datasets"]["embedded"] = {"root": "emb", "r_resolution": 32, "scales": [2, 4]}
+    data["datasets"]["test"] = dict(data["datasets"]["val"])
+    cfg = parse_config(data)
+    plain = config_to_dict(cfg)
+    json.dumps(plain)
+    assert parse_config(plain) == cfg
+    assert plain["gpu_ids"] == [0, 1]
+
+
+@pytest.mark.parametrize(("loss", "kept"), [
+    ({"type": "mse", "lambda_mse": 0.5}, {"type", "lambda_mse"}),
+    ({"type": "official"}, {"type"}),
+    ({"type": "psf", "lambda_ssim": 0.2, "ssim_window": 7}, {"type", "lambda_mse", "lambda_ssim", "ssim_window"}),
+])
+def test_round_trip_loss_types(loss: dict[str, Any], kept: set[str]) -> None:
+    cfg = parse_config(with_value("model.loss", loss))
+    plain = config_to_dict(cfg)
+    assert set(plain["model"]["loss"]) == kept
+    assert parse_config(plain) == cfg
+
+
+def test_does_not_mutate_input() -> None:
+    data = with_value("gpu_ids", None)
+    before = copy.deepcopy(data)
+    parse_config(data)
+    assert data == before
+
+
+def test_unknown_key_with_suggestion() -> None:
+    message = error_of(with_value("datasets.train.batch_sise", 4))
+    assert "cfg.json" in message
+    assert "datasets.train.batch_sise: unknown key (did you mean 'batch_size'?)" in message
+
+
+def test_unknown_key_without_close_match_lists_keys() -> None:
+    assert "zzz: unknown key (expected one of: name, gpu_ids" in error_of(with_value("zzz", 1))
+
+
+def test_missing_required_key() -> None:
+    data = valid_dict()
+    del data["datasets"]["val"]["dataroot"]
+    assert "datasets.val.dataroot: missing required key" in error_of(data)
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    ("seed", True, "seed: expected an integer, got True"),
+    ("seed", "3", "seed: expected an integer, got '3'"),
+    ("model.unet.dropout", "x", "model.unet.dropout: expected a number, got 'x'"),
+    ("model.unet.dropout", False, "model.unet.dropout: expected a number, got False"),
+    ("datasets.train.use_shuffle", 1, "datasets.train.use_shuffle: expected true or false, got 1"),
+    ("name", 5, "name: expected a string, got 5"),
+    ("model.unet.attn_res", 16, "model.unet.attn_res: expected a list, got 16"),
+    ("gpu_ids", [0, "1"], "gpu_ids[1]: expected an integer, got '1'"),
+    ("model.init", "xavier", "model.init: expected one of 'kaiming', 'orthogonal', got 'xavier'"),
+    ("model.tmfa", [], "model.tmfa: expected an object, got []"),
+    ("train.n_iter", 1.5, "train.n_iter: expected an integer, got 1.5"),
+])
+def test_wrong_types(path: str, value: Any, expected: str) -> None:
+    assert expected in error_of(with_value(path, value))
+
+
+def test_integral_float_accepted_for_int_and_int_for_float() -> None:
+    cfg = parse_config(with_value("train.val_freq", 1e4))
+    assert cfg.train.val_freq == 10000 and type(cfg.train.val_freq) is int
+    cfg = parse_config(with_value("train.optimizer", {"lr": 1}))
+    assert cfg.train.optimizer.lr == 1.0 and type(cfg.train.optimizer.lr) is float
+
+
+def test_sr3_null_gpu_ids_and_empty_resume_state() -> None:
+    data = with_value("gpu_ids", None)
+    data["path"] = {"resume_state": ""}
+    cfg = parse_config(data)
+    assert cfg.gpu_ids == () and cfg.path.resume_state is None
+
+
+# ------------------------------------------------------------------------------------------ value rules
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    ("model.unet.dropout", 1.0, "model.unet.dropout: expected a number in [0, 1), got 1.0"),
+    ("model.unet.res_blocks", 0, "model.unet.res_blocks: expected an integer >= 1, got 0"),
+    ("model.unet.in_channel", 6, "model.unet.in_channel: expected 9 + out_channel = 12"),
+    ("model.unet.norm_groups", 3, "model.unet.norm_groups: 3 does not divide inner_channel * channel_multiplier[0]"),
+    ("model.tmfa.reduction", 0, "model.tmfa.reduction: expected an integer >= 1, got 0"),
+    ("datasets.train.r_resolution", 12, "datasets.train.r_resolution: expected a multiple of l_resolution 8"),
+    ("datasets.val.r_resolution", 8, "datasets.val.r_resolution: expected a multiple of l_resolution 8"),
+    ("datasets.train.batch_size", 0, "datasets.train.batch_size: expected an integer >= 1, got 0"),
+    ("datasets.train.num_workers", -1, "datasets.train.num_workers: expected an integer >= 0, got -1"),
+    ("datasets.train.data_len", 0, "datasets.train.data_len: expected -1 (all) or an integer >= 1, got 0"),
+    ("datasets.embedded", {"root": "e", "r_resolution": 24}, "datasets.embedded.r_resolution: expected a power"),
+    ("datasets.embedded", {"root": "e", "r_resolution": 8}, "datasets.embedded.r_resolution: expected a power"),
+    ("datasets.embedded", {"root": "e", "r_resolution": 32, "scales": [3]}, "datasets.embedded.scales[0]: expected"),
+    ("model.beta_schedule.train.n_timestep", 1, "model.beta_schedule.train.n_timestep: expected an integer >= 2"),
+    ("model.beta_schedule.val.linear_start", 0, "model.beta_schedule.val.linear_start: expected a number > 0"),
+    ("model.beta_schedule.val.linear_end", 1e-7, "model.beta_schedule.val.linear_end: expected a number in"),
+    ("model.beta_schedule.val.linear_end", 1, "model.beta_schedule.val.linear_end: expected a number in"),
+    ("model.loss.lambda_mse", 0, "model.loss.lambda_mse: expected a number in (0, 1], got 0.0"),
+    ("model.loss.lambda_ssim", 1.5, "model.loss.lambda_ssim: expected a number in (0, 1], got 1.5"),
+    ("model.loss.ssim_window", 8, "model.loss.ssim_window: expected an odd integer >= 3, got 8"),
+    ("model.loss.ssim_window", 1, "model.loss.ssim_window: expected an odd integer >= 3, got 1"),
+    ("train.print_freq", 0, "train.print_freq: expected an integer >= 1, got 0"),
+    ("train.optimizer.lr", 0, "train.optimizer.lr: expected a number > 0, got 0.0"),
+])
+def test_value_rules(path: str, value: Any, expected: str) -> None:
+    message = error_of(with_value(path, value))
+    assert expected in message and message.startswith("cfg.json: ")
+
+
+@pytest.mark.parametrize(("loss", "expected"), [
+    ({"type": "mse", "lambda_ssim": 0.1}, "model.loss.lambda_ssim: only used by type 'psf'; remove it for type 'mse'"),
+    ({"type": "mse", "ssim_window": 7}, "model.loss.ssim_window: only used by type 'psf'"),
+    ({"type": "official", "lambda_mse": 1.0}, "model.loss.lambda_mse: only used by type 'psf' or 'mse'"),
+    ({"type": "official", "ssim_window": 11}, "model.loss.ssim_window: only used by type 'psf'"),
+])
+def test_loss_keys_unused_by_type_are_errors(loss: dict[str, Any], expected: str) -> None:
+    assert expected in error_of(with_value("model.loss", loss))
+
+
+# ------------------------------------------------------------------------------------------ cross-field rules
+
+
+def test_image_size_must_match_train_and_val_r_resolution() -> None:
+    assert "model.diffusion.image_size: 64 differs from datasets.train.r_resolution 32" in error_of(
+        with_value("model.diffusion.image_size", 64))
+    data = valid_dict()
+    data["datasets"]["val"]["r_resolution"] = 64
+    assert "model.diffusion.image_size: 32 differs from datasets.val.r_resolution 64" in error_of(data)
+
+
+def test_channels_must_match_out_channel() -> None:
+    assert "model.diffusion.channels: 1 differs from model.unet.out_channel 3" in error_of(
+        with_value("model.diffusion.channels", 1))
+
+
+def test_attn_res_must_be_a_unet_resolution() -> None:
+    message = error_of(with_value("model.unet.attn_res", [16, 4]))
+    assert "model.unet.attn_res[1]: 4 is not a U-Net resolution (image_size / 2**k: 32, 16, 8)" in message
+
+
+def test_image_size_must_be_divisible_by_downsampling() -> None:
+    data = valid_dict()
+    for split in ("train", "val"):
+        data["datasets"][split].update(l_resolution=9, r_resolution=36)
+    data["model"]["diffusion"]["image_size"] = 36
+    data["model"]["unet"].update(channel_multiplier=[1, 1, 1, 1], attn_res=[])
+    assert "model.diffusion.image_size: 36 is not divisible by 2**3" in error_of(data)
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def test_load_config_with_comments(tmp_path: Path) -> None:
+    text = "// experiment\n" + json.dumps(valid_dict(), indent=2).replace('"tiny",', '"tiny", // the name')
+    path = tmp_path / "c.json"
+    path.write_text(text, encoding="utf-8")
+    assert load_config(path) == parse_config(valid_dict())
+
+
+def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(with_value("seed", "x")), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"c\.json: seed: expected an integer"):
+        load_config(str(path))
+
+
+def test_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.json: file not found"):
+        load_config(tmp_path / "nope.json")
+
+
+def test_malformed_json_reports_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('{\n  "name": "x", // fine\n  "seed": 1,,\n}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bad\.json: invalid JSON at line 3, column 13"):
+        load_config(path)
