@@ -1,0 +1,138 @@
+"""The ground-truth tri-modal fusion rule(s) of the embedded dataset, kept in one place.
+
+Rule ``"laplacian_ycbcr"`` (``laplacian_ycbcr``), applied to three HxWx3 uint8 RGB sources of equal shape:
+
+1. Each source is converted to YCbCr with ITU-R BT.601 full range (JPEG / JFIF / PIL), in float32:
+   ``Y = 0.299 R + 0.587 G + 0.114 B``,
+   ``Cb = 128 - 0.168736 R - 0.331264 G + 0.5 B``,
+   ``Cr = 128 + 0.5 R - 0.418688 G - 0.081312 B``.
+2. The three luminance channels are fused with a Laplacian pyramid built with OpenCV ``pyrDown`` / ``pyrUp``
+   (5-tap Gaussian, reflect-101 borders, explicit ``dstsize`` so any H, W works). A pyramid of ``n`` levels has
+   ``n - 1`` detail (band-pass) levels and one base (low-pass) level; ``n = min(levels, n_max)`` where ``n_max`` is
+   the largest count whose coarsest level is still at least 4 px on its shorter side. Base level: mean of the
+   three sources. Detail levels: per pixel, the coefficient of largest absolute value (ties: first source).
+   The fused pyramid is collapsed (``pyrUp`` + add) to the fused Y.
+3. Chroma (Cb, Cr) is copied whole from the source with the largest mean chroma magnitude
+   ``mean(|Cb - 128| + |Cr - 128|)`` -- the pseudo-colour functional image (ties: first source).
+4. Back to RGB with the inverse BT.601 full-range transform
+   (``R = Y + 1.402 (Cr-128)``, ``G = Y - 0.344136 (Cb-128) - 0.714136 (Cr-128)``, ``B = Y + 1.772 (Cb-128)``),
+   clipped to 0..255 and rounded half-to-even (``numpy.rint``) to uint8.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+__all__ = ["FusionRule", "laplacian_ycbcr", "FUSION_RULES", "fuse", "rgb_to_ycbcr", "ycbcr_to_rgb"]
+
+FusionRule = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+_MIN_COARSE_SIDE = 4
+_MIN_SIDE = 8
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 RGB (0..255, any dtype) -> HxWx3 float32 YCbCr, BT.601 full range."""
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 128.0 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128.0 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return np.stack([y, cb, cr], axis=-1).astype(np.float32)
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """HxWx3 float YCbCr (BT.601 full range) -> HxWx3 uint8 RGB (clipped, rounded)."""
+    y, cb, cr = ycc[..., 0], ycc[..., 1] - 128.0, ycc[..., 2] - 128.0
+    r = y + 1.402 * cr
+    g = y - 0.344136 * cb - 0.714136 * cr
+    b = y + 1.772 * cb
+    rgb = np.stack([r, g, b], axis=-1)
+    return np.rint(np.clip(rgb, 0.0, 255.0)).astype(np.uint8)
+
+
+def _pyramid_levels(height: int, width: int, levels: int) -> int:
+    """Number of levels actually used: at most ``levels``, coarsest shorter side >= 4 px."""
+    side, count = min(height, width), 1
+    while count < levels and (side + 1) // 2 >= _MIN_COARSE_SIDE:
+        side = (side + 1) // 2
+        count += 1
+    return count
+
+
+def _laplacian_pyramid(img: np.ndarray, n_levels: int) -> list[np.ndarray]:
+    """float32 HxW image -> [detail_0 (finest), ..., detail_{n-2}, base] (n_levels arrays)."""
+    pyramid: list[np.ndarray] = []
+    current = img
+    for _ in range(n_levels - 1):
+        down = cv2.pyrDown(current)
+        up = cv2.pyrUp(down, dstsize=(current.shape[1], current.shape[0]))
+        pyramid.append(current - up)
+        current = down
+    pyramid.append(current)
+    return pyramid
+
+
+def _collapse(pyramid: list[np.ndarray]) -> np.ndarray:
+    """Inverse of ``_laplacian_pyramid``."""
+    current = pyramid[-1]
+    for detail in reversed(pyramid[:-1]):
+        current = cv2.pyrUp(current, dstsize=(detail.shape[1], detail.shape[0])) + detail
+    return current
+
+
+def _check_sources(sources: Sequence[np.ndarray]) -> None:
+    """Raise ValueError unless ``sources`` are three equal-shape HxWx3 uint8 arrays with H, W >= 8."""
+    if len(sources) != 3:
+        raise ValueError(f"fusion expects exactly 3 sources, got {len(sources)}")
+    for index, src in enumerate(sources):
+        if src.dtype != np.uint8 or src.ndim != 3 or src.shape[2] != 3:
+            raise ValueError(f"fusion source {index} must be HxWx3 uint8, got shape {src.shape} dtype {src.dtype}")
+    shapes = [tuple(src.shape) for src in sources]
+    if len(set(shapes)) != 1:
+        raise ValueError(f"fusion sources must share one shape, got shapes {shapes}")
+    if min(shapes[0][:2]) < _MIN_SIDE:
+        raise ValueError(f"fusion sources must be at least {_MIN_SIDE}x{_MIN_SIDE}, got {shapes[0][:2]}")
+
+
+def laplacian_ycbcr(sources: Sequence[np.ndarray], levels: int = 4) -> np.ndarray:
+    """Fuse three HxWx3 uint8 RGB images (see the module docstring for the exact rule).
+
+    Args:
+        sources: three HxWx3 uint8 RGB arrays of equal shape, H, W >= 8.
+        levels: maximum number of pyramid levels (base included), >= 1.
+
+    Returns:
+        HxWx3 uint8 RGB fused image.
+    """
+    _check_sources(sources)
+    if levels < 1:
+        raise ValueError(f"laplacian_ycbcr: levels must be >= 1, got {levels}")
+    height, width = sources[0].shape[:2]
+    n_levels = _pyramid_levels(height, width, levels)
+    ycc = [rgb_to_ycbcr(src) for src in sources]
+    pyramids = [_laplacian_pyramid(np.ascontiguousarray(img[..., 0]), n_levels) for img in ycc]
+    fused: list[np.ndarray] = []
+    for level in range(n_levels - 1):
+        stack = np.stack([pyr[level] for pyr in pyramids])
+        pick = np.argmax(np.abs(stack), axis=0)
+        fused.append(np.take_along_axis(stack, pick[None], axis=0)[0])
+    fused.append(np.mean(np.stack([pyr[-1] for pyr in pyramids]), axis=0, dtype=np.float32))
+    chroma_magnitude = [float(np.mean(np.abs(img[..., 1:] - 128.0).sum(axis=-1))) for img in ycc]
+    chroma_source = ycc[int(np.argmax(chroma_magnitude))]
+    out = np.empty_like(chroma_source)
+    out[..., 0] = _collapse(fused)
+    out[..., 1:] = chroma_source[..., 1:]
+    return ycbcr_to_rgb(out)
+
+
+FUSION_RULES: dict[str, FusionRule] = {"laplacian_ycbcr": laplacian_ycbcr}
+
+
+def fuse(name: str, sources: Sequence[np.ndarray]) -> np.ndarray:
+    """Apply the fusion rule registered as ``name`` to three HxWx3 uint8 RGB sources -> HxWx3 uint8."""
+    if name not in FUSION_RULES:
+        raise ValueError(f"unknown fusion rule {name!r}; known rules: {sorted(FUSION_RULES)}")
+    return FUSION_RULES[name](sources)
