@@ -1,0 +1,311 @@
+"""Loads the official TFS-Diff tri-modal folder layout into batches for fusion + super-resolution.
+
+Layout of a split folder ``dataroot`` for LR size ``l`` and HR size ``r`` (files paired by name,
+``<case_id>.<ext>`` with ext in png/jpg/jpeg/bmp/tif/tiff, case-insensitive)::
+
+    dataroot/1_sr_{l}_{r}/  2_sr_{l}_{r}/  3_sr_{l}_{r}/   three sources, bicubic-upsampled to r x r (model input)
+    dataroot/hr_{r}/                                      ground-truth fused image (optional if require_target=False)
+    dataroot/1_lr_{l}/  2_lr_{l}/  3_lr_{l}/              low-res sources, l x l (read only when need_lr=True)
+
+Files whose extension is not an image extension, hidden files (name starting with ".") and sub-folders are
+ignored. Images are read with PIL, converted to RGB and mapped to [-1, 1] as SR3 does (uint8 / 255 * 2 - 1).
+Sizes and decodability are checked lazily in ``__getitem__`` (no full decode up front).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+_MAX_IDS_SHOWN = 10
+
+
+class DatasetError(ValueError):
+    """Raised when a dataset folder or one of its images is missing, unpaired, mis-sized or unreadable."""
+
+
+@dataclass(frozen=True)
+class FusionBatch:
+    """One batch. B = batch size, H = W = r_resolution; all image tensors float32 in [-1, 1]."""
+
+    src1: torch.Tensor  # (B, 3, H, W) modality 1 (e.g. MR-T1), bicubic-upsampled
+    src2: torch.Tensor  # (B, 3, H, W) modality 2 (e.g. MR-T2)
+    src3: torch.Tensor  # (B, 3, H, W) modality 3 (e.g. SPECT)
+    target: torch.Tensor | None  # (B, 3, H, W) ground-truth fused HR image, None without an hr_ folder
+    case_ids: tuple[str, ...]
+    lr: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (B, 3, l, l) each, when need_lr
+
+    @property
+    def condition(self) -> torch.Tensor:
+        """(B, 9, H, W) = cat([src1, src2, src3], dim=1), the channel order of the official code."""
+        return torch.cat([self.src1, self.src2, self.src3], dim=1)
+
+    def to(self, device: torch.device | str) -> FusionBatch:
+        """Copy all tensors to ``device`` with non_blocking copies; case_ids are kept."""
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> FusionBatch:
+        """Page-locked copy of all tensors (called by DataLoader when pin_memory=True)."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> FusionBatch:
+        return FusionBatch(
+            src1=fn(self.src1),
+            src2=fn(self.src2),
+            src3=fn(self.src3),
+            target=None if self.target is None else fn(self.target),
+            case_ids=self.case_ids,
+            lr=None if self.lr is None else (fn(self.lr[0]), fn(self.lr[1]), fn(self.lr[2])),
+        )
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+
+def _list_images(folder: Path) -> dict[str, Path]:
+    """Map case id (file stem) -> image path for the image files directly inside ``folder``."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if path.stem in found:
+            raise DatasetError(
+                f"Ambiguous case id {path.stem!r} in {folder}: both {found[path.stem].name} and {path.name}"
+            )
+        found[path.stem] = path
+    if not found:
+        raise DatasetError(
+            f"Folder {folder} contains no image files (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return found
+
+
+def _format_ids(ids: set[str]) -> str:
+    shown = sorted(ids)[:_MAX_IDS_SHOWN]
+    more = f", ... ({len(ids)} in total)" if len(ids) > _MAX_IDS_SHOWN else f" ({len(ids)} in total)"
+    return ", ".join(shown) + more
+
+
+def _check_pairing(folders: dict[str, dict[str, Path]], dataroot: Path) -> None:
+    """Raise DatasetError listing ids missing from / extra in each folder relative to the first folder."""
+    ref_name = next(iter(folders))
+    ref_ids = set(folders[ref_name])
+    problems: list[str] = []
+    for name, files in folders.items():
+        missing, extra = ref_ids - set(files), set(files) - ref_ids
+        if missing:
+            problems.append(f"  {name}: missing {_format_ids(missing)}")
+        if extra:
+            problems.append(f"  {name}: extra {_format_ids(extra)}")
+    if problems:
+        raise DatasetError(
+            f"Files in {dataroot} are not paired by name (compared with {ref_name}):\n" + "\n".join(problems)
+        )
+
+
+def _load_image(path: Path, size: int, flip: bool) -> torch.Tensor:
+    """Read ``path`` as RGB, check it is size x size, optionally flip horizontally.
+
+    Returns a (3, size, size) float32 tensor in [-1, 1].
+    """
+    read_errors = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+    try:
+        img = Image.open(path)
+    except read_errors as err:
+        raise DatasetError(f"Cannot read image {path}: {err}") from err
+    with img:
+        if img.size != (size, size):
+            raise DatasetError(f"Image {path} has size {img.size[0]}x{img.size[1]}, expected {size}x{size}")
+        try:
+            array = np.array(img.convert("RGB"), dtype=np.uint8)
+        except read_errors as err:
+            raise DatasetError(f"Cannot decode image {path}: {err}") from err
+    if flip:
+        array = np.fliplr(array)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).to(torch.float32)
+    return tensor.div(255).mul(2).sub(1)
+
+
+class FusionDataset(Dataset[dict[str, Any]]):
+    """Tri-modal fusion dataset over the official TFS-Diff folder layout (see module docstring).
+
+    Items are ``(index, flip)`` pairs as yielded by EpochSampler, or a plain int (no flip). An item is a dict
+    ``{"src1", "src2", "src3": (3, r, r), "target": (3, r, r) or None, "case_id": str,
+    "lr": three (3, l, l) tensors or None}``, all float32 in [-1, 1]; ``flip`` flips every image of the case.
+    """
+
+    def __init__(
+        self,
+        dataroot: str | Path,
+        l_resolution: int,
+        r_resolution: int,
+        data_len: int = -1,
+        need_lr: bool = False,
+        require_target: bool = True,
+    ) -> None:
+        self.dataroot = Path(dataroot)
+        self.l_resolution = l_resolution
+        self.r_resolution = r_resolution
+        if data_len != -1 and data_len <= 0:
+            raise DatasetError(f"data_len must be -1 (all cases) or positive, got {data_len} for {self.dataroot}")
+        if not self.dataroot.is_dir():
+            raise DatasetError(f"Dataset folder {self.dataroot} does not exist or is not a directory")
+
+        sr_names = [f"{k}_sr_{l_resolution}_{r_resolution}" for k in (1, 2, 3)]
+        hr_name = f"hr_{r_resolution}"
+        lr_names = [f"{k}_lr_{l_resolution}" for k in (1, 2, 3)]
+        has_target = require_target or (self.dataroot / hr_name).is_dir()
+        required = sr_names + ([hr_name] if has_target else []) + (lr_names if need_lr else [])
+        self._check_folders_exist(required)
+
+        folders = {name: _list_images(self.dataroot / name) for name in required}
+        _check_pairing(folders, self.dataroot)
+
+        ids = sorted(folders[sr_names[0]])
+        if data_len > 0:
+            ids = ids[:data_len]
+        self.case_ids: tuple[str, ...] = tuple(ids)
+        self._sr_paths = [folders[name] for name in sr_names]
+        self._hr_paths = folders[hr_name] if has_target else None
+        self._lr_paths = [folders[name] for name in lr_names] if need_lr else None
+
+    def _check_folders_exist(self, required: list[str]) -> None:
+        missing = [name for name in required if not (self.dataroot / name).is_dir()]
+        if missing:
+            existing = sorted(p.name for p in self.dataroot.iterdir() if p.is_dir())
+            raise DatasetError(
+                f"Missing subfolder(s) {', '.join(str(self.dataroot / m) for m in missing)} "
+                f"(l_resolution={self.l_resolution}, r_resolution={self.r_resolution}); "
+                f"existing subfolders of {self.dataroot}: {', '.join(existing) if existing else '(none)'}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, item: int | tuple[int, bool]) -> dict[str, Any]:
+        if isinstance(item, tuple):
+            index, flip = operator.index(item[0]), bool(item[1])
+        else:
+            index, flip = operator.index(item), False
+        case_id = self.case_ids[index]
+        r, l = self.r_resolution, self.l_resolution
+        src1, src2, src3 = (_load_image(paths[case_id], r, flip) for paths in self._sr_paths)
+        target = None if self._hr_paths is None else _load_image(self._hr_paths[case_id], r, flip)
+        lr = None
+        if self._lr_paths is not None:
+            lr1, lr2, lr3 = (_load_image(paths[case_id], l, flip) for paths in self._lr_paths)
+            lr = (lr1, lr2, lr3)
+        return {"src1": src1, "src2": src2, "src3": src3, "target": target, "case_id": case_id, "lr": lr}
+
+
+def _stack_optional(items: list[dict[str, Any]], key: str) -> list[Any] | None:
+    values = [item[key] for item in items]
+    present = [v is not None for v in values]
+    if not any(present):
+        return None
+    if not all(present):
+        raise DatasetError(f"Cannot collate: key {key!r} is None for some items and set for others")
+    return values
+
+
+def collate_fusion(items: list[dict[str, Any]]) -> FusionBatch:
+    """Stack FusionDataset items into a FusionBatch (tensors gain a leading batch dimension B)."""
+    if not items:
+        raise DatasetError("Cannot collate an empty list of items")
+    targets = _stack_optional(items, "target")
+    lrs = _stack_optional(items, "lr")
+    return FusionBatch(
+        src1=torch.stack([item["src1"] for item in items]),
+        src2=torch.stack([item["src2"] for item in items]),
+        src3=torch.stack([item["src3"] for item in items]),
+        target=None if targets is None else torch.stack(targets),
+        case_ids=tuple(item["case_id"] for item in items),
+        lr=None if lrs is None else (
+            torch.stack([lr[0] for lr in lrs]),
+            torch.stack([lr[1] for lr in lrs]),
+            torch.stack([lr[2] for lr in lrs]),
+        ),
+    )
+
+
+class EpochSampler(Sampler[tuple[int, bool]]):
+    """Deterministic, resumable order: epoch e's permutation and flips come from torch.Generator seeded with (seed, e) only.
+
+    The generator seed is a mix of (seed, epoch) via numpy's SeedSequence; the permutation (torch.randperm, or
+    identity when shuffle=False) is drawn first, then one flip coin per position (all False when flip=False).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, flip: bool) -> None:
+        if n < 0 or seed < 0:
+            raise ValueError(f"EpochSampler needs n >= 0 and seed >= 0, got n={n}, seed={seed}")
+        self.n = n
+        self.seed = seed
+        self.shuffle = shuffle
+        self.flip = flip
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select ``epoch``; ``start`` samples of it were already consumed (resume mid-epoch)."""
+        if epoch < 0 or not 0 <= start <= self.n:
+            raise ValueError(
+                f"EpochSampler.set_epoch needs epoch >= 0 and 0 <= start <= {self.n}, got epoch={epoch}, start={start}"
+            )
+        self.epoch = epoch
+        self.start = start
+
+    def epoch_order(self, epoch: int) -> list[tuple[int, bool]]:
+        """The full (index, flip) order of ``epoch``, a pure function of (n, seed, shuffle, flip, epoch)."""
+        state = np.random.SeedSequence([self.seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(state))
+        order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
+        flips = torch.rand(self.n, generator=generator) < 0.5 if self.flip else torch.zeros(self.n, dtype=torch.bool)
+        return list(zip(order.tolist(), flips.tolist()))
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        return iter(self.epoch_order(self.epoch)[self.start :])
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def create_dataloader(
+    dataset: FusionDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    flip: bool,
+    num_workers: int,
+    seed: int,
+    sampler: EpochSampler | None = None,
+) -> DataLoader:
+    """DataLoader yielding FusionBatch; never consumes the global torch RNG (worker seeds come from ``seed``).
+
+    Builds EpochSampler(len(dataset), seed, shuffle, flip) when ``sampler`` is None (shuffle/flip are then
+    taken from the arguments; a given sampler keeps its own settings). drop_last=False; pin_memory on CUDA.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if sampler is None:
+        sampler = EpochSampler(len(dataset), seed, shuffle, flip)
+    elif sampler.n != len(dataset):
+        raise ValueError(f"Sampler covers {sampler.n} items but dataset {dataset.dataroot} has {len(dataset)}")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fusion,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
