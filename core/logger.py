@@ -1,0 +1,53 @@
+"""Experiment folders and logging: `experiments/<name>_<timestamp>/{logs,tb_logger,results,checkpoint}`."""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+LOGGER_NAME = "tfsdiff"
+
+
+@dataclass(frozen=True)
+class RunDirs:
+    """The folders of one run."""
+
+    root: Path
+    logs: Path
+    tb_logger: Path
+    results: Path
+    checkpoint: Path
+
+
+def make_run_dirs(experiments_root: str | Path, name: str, phase: str) -> RunDirs:
+    """Create a fresh `<experiments_root>/<name>_<phase>_<yymmdd_HHMMSS>` run folder with its subfolders."""
+    stamp = datetime.now().strftime("%y%m%d_%H%M%S")
+    root = Path(experiments_root) / f"{name}_{phase}_{stamp}"
+    suffix = 1
+    while root.exists():
+        root = Path(experiments_root) / f"{name}_{phase}_{stamp}_{suffix}"
+        suffix += 1
+    dirs = RunDirs(root, root / "logs", root / "tb_logger", root / "results", root / "checkpoint")
+    for folder in (dirs.logs, dirs.tb_logger, dirs.results, dirs.checkpoint):
+        folder.mkdir(parents=True, exist_ok=False)
+    return dirs
+
+
+def setup_logger(log_file: Path | None = None, level: int = logging.INFO) -> logging.Logger:
+    """The project logger, writing to stderr and, when given, to `log_file`; handlers are replaced, not stacked."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger

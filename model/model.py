@@ -1,0 +1,210 @@
+"""The trainable TFS-Diff model: network + diffusion, optimiser, device placement, and checkpoints.
+
+Checkpoint format (ours): one self-describing dict saved atomically as `I{step}_E{epoch}.pth`:
+`{"format": "tfsdiff", "version", "step", "epoch", "batch_in_epoch", "model", "optimizer", "rng", "config"}`,
+where `model` is the state dict of `GaussianDiffusion` (the official `*_gen.pth` layout: `denoise_fn.*` plus
+the schedule buffers) and `rng` holds the torch RNG states that exact resumption needs. A `latest` text file in
+the same folder names the newest complete checkpoint; it is replaced atomically after the checkpoint is on disk.
+
+Official checkpoints (`<prefix>_gen.pth`, optionally `<prefix>_opt.pth`) load strictly in the official-compatible
+configuration (`model.tmfa.placement: "all_channels"`, official U-Net sizes).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.config import ModelConfig, TFSDiffConfig, config_to_dict
+from model.diffusion import GaussianDiffusion
+from model.losses import build_loss
+from model.unet import UNet, init_weights
+
+CHECKPOINT_VERSION = 1
+log = logging.getLogger("tfsdiff")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the configuration."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def select_device(gpu_ids: tuple[int, ...]) -> tuple[torch.device, list[int], str]:
+    """(device, DataParallel device ids, a sentence for the log). No visible GPU -> CPU."""
+    if not gpu_ids:
+        return torch.device("cpu"), [], "gpu_ids is empty: running on CPU"
+    if not torch.cuda.is_available():
+        return torch.device("cpu"), [], f"gpu_ids {list(gpu_ids)} requested but no CUDA device is visible: running on CPU"
+    visible = [i for i in gpu_ids if i < torch.cuda.device_count()]
+    if not visible:
+        raise RuntimeError(f"gpu_ids {list(gpu_ids)}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    device = torch.device(f"cuda:{visible[0]}")
+    ids = visible if len(visible) > 1 else []
+    mode = f"DataParallel over cuda:{visible}" if ids else f"single GPU {device}"
+    return device, ids, f"running on {mode}"
+
+
+def build_diffusion(cfg: ModelConfig) -> GaussianDiffusion:
+    """The network of `cfg` (initialised as `cfg.init`) wrapped in the diffusion process of the train schedule."""
+    u = cfg.unet
+    net = UNet(in_channel=u.in_channel, out_channel=u.out_channel, inner_channel=u.inner_channel,
+               norm_groups=u.norm_groups, channel_mults=u.channel_multiplier, attn_res=u.attn_res,
+               res_blocks=u.res_blocks, dropout=u.dropout, image_size=cfg.diffusion.image_size,
+               use_affine_level=u.use_affine_level, tmfa_placement=cfg.tmfa.placement,
+               tmfa_reduction=cfg.tmfa.reduction)
+    init_weights(net, cfg.init)
+    return GaussianDiffusion(net, cfg.beta_schedule.train, channels=cfg.diffusion.channels,
+                             clip_denoised=cfg.diffusion.clip_denoised,
+                             timestep_sampling=cfg.diffusion.timestep_sampling)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
+    """Classify `path`: ("ours", file), ("ours", folder/latest's file) or ("official", prefix of *_gen.pth)."""
+    p = Path(path)
+    if p.is_dir():
+        latest = p / "latest"
+        if not latest.is_file():
+            raise CheckpointError(f"{p} is a folder without a 'latest' file: give a checkpoint file instead")
+        p = p / latest.read_text(encoding="utf-8").strip()
+    if p.is_file() and p.suffix == ".pth" and not p.name.endswith(("_gen.pth", "_opt.pth")):
+        return "ours", p
+    prefix = Path(str(p).removesuffix("_gen.pth").removesuffix("_opt.pth"))
+    if Path(f"{prefix}_gen.pth").is_file():
+        return "official", prefix
+    raise CheckpointError(f"no checkpoint at {path} (looked for the file itself and for {prefix}_gen.pth)")
+
+
+class TFSDiffModel:
+    """Network, diffusion, loss and Adam optimiser, with train step and checkpointing."""
+
+    def __init__(self, cfg: TFSDiffConfig, device: torch.device, device_ids: list[int] | None = None) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.diffusion = build_diffusion(cfg.model).to(device)
+        net = self.diffusion.denoise_fn
+        self.parallel_net: nn.Module = nn.DataParallel(net, device_ids=device_ids) if device_ids else net
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=cfg.train.optimizer.lr)
+        loss = cfg.model.loss
+        self.loss_fn = build_loss(loss.type, loss.lambda_mse, loss.lambda_ssim, loss.ssim_window)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.diffusion.denoise_fn.parameters())
+
+    def train_step(self, x0: torch.Tensor, condition: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on a batch; raises NonFiniteLossError before touching the weights."""
+        self.diffusion.train()
+        terms = self.diffusion.training_terms(x0, condition, self.generator, self.parallel_net)
+        losses = self.loss_fn(terms, x0)
+        values = {name: float(v) for name, v in losses.items()}
+        if not all(map(lambda v: v == v and abs(v) != float("inf"), values.values())):
+            raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {values}")
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        self.optimizer.step()
+        return values
+
+    # ----- checkpoints ----------------------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "train_generator": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"format": "tfsdiff", "version": CHECKPOINT_VERSION, "step": self.step, "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch, "model": self.diffusion.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": rng, "config": config_to_dict(self.cfg)}
+
+    def save(self, folder: Path) -> Path:
+        """Write `I{step}_E{epoch}.pth` atomically, then point `latest` at it."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"I{self.step}_E{self.epoch}.pth"
+        atomic_save(self.checkpoint(), path)
+        _write_text_atomic(folder / "latest", path.name + "\n")
+        return path
+
+    def load(self, path: str | Path, weights_only: bool = False) -> None:
+        """Load ours or an official checkpoint; `weights_only` skips optimiser, counters and RNG (val/inference)."""
+        kind, location = resolve_checkpoint(path)
+        if kind == "official":
+            self._load_official(location, weights_only)
+            return
+        try:
+            state = torch.load(location, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as err:
+            raise CheckpointError(f"cannot read checkpoint {location}: {err}") from err
+        if not isinstance(state, dict) or state.get("format") != "tfsdiff":
+            raise CheckpointError(f"{location} is not a TFS-Diff checkpoint")
+        self._check_network_config(state.get("config", {}), location)
+        self._load_model_state(state["model"], location)
+        if weights_only:
+            return
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["train_generator"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _check_network_config(self, saved: dict, location: Path) -> None:
+        saved_model = saved.get("model", {})
+        current = config_to_dict(self.cfg)["model"]
+        for key in ("unet", "tmfa"):
+            if saved_model.get(key) != current[key]:
+                raise CheckpointError(f"{location} was trained with model.{key} = {saved_model.get(key)}, "
+                                      f"but the config has model.{key} = {current[key]}")
+
+    def _load_model_state(self, state: dict[str, torch.Tensor], location: Path) -> None:
+        betas = state.get("betas")
+        if betas is None or betas.shape != self.diffusion.betas.shape or not torch.allclose(
+                betas.to(self.diffusion.betas), self.diffusion.betas, rtol=1e-5, atol=1e-9):
+            raise CheckpointError(f"{location}: its noise schedule differs from model.beta_schedule.train")
+        try:
+            self.diffusion.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{location} does not fit the configured network (official checkpoints need "
+                                  f"model.tmfa.placement 'all_channels' and the official U-Net sizes): {err}") from err
+
+    def _load_official(self, prefix: Path, weights_only: bool) -> None:
+        gen = Path(f"{prefix}_gen.pth")
+        try:
+            state = torch.load(gen, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as err:
+            raise CheckpointError(f"cannot read official checkpoint {gen}: {err}") from err
+        self._load_model_state(state, gen)
+        opt = Path(f"{prefix}_opt.pth")
+        if weights_only or not opt.is_file():
+            return
+        opt_state = torch.load(opt, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(opt_state["optimizer"])
+        self.step, self.epoch = int(opt_state["iter"]), int(opt_state["epoch"])
+        log.info("resumed official training state %s at iteration %d, epoch %d (RNG states are not in official "
+                 "checkpoints, so the continuation is not bit-exact)", opt, self.step, self.epoch)

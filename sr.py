@@ -1,0 +1,177 @@
+"""Train TFS-Diff (`-p train`) or sample and score the validation set with a checkpoint (`-p val`).
+
+    python sr.py -p train -c config/demo.json
+    python sr.py -p val -c config/demo.json --checkpoint experiments/<run>/checkpoint/latest-or-file
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensorboardX import SummaryWriter
+
+from core.config import ConfigError, DatasetConfig, TFSDiffConfig, load_config
+from core.evaluation import Evaluation, evaluate
+from core.logger import RunDirs, make_run_dirs, setup_logger
+from data.embedded import ensure_embedded_dataset
+from data.fusion_dataset import DatasetError, EpochSampler, FusionDataset, create_dataloader
+from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel, select_device
+
+log = logging.getLogger("tfsdiff")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="JSON config file (// comments allowed)")
+    parser.add_argument("-p", "--phase", choices=("train", "val"), default="train")
+    parser.add_argument("--checkpoint", help="checkpoint to start from (overrides path.resume_state): our .pth file, "
+                                             "a checkpoint folder (its 'latest'), or an official I{iter}_E{epoch} prefix")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser.parse_args(argv)
+
+
+def prepare_data(cfg: TFSDiffConfig) -> None:
+    """Build the embedded dataset on first use when the config asks for it."""
+    emb = cfg.datasets.embedded
+    if emb is not None:
+        ensure_embedded_dataset(emb.root, emb.r_resolution, emb.scales, emb.seed)
+
+
+def make_loader(ds_cfg: DatasetConfig, seed: int, train: bool) -> tuple[FusionDataset, EpochSampler, object]:
+    dataset = FusionDataset(ds_cfg.dataroot, ds_cfg.l_resolution, ds_cfg.r_resolution, data_len=ds_cfg.data_len)
+    shuffle = ds_cfg.use_shuffle and train
+    sampler = EpochSampler(len(dataset), seed, shuffle=shuffle, flip=train)
+    loader = create_dataloader(dataset, ds_cfg.batch_size, shuffle=shuffle, flip=train,
+                               num_workers=ds_cfg.num_workers, seed=seed, sampler=sampler)
+    return dataset, sampler, loader
+
+
+def run_validation(model: TFSDiffModel, loader, out_dir: Path, progress: bool) -> Evaluation:
+    """Sample the validation set with the val schedule, then restore the train schedule."""
+    schedules = model.cfg.model.beta_schedule
+    if schedules.val != schedules.train:
+        model.diffusion.set_new_noise_schedule(schedules.val)
+    try:
+        return evaluate(model.diffusion, loader, model.device, out_dir, seed=model.cfg.seed, progress=progress)
+    finally:
+        if schedules.val != schedules.train:
+            model.diffusion.set_new_noise_schedule(schedules.train)
+
+
+def log_validation(result: Evaluation, step: int, writer: SummaryWriter | None) -> None:
+    s = result.summary()
+    log.info("validation at step %d over %d cases: PSNR %.2f dB, SSIM %.4f (bicubic-then-fuse baseline: "
+             "PSNR %.2f dB, SSIM %.4f)", step, len(result.cases), s["psnr"], s["ssim"], s["baseline_psnr"],
+             s["baseline_ssim"])
+    if writer is None:
+        return
+    for name, value in s.items():
+        writer.add_scalar(f"val/{name}", value, step)
+    if result.preview is not None:
+        writer.add_image("val/src1_src2_src3_fused_gt", result.preview, step, dataformats="HWC")
+
+
+def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool) -> int:
+    from tqdm import tqdm
+
+    tcfg, bs = cfg.train, cfg.datasets.train.batch_size
+    train_set, sampler, loader = make_loader(cfg.datasets.train, cfg.seed, train=True)
+    _, _, val_loader = make_loader(cfg.datasets.val, cfg.seed, train=False)
+    writer = SummaryWriter(str(dirs.tb_logger))
+    log.info("training on %d cases, validating on %d; %d parameters; from step %d to %d", len(train_set),
+             len(val_loader.dataset), model.num_parameters, model.step, tcfg.n_iter)
+    bar = tqdm(total=tcfg.n_iter, initial=model.step, desc="training", disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        while model.step < tcfg.n_iter:
+            sampler.set_epoch(model.epoch, start=model.batch_in_epoch * bs)
+            for batch in loader:
+                batch = batch.to(model.device)
+                losses = model.train_step(batch.target, batch.condition)
+                model.step += 1
+                model.batch_in_epoch += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['loss']:.4g}")
+                after_step(model, dirs, writer, val_loader, losses, start, progress)
+                if model.step >= tcfg.n_iter:
+                    break
+            else:
+                model.epoch += 1
+                model.batch_in_epoch = 0
+    except NonFiniteLossError as err:
+        log.error("%s. Training stopped; the last good checkpoint in %s is intact.", err, dirs.checkpoint)
+        return 1
+    finally:
+        bar.close()
+        writer.close()
+    if model.step % tcfg.save_checkpoint_freq != 0:
+        log.info("saved final checkpoint %s", model.save(dirs.checkpoint))
+    log.info("training finished at step %d in %.1f s; results in %s", model.step, time.perf_counter() - start, dirs.root)
+    return 0
+
+
+def after_step(model: TFSDiffModel, dirs: RunDirs, writer: SummaryWriter, val_loader, losses: dict[str, float],
+               start: float, progress: bool) -> None:
+    """Logging, validation and checkpointing at their configured frequencies."""
+    tcfg, step = model.cfg.train, model.step
+    if step % tcfg.print_freq == 0:
+        parts = ", ".join(f"{k} {v:.5g}" for k, v in losses.items())
+        log.info("step %d (epoch %d, %.2f s/step): %s", step, model.epoch, (time.perf_counter() - start) / step
+                 if step else 0.0, parts)
+        for name, value in losses.items():
+            writer.add_scalar(f"train/{name}", value, step)
+    if step % tcfg.val_freq == 0:
+        result = run_validation(model, val_loader, dirs.results / f"step_{step}", progress)
+        log_validation(result, step, writer)
+    if step % tcfg.save_checkpoint_freq == 0:
+        log.info("saved checkpoint %s", model.save(dirs.checkpoint))
+
+
+def validate(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool) -> int:
+    _, _, loader = make_loader(cfg.datasets.val, cfg.seed, train=False)
+    result = run_validation(model, loader, dirs.results, progress)
+    log_validation(result, model.step, None)
+    for case in result.cases:
+        log.info("%s: PSNR %.2f dB, SSIM %.4f", case.case_id, case.psnr, case.ssim)
+    log.info("images written to %s", dirs.results)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    checkpoint = args.checkpoint or cfg.path.resume_state
+    if args.phase == "val" and not checkpoint:
+        print("config error: -p val needs a checkpoint: pass --checkpoint or set path.resume_state", file=sys.stderr)
+        return 2
+    dirs = make_run_dirs(cfg.path.experiments_root, cfg.name, args.phase)
+    setup_logger(dirs.logs / f"{args.phase}.log")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    device, device_ids, where = select_device(cfg.gpu_ids)
+    log.info("run folder %s; %s", dirs.root, where)
+    try:
+        prepare_data(cfg)
+        model = TFSDiffModel(cfg, device, device_ids)
+        if checkpoint:
+            model.load(checkpoint, weights_only=args.phase == "val")
+            log.info("loaded checkpoint %s (step %d, epoch %d)", checkpoint, model.step, model.epoch)
+        run = train if args.phase == "train" else validate
+        return run(cfg, model, dirs, not args.no_progress)
+    except (DatasetError, CheckpointError, ValueError) as err:
+        log.error("%s", err)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
