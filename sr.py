@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +86,9 @@ def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool
     writer = SummaryWriter(str(dirs.tb_logger))
     log.info("training on %d cases, validating on %d; %d parameters; from step %d to %d", len(train_set),
              len(val_loader.dataset), model.num_parameters, model.step, tcfg.n_iter)
+    batches_per_epoch = math.ceil(len(train_set) / bs)
     bar = tqdm(total=tcfg.n_iter, initial=model.step, desc="training", disable=not progress, dynamic_ncols=True)
-    start = time.perf_counter()
+    start, first_step = time.perf_counter(), model.step
     try:
         while model.step < tcfg.n_iter:
             sampler.set_epoch(model.epoch, start=model.batch_in_epoch * bs)
@@ -96,14 +97,14 @@ def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool
                 losses = model.train_step(batch.target, batch.condition)
                 model.step += 1
                 model.batch_in_epoch += 1
+                if model.batch_in_epoch == batches_per_epoch:
+                    model.epoch, model.batch_in_epoch = model.epoch + 1, 0
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['loss']:.4g}")
-                after_step(model, dirs, writer, val_loader, losses, start, progress)
+                after_step(model, dirs, writer, val_loader, losses, (time.perf_counter() - start) /
+                           (model.step - first_step), progress)
                 if model.step >= tcfg.n_iter:
                     break
-            else:
-                model.epoch += 1
-                model.batch_in_epoch = 0
     except NonFiniteLossError as err:
         log.error("%s. Training stopped; the last good checkpoint in %s is intact.", err, dirs.checkpoint)
         return 1
@@ -117,13 +118,12 @@ def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool
 
 
 def after_step(model: TFSDiffModel, dirs: RunDirs, writer: SummaryWriter, val_loader, losses: dict[str, float],
-               start: float, progress: bool) -> None:
+               seconds_per_step: float, progress: bool) -> None:
     """Logging, validation and checkpointing at their configured frequencies."""
     tcfg, step = model.cfg.train, model.step
     if step % tcfg.print_freq == 0:
         parts = ", ".join(f"{k} {v:.5g}" for k, v in losses.items())
-        log.info("step %d (epoch %d, %.2f s/step): %s", step, model.epoch, (time.perf_counter() - start) / step
-                 if step else 0.0, parts)
+        log.info("step %d (epoch %d, %.2f s/step): %s", step, model.epoch, seconds_per_step, parts)
         for name, value in losses.items():
             writer.add_scalar(f"train/{name}", value, step)
     if step % tcfg.val_freq == 0:

@@ -126,7 +126,7 @@ class TFSDiffModel:
         self.diffusion.train()
         terms = self.diffusion.training_terms(x0, condition, self.generator, self.parallel_net)
         losses = self.loss_fn(terms, x0)
-        values = {name: float(v) for name, v in losses.items()}
+        values = {name: float(v.detach()) for name, v in losses.items()}
         if not all(map(lambda v: v == v and abs(v) != float("inf"), values.values())):
             raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {values}")
         self.optimizer.zero_grad(set_to_none=True)

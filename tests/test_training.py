@@ -1,0 +1,168 @@
+"""End to end on a tiny embedded dataset: train, checkpoint, resume exactly, stop on NaN, sample with a finite PSNR."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sr
+from core.metrics import psnr
+from data.embedded import build_embedded_dataset
+from model import model as model_module
+
+CONFIG = {
+    "name": "tiny",
+    "seed": 3,
+    "datasets": {
+        "train": {"l_resolution": 8, "r_resolution": 32, "batch_size": 3},
+        "val": {"l_resolution": 8, "r_resolution": 32, "batch_size": 2, "data_len": 2},
+    },
+    "model": {
+        "unet": {"inner_channel": 16, "norm_groups": 8, "channel_multiplier": [1, 2], "attn_res": [16],
+                 "res_blocks": 1, "dropout": 0.1},
+        "beta_schedule": {
+            "train": {"schedule": "linear", "n_timestep": 40, "linear_start": 1e-4, "linear_end": 0.2},
+            "val": {"schedule": "linear", "n_timestep": 40, "linear_start": 1e-4, "linear_end": 0.2},
+        },
+        "diffusion": {"image_size": 32},
+    },
+    "train": {"n_iter": 6, "val_freq": 1000, "save_checkpoint_freq": 3, "print_freq": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("embedded") / "mni32"
+    return build_embedded_dataset(root, 32, scales=(4,), seed=0, limit=4, progress=False)
+
+
+def write_config(tmp_path: Path, dataset: Path, name: str, **changes) -> Path:
+    cfg = copy.deepcopy(CONFIG)
+    cfg["name"] = name
+    cfg["path"] = {"experiments_root": str(tmp_path / "experiments")}
+    cfg["datasets"]["train"]["dataroot"] = str(dataset / "train")
+    cfg["datasets"]["val"]["dataroot"] = str(dataset / "val")
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path = tmp_path / f"{name}.json"
+    path.write_text("// test config\n" + json.dumps(cfg, indent=1))
+    return path
+
+
+def run_dir(tmp_path: Path, name: str, phase: str = "train") -> Path:
+    (found,) = sorted((tmp_path / "experiments").glob(f"{name}_{phase}_*"))
+    return found
+
+
+def step_losses(run: Path) -> dict[int, str]:
+    text = (run / "logs" / "train.log").read_text()
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"step (\d+) \(epoch \d+.*?\): (loss [^,\n]+)", text)}
+
+
+def test_resume_matches_uninterrupted_run(tmp_path: Path, dataset: Path) -> None:
+    assert sr.main(["-c", str(write_config(tmp_path, dataset, "full")), "--no-progress"]) == 0
+    full = run_dir(tmp_path, "full")
+    assert sorted(p.name for p in (full / "checkpoint").glob("*.pth")) == ["I3_E1.pth", "I6_E3.pth"]
+    assert (full / "checkpoint" / "latest").read_text().strip() == "I6_E3.pth"
+
+    half = write_config(tmp_path, dataset, "resumed", path__resume_state=str(full / "checkpoint" / "I3_E1.pth"))
+    assert sr.main(["-c", str(half), "--no-progress"]) == 0
+    resumed = run_dir(tmp_path, "resumed")
+
+    full_losses, resumed_losses = step_losses(full), step_losses(resumed)
+    assert sorted(resumed_losses) == [4, 5, 6]
+    assert all(resumed_losses[s] == full_losses[s] for s in (4, 5, 6))
+    a = torch.load(full / "checkpoint" / "I6_E3.pth", weights_only=True)
+    b = torch.load(resumed / "checkpoint" / "I6_E3.pth", weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert (a["step"], a["epoch"], a["batch_in_epoch"]) == (b["step"], b["epoch"], b["batch_in_epoch"]) == (6, 3, 0)
+
+
+def test_validation_samples_with_finite_psnr(tmp_path: Path, dataset: Path) -> None:
+    cfg = write_config(tmp_path, dataset, "short", train__n_iter=3, train__val_freq=3)
+    assert sr.main(["-c", str(cfg), "--no-progress"]) == 0
+    ckpt = run_dir(tmp_path, "short") / "checkpoint"
+    assert sr.main(["-p", "val", "-c", str(cfg), "--checkpoint", str(ckpt), "--no-progress"]) == 0
+    results = run_dir(tmp_path, "short", "val") / "results"
+    fused = sorted(results.glob("*_fused.png"))
+    assert len(fused) == 2
+    for path in fused:
+        case = path.name.removesuffix("_fused.png")
+        for suffix in ("src1", "src2", "src3", "hr"):
+            assert (results / f"{case}_{suffix}.png").is_file()
+        value = psnr(np.asarray(Image.open(path)), np.asarray(Image.open(results / f"{case}_hr.png")))
+        assert np.isfinite(value) and value > 0
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path: Path, dataset: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real_build = model_module.build_loss
+
+    def poisoned(*args, **kwargs):
+        loss_fn = real_build(*args, **kwargs)
+        calls = {"n": 0}
+
+        def wrapped(terms, x0):
+            calls["n"] += 1
+            out = loss_fn(terms, x0)
+            return {**out, "loss": out["loss"] * float("nan")} if calls["n"] > 4 else out
+        return wrapped
+
+    monkeypatch.setattr(model_module, "build_loss", poisoned)
+    assert sr.main(["-c", str(write_config(tmp_path, dataset, "nan")), "--no-progress"]) == 1
+    run = run_dir(tmp_path, "nan")
+    assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["I3_E1.pth", "latest"]
+    assert "non-finite loss at step 5" in (run / "logs" / "train.log").read_text()
+    assert torch.load(run / "checkpoint" / "I3_E1.pth", weights_only=True)["step"] == 3
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path: Path, dataset: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = write_config(tmp_path, dataset, "kill", train__n_iter=3)
+    assert sr.main(["-c", str(cfg), "--no-progress"]) == 0
+    folder = run_dir(tmp_path, "kill") / "checkpoint"
+    before = (folder / "I3_E1.pth").read_bytes()
+    model = model_module.TFSDiffModel(sr.load_config(cfg), torch.device("cpu"))
+    model.load(folder)
+    model.step = 4
+
+    def killed(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt("killed during save")
+
+    monkeypatch.setattr(model_module.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["I3_E1.pth", "latest"]
+    assert (folder / "latest").read_text().strip() == "I3_E1.pth"
+    assert (folder / "I3_E1.pth").read_bytes() == before
+
+
+def test_config_error_exits_with_key_path(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = write_config(tmp_path, dataset, "bad", train__val_frq=10)
+    assert sr.main(["-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "train.val_frq" in err and "val_freq" in err
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path: Path, dataset: Path) -> None:
+    cfg = write_config(tmp_path, dataset, "nodata", datasets__train__dataroot=str(tmp_path / "nowhere"))
+    assert sr.main(["-c", str(cfg), "--no-progress"]) == 1
+    assert "nowhere" in (run_dir(tmp_path, "nodata") / "logs" / "train.log").read_text()
+
+
+def test_val_without_checkpoint_is_refused(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    assert sr.main(["-p", "val", "-c", str(write_config(tmp_path, dataset, "nockpt"))]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
