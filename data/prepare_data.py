@@ -1,0 +1,570 @@
+"""Turn a user's own tri-modal scans (2-D slice folders or registered NIfTI volumes) into the official TFS-Diff layout.
+
+    python data/prepare_data.py slices  --input IN --folders T1 T2 SPECT --modalities MR-T1 MR-T2 SPECT --out OUT
+    python data/prepare_data.py volumes --files t1.nii.gz t2.nii.gz spect.nii.gz --modalities MR-T1 MR-T2 SPECT \
+        --out OUT
+
+Output: ``OUT/{train,val,test}/{1,2,3}_lr_{l}/``, ``{1,2,3}_sr_{l}_{r}/``, ``hr_{r}/`` (PNG, 8-bit RGB) for every
+requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
+
+* Input files are paired by stem across the modality folders; non-image (non-NIfTI) files are skipped with a
+  warning, hidden files are ignored.
+* Images: grey, RGB, palette and 1-bit images are converted to RGB (grey -> R=G=B, pseudo-colour kept); alpha is
+  composited on black (RGB * alpha / 255); 16-bit / 32-bit / float images are scaled per image by min-max to 0..255;
+  of an animated GIF only the first frame is used. Each image is zero-padded (centred) to a square and resized to
+  ``r x r`` with ``data.resample.resize_bicubic``.
+* Volumes: reoriented to the closest canonical (RAS+) orientation; per volume the non-zero voxels give the 0.5 and
+  99.5 percentiles ``lo, hi`` and ``clip((v - lo) / (hi - lo), 0, 1) * 255`` is rounded to uint8; a slice is kept
+  when at least ``--min-foreground`` (default 5 %) of its pixels are non-zero in some modality.
+* Degradation: ``data.resample.degrade``; ground truth from the GT folder/volume, else ``data.fusion_rules.fuse``.
+* Splits are by case (slice cases: the file stems; volume cases: the subjects) with a ``--seed`` permutation; a single
+  subject is cut into contiguous slabs ``train | gap | val | gap | test | gap | train``.
+* Everything is written into a hidden sibling folder, renamed to ``OUT`` at the end; errors exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python data/prepare_data.py): make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from data.fusion_rules import FUSION_RULES, fuse
+from data.resample import degrade, resize_bicubic
+
+__all__ = ["PrepareError", "Settings", "Output", "CaseJob", "IMAGE_EXTENSIONS", "NIFTI_EXTENSIONS", "SPLITS",
+           "read_image", "write_case", "list_folder", "pair_folders", "normalise_volume", "subject_slices",
+           "allocate_counts", "split_cases", "slab_split", "prepare_slices", "prepare_volumes", "main"]
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff")
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+PERCENTILES = (0.5, 99.5)
+AFFINE_ATOL = 1e-3  # mm: affines must agree within np.allclose(a, b, rtol=0, atol=AFFINE_ATOL)
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+_HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class PrepareError(Exception):
+    """A user input problem; the message names the offending file(s) or option."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every case job needs: HR side, LR sides, GT fusion rule, size policy."""
+
+    r_resolution: int
+    l_resolutions: tuple[int, ...]
+    gt_fusion: str
+    resize: bool
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """One output case: three sources (image paths or 2-D uint8 arrays) and an optional ground truth."""
+
+    split_root: Path
+    case_id: str
+    sources: tuple[Path | np.ndarray, ...]
+    gt: Path | np.ndarray | None
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where and how to write: target folder, scales, splits, fusion rule, workers, flags."""
+
+    out: Path
+    settings: Settings
+    scales: tuple[int, ...]
+    split: tuple[int, int, int]
+    seed: int
+    workers: int
+    overwrite: bool
+    progress: bool
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read any supported image file as HxWx3 uint8 RGB (rules in the module docstring)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in _HIGH_DEPTH_MODES:
+                grey = np.asarray(img, dtype=np.float64)
+                low, high = float(grey.min()), float(grey.max())
+                scaled = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
+                return np.repeat(np.rint(scaled).astype(np.uint8)[..., None], 3, axis=2)
+            if img.mode == "P" and "transparency" in img.info or img.mode in _ALPHA_MODES:
+                rgba = np.asarray(img.convert("RGBA"), dtype=np.float64)
+                return np.rint(rgba[..., :3] * rgba[..., 3:] / 255.0).astype(np.uint8)
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except _READ_ERRORS as err:
+        raise PrepareError(f"cannot read image {path}: {err}") from None
+
+
+def _square_hr(array: np.ndarray, r_resolution: int) -> Image.Image:
+    """HxW or HxWx3 uint8 -> r x r RGB PIL image: zero-pad centred to a square, then bicubic resize."""
+    height, width = array.shape[:2]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    pad = ((top, side - height - top), (left, side - width - left)) + ((0, 0),) * (array.ndim - 2)
+    img = Image.fromarray(np.pad(array, pad))
+    return resize_bicubic(img, r_resolution).convert("RGB")
+
+
+def _case_arrays(job: CaseJob) -> list[np.ndarray]:
+    """The job's sources (+ GT) as arrays; image sizes must agree unless ``resize``."""
+    items = list(job.sources) + ([job.gt] if job.gt is not None else [])
+    arrays = [read_image(item) if isinstance(item, Path) else item for item in items]
+    sizes = {tuple(a.shape[:2]) for a in arrays}
+    if len(sizes) > 1 and not job.settings.resize:
+        described = ", ".join(f"{item} ({a.shape[1]}x{a.shape[0]})" for item, a in zip(items, arrays))
+        raise PrepareError(f"images of case {job.case_id!r} differ in size: {described}; register them to one size "
+                           "or pass --resize (each image is then padded to a square and resized on its own)")
+    return arrays
+
+
+def write_case(job: CaseJob) -> str:
+    """Write one case in the official layout; returns its case id (runs in worker processes)."""
+    cfg = job.settings
+    hrs = [_square_hr(a, cfg.r_resolution) for a in _case_arrays(job)]
+    sources = hrs[:3]
+    gt = hrs[3] if job.gt is not None else Image.fromarray(fuse(cfg.gt_fusion, [np.asarray(s) for s in sources]))
+    outputs = {f"hr_{cfg.r_resolution}": gt}
+    for l_res in cfg.l_resolutions:
+        for index, src in enumerate(sources, start=1):
+            outputs[f"{index}_lr_{l_res}"], outputs[f"{index}_sr_{l_res}_{cfg.r_resolution}"] = degrade(src, l_res)
+    for folder, img in outputs.items():
+        (job.split_root / folder).mkdir(parents=True, exist_ok=True)
+        img.save(job.split_root / folder / f"{job.case_id}.png")
+    return job.case_id
+
+
+def _stem(path: Path, extensions: tuple[str, ...]) -> str | None:
+    """File stem without its (case-insensitive) extension from ``extensions``; None for other files."""
+    name = path.name
+    for ext in extensions:
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return None
+
+
+def list_folder(folder: Path, extensions: tuple[str, ...], skipped: list[Path]) -> dict[str, Path]:
+    """Map stem -> file for the files in ``folder``; hidden files are ignored, other non-inputs are appended to
+    ``skipped`` and warned about on stderr."""
+    if not folder.is_dir():
+        raise PrepareError(f"missing modality folder {folder}")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        stem = _stem(path, extensions) if path.is_file() else None
+        if path.name.startswith("."):
+            continue
+        if stem is None:
+            print(f"warning: skipping {path}: not a file with extension {', '.join(extensions)}", file=sys.stderr)
+            skipped.append(path)
+            continue
+        if stem in found:
+            raise PrepareError(f"ambiguous case {stem!r} in {folder}: {found[stem].name} and {path.name}")
+        found[stem] = path
+    return found
+
+
+def pair_folders(folders: dict[str, dict[str, Path]], input_root: Path) -> list[str]:
+    """Stems present in every folder; raises naming the stems missing from each folder."""
+    every = set().union(*(set(files) for files in folders.values()))
+    if not every:
+        raise PrepareError(f"no input files in {', '.join(str(input_root / name) for name in folders)}")
+    problems = [f"{input_root / name} lacks {', '.join(sorted(every - set(files)))}"
+                for name, files in folders.items() if every - set(files)]
+    if problems:
+        raise PrepareError("stems not present in every modality folder: " + "; ".join(problems))
+    return sorted(every)
+
+
+# ------------------------------------------------------------------------------------------------ volumes
+
+
+def _load_volume(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
+    """(float32 3-D data, affine, nibabel image) of a NIfTI file; a trailing length-1 4th axis is dropped."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        if len(img.shape) == 4 and img.shape[3] == 1:
+            img = img.slicer[..., 0]
+        if len(img.shape) != 3:
+            raise PrepareError(f"{path} is not a 3-D volume (shape {img.shape})")
+        return np.asarray(img.get_fdata(dtype=np.float32)), np.asarray(img.affine), img
+    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as err:
+        raise PrepareError(f"cannot read NIfTI volume {path}: {err}") from None
+
+
+def normalise_volume(data: np.ndarray, path: Path) -> np.ndarray:
+    """Float volume -> uint8 0..255 by the 0.5 / 99.5 percentiles of its non-zero finite voxels."""
+    data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    nonzero = data[data != 0]
+    if nonzero.size == 0:
+        raise PrepareError(f"volume {path} has no non-zero voxel")
+    low, high = np.percentile(nonzero, PERCENTILES)
+    if high <= low:
+        return np.where(data >= high, 255, 0).astype(np.uint8)
+    return np.rint(np.clip((data - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def subject_slices(paths: list[Path], axis: str, min_foreground: float) -> list[tuple[int, list[np.ndarray]]]:
+    """Load one subject (3 modality volumes + optional GT) -> [(slice index, 2-D uint8 arrays)] of non-empty slices.
+
+    Slices are in display orientation (``slice.T`` flipped vertically: anterior / superior up).
+    """
+    import nibabel as nib
+
+    loaded = [_load_volume(path) for path in paths]
+    for path, (data, affine, _) in zip(paths[1:], loaded[1:]):
+        if data.shape != loaded[0][0].shape:
+            raise PrepareError(f"volumes of one subject differ in shape: {paths[0]} {loaded[0][0].shape}, "
+                               f"{path} {data.shape}")
+        if not np.allclose(affine, loaded[0][1], rtol=0.0, atol=AFFINE_ATOL):
+            raise PrepareError(f"volumes of one subject differ in affine (atol {AFFINE_ATOL}): {paths[0]}, {path}")
+    volumes = []
+    for path, (_, _, img) in zip(paths, loaded):
+        canonical = nib.as_closest_canonical(img)
+        volumes.append(np.moveaxis(normalise_volume(canonical.get_fdata(dtype=np.float32), path), AXES[axis], 0))
+    kept = []
+    for index in range(volumes[0].shape[0]):
+        planes = [np.ascontiguousarray(vol[index].T[::-1]) for vol in volumes]
+        if np.mean(np.any(np.stack(planes[:3]) > 0, axis=0)) >= min_foreground:
+            kept.append((index, planes))
+    if not kept:
+        raise PrepareError(f"no slice of {paths[0]} has >= {min_foreground:.0%} foreground pixels")
+    return kept
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+def allocate_counts(n: int, ratios: tuple[int, int, int], what: str) -> list[int]:
+    """Split ``n`` items by ``ratios`` (largest remainder), at least one item for every non-zero ratio."""
+    active = [ratio > 0 for ratio in ratios]
+    if n < sum(active):
+        raise PrepareError(f"{n} {what} cannot fill {sum(active)} non-empty splits of --split "
+                           f"{':'.join(map(str, ratios))}; add data or set some ratios to 0")
+    ideal = [n * ratio / sum(ratios) for ratio in ratios]
+    counts = [max(int(x), 1) if on else 0 for x, on in zip(ideal, active)]
+    while sum(counts) > n:
+        i = max((i for i in range(3) if counts[i] > 1), key=lambda i: counts[i] - ideal[i])
+        counts[i] -= 1
+    while sum(counts) < n:
+        i = max((i for i in range(3) if active[i]), key=lambda i: ideal[i] - counts[i])
+        counts[i] += 1
+    return counts
+
+
+def split_cases(ids: list[str], ratios: tuple[int, int, int], seed: int, what: str) -> dict[str, list[str]]:
+    """Seeded permutation of the sorted ``ids``, cut by ``allocate_counts``; each split sorted."""
+    order = [sorted(ids)[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    counts = allocate_counts(len(ids), ratios, what)
+    bounds = np.cumsum([0] + counts)
+    return {s: sorted(order[bounds[k]:bounds[k + 1]]) for k, s in enumerate(SPLITS)}
+
+
+def slab_split(indices: list[int], ratios: tuple[int, int, int], gap: int, what: str) -> dict[int, str]:
+    """Slice index -> split for one subject: ``train | gap | val | gap | test | gap | train`` (empty parts dropped)."""
+    n_active = sum(ratio > 0 for ratio in ratios)
+    n_gaps = n_active if ratios[0] > 0 and n_active > 1 else n_active - 1
+    counts = allocate_counts(len(indices) - gap * n_gaps, ratios, what)
+    half = counts[0] // 2
+    segments = [("train", half), ("val", counts[1]), ("test", counts[2]), ("train", counts[0] - half)]
+    assignment, position = {}, 0
+    for name, count in segments:
+        if count == 0:
+            continue
+        if position > 0:
+            position += gap
+        for index in indices[position:position + count]:
+            assignment[index] = name
+        position += count
+    return assignment
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def _run_jobs(jobs: Iterable[CaseJob], total: int | None, workers: int, progress: bool) -> None:
+    """Run ``write_case`` over ``jobs`` in-process (workers <= 1) or in a process pool, at most 2*workers queued."""
+    bar = tqdm(total=total, desc="preparing cases", unit="case", disable=not progress)
+    try:
+        if workers <= 1:
+            for job in jobs:
+                write_case(job)
+                bar.update(1)
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            pending: set[Future[str]] = set()
+            try:
+                for job in jobs:
+                    pending.add(pool.submit(write_case, job))
+                    while len(pending) >= 2 * workers:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            future.result()
+                            bar.update(1)
+                for future in pending:
+                    future.result()
+                    bar.update(1)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        bar.close()
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse an existing non-empty ``out`` unless ``overwrite``."""
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise PrepareError(f"output {out} already exists; pass --overwrite to replace it (the old output is "
+                           "removed only after the new one is complete)")
+
+
+def _build(output: Output, jobs_for: Callable[[Path], Iterable[CaseJob]], manifest: dict[str, object],
+           total: int | None) -> Path:
+    """Write all cases into a temporary sibling of ``output.out``, then swap it in atomically.
+
+    ``manifest`` is serialised after the jobs ran (so lists the jobs fill while running are complete).
+    """
+    out = output.out.resolve()
+    _check_target(out, output.overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.preparing-", dir=out.parent))
+    old = out.parent / f".{out.name}.replaced-{tmp.name.rsplit('-', 1)[-1]}"
+    try:
+        _run_jobs(jobs_for(tmp), total, output.workers, output.progress)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        tmp.chmod(0o755)
+        _check_target(out, output.overwrite)
+        if out.exists():
+            os.rename(out, old)
+        os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    return out
+
+
+def _base_manifest(output: Output, form: str, modalities: list[str], gt_source: str) -> dict[str, object]:
+    """Manifest keys shared by both input forms."""
+    cfg = output.settings
+    gt = ({"source": "given", "from": gt_source} if gt_source else
+          {"source": "fusion", "rule": cfg.gt_fusion, "function": "data.fusion_rules.fuse"})
+    return {"format_version": FORMAT_VERSION, "input_form": form, "modalities": modalities,
+            "modality_order": "/".join(modalities), "r_resolution": cfg.r_resolution, "scales": list(output.scales),
+            "l_resolutions": list(cfg.l_resolutions), "degradation": "data.resample.degrade (PIL bicubic down to l, "
+            "bicubic up to r, 8-bit RGB)", "ground_truth": gt, "split_ratio": list(output.split), "seed": output.seed}
+
+
+def prepare_slices(input_root: Path, folders: list[str], modalities: list[str], output: Output,
+                   gt_folder: str | None = "GT") -> Path:
+    """Slice-folder form: ``input_root/<folder>/<stem>.<img>`` per modality (+ optional ``gt_folder``)."""
+    skipped: list[Path] = []
+    listed = {name: list_folder(input_root / name, IMAGE_EXTENSIONS, skipped) for name in folders}
+    use_gt = gt_folder is not None and (input_root / gt_folder).is_dir()
+    if use_gt:
+        listed[gt_folder] = list_folder(input_root / gt_folder, IMAGE_EXTENSIONS, skipped)
+    stems = pair_folders(listed, input_root)
+    splits = split_cases(stems, output.split, output.seed, "cases")
+
+    def jobs_for(tmp: Path) -> Iterator[CaseJob]:
+        for split, ids in splits.items():
+            for stem in ids:
+                gt = listed[gt_folder][stem] if use_gt else None
+                yield CaseJob(tmp / split, stem, tuple(listed[f][stem] for f in folders), gt, output.settings)
+
+    manifest = _base_manifest(output, "slices", modalities, str(input_root / gt_folder) if use_gt else "")
+    manifest.update(input=str(input_root.resolve()), folders=folders, splits=splits,
+                    skipped_files=[str(path) for path in skipped])
+    return _build(output, jobs_for, manifest, len(stems))
+
+
+def prepare_volumes(subjects: dict[str, list[Path]], modalities: list[str], output: Output, axis: str = "axial",
+                    min_foreground: float = 0.05, slab_gap: int = 5) -> Path:
+    """Volume form: ``subjects`` maps subject id -> [m1, m2, m3(, gt)] NIfTI paths (all subjects alike)."""
+    if len({len(paths) for paths in subjects.values()}) != 1:
+        raise PrepareError("either every subject or none has a ground-truth volume")
+    has_gt = len(next(iter(subjects.values()))) == 4
+    if len(subjects) == 1:
+        subject, paths = next(iter(subjects.items()))
+        slices = subject_slices(paths, axis, min_foreground)
+        assignment = slab_split([i for i, _ in slices], output.split, slab_gap, f"non-empty slices of {paths[0]}")
+        by_subject = {s: [subject] if s in assignment.values() else [] for s in SPLITS}
+    else:
+        by_subject, slices, assignment = split_cases(list(subjects), output.split, output.seed, "subjects"), [], {}
+    case_ids: dict[str, list[str]] = {s: [] for s in SPLITS}
+
+    def jobs_for(tmp: Path) -> Iterator[CaseJob]:
+        for split in SPLITS:
+            for subject in by_subject[split]:
+                planes = slices if len(subjects) == 1 else subject_slices(subjects[subject], axis, min_foreground)
+                for index, arrays in planes:
+                    if len(subjects) == 1 and assignment.get(index) != split:
+                        continue
+                    case_id = f"{subject}_{axis}{index:03d}"
+                    case_ids[split].append(case_id)
+                    yield CaseJob(tmp / split, case_id, tuple(arrays[:3]), arrays[3] if has_gt else None,
+                                  output.settings)
+
+    manifest = _base_manifest(output, "volumes", modalities, "ground-truth volumes" if has_gt else "")
+    manifest.update(subjects={k: [str(p.resolve()) for p in v] for k, v in subjects.items()},
+                    subject_splits=by_subject, splits=case_ids, axis=axis, orientation="closest canonical (RAS+)",
+                    intensity=f"per volume: percentiles {list(PERCENTILES)} of non-zero voxels -> 0..255",
+                    min_foreground=min_foreground, slab_gap=slab_gap if len(subjects) == 1 else None)
+    return _build(output, jobs_for, manifest, len(assignment) if len(subjects) == 1 else None)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def _parse_split(text: str) -> tuple[int, int, int]:
+    """``"8:1:1"`` -> (8, 1, 1): three non-negative integers, not all zero."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts) or not any(int(p) for p in parts):
+        raise PrepareError(f"--split {text!r}: expected train:val:test, three non-negative integers, e.g. 8:1:1")
+    train, val, test = (int(p) for p in parts)
+    return train, val, test
+
+
+def _resolutions(size: int, scales: list[int] | None, lr_sizes: list[int] | None) -> tuple[list[int], list[int]]:
+    """(scales, LR sides) from ``--scales`` and ``--lr-sizes``; both must divide ``--size``."""
+    if size < 8:
+        raise PrepareError(f"--size must be at least 8, got {size}")
+    for scale in scales or []:
+        if scale < 2 or size % scale:
+            raise PrepareError(f"--scales {scale} does not divide --size {size} (or is < 2)")
+    for l_res in lr_sizes or []:
+        if not 1 <= l_res < size or size % l_res:
+            raise PrepareError(f"--lr-sizes {l_res} does not divide --size {size} (or is not smaller)")
+    chosen = set(scales or []) | {size // l for l in lr_sizes or []} or {2, 4, 8}
+    bad = [s for s in chosen if size % s]
+    if bad:
+        raise PrepareError(f"default scale(s) {bad} do not divide --size {size}; pass --scales or --lr-sizes")
+    ordered = sorted(chosen)
+    return ordered, [size // s for s in ordered]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    forms = parser.add_subparsers(dest="form", required=True, metavar="{slices,volumes}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, type=Path, help="output folder (created atomically)")
+    common.add_argument("--modalities", nargs=3, metavar="NAME", help="modality names in order, e.g. MR-T1 MR-T2 "
+                        "SPECT (default: the folder names or file stems)")
+    common.add_argument("--size", type=int, default=256, help="HR side r (default 256)")
+    common.add_argument("--scales", type=int, nargs="+", help="SR scales, e.g. 2 4 8 (default 2 4 8)")
+    common.add_argument("--lr-sizes", type=int, nargs="+", help="explicit LR sides l (each divides --size)")
+    common.add_argument("--gt-fusion", default="laplacian_ycbcr", choices=sorted(FUSION_RULES),
+                        help="fusion rule for the ground truth when none is given (default laplacian_ycbcr)")
+    common.add_argument("--split", default="8:1:1", help="train:val:test ratio, by case (default 8:1:1)")
+    common.add_argument("--seed", type=int, default=0, help="seed of the case permutation (default 0)")
+    common.add_argument("--workers", type=int, default=0, help="worker processes; 0 or 1 = in-process (default 0)")
+    common.add_argument("--overwrite", action="store_true", help="replace an existing output once the new one is done")
+    common.add_argument("--quiet", action="store_true", help="no progress bar")
+    common.add_argument("--gt-folder", default="GT", help="ground-truth sub-folder of --input, used when present "
+                        "(default GT)")
+    slices = forms.add_parser("slices", parents=[common], help="folders of 2-D images, one folder per modality",
+                              description="Files are paired by stem across folders. Non-image files are skipped with "
+                              "a warning; hidden files are ignored.")
+    slices.add_argument("--input", required=True, type=Path, help="folder holding the modality folders")
+    slices.add_argument("--folders", nargs=3, metavar="DIR", help="the three modality folders (default: --modalities)")
+    slices.add_argument("--resize", action="store_true", help="allow images of one case to differ in size: each is "
+                        "padded to a square and resized to --size on its own (default: error)")
+    volumes = forms.add_parser("volumes", parents=[common], help="registered 3-D NIfTI volumes",
+                               description="Non-NIfTI files in the modality folders are skipped with a warning.")
+    source = volumes.add_mutually_exclusive_group(required=True)
+    source.add_argument("--files", nargs=3, type=Path, metavar="NII", help="one subject: three registered volumes")
+    source.add_argument("--input", type=Path, help="folder of modality folders holding <subject>.nii[.gz] files")
+    volumes.add_argument("--folders", nargs=3, metavar="DIR", help="modality folders under --input")
+    volumes.add_argument("--gt-file", type=Path, help="with --files: fused ground-truth volume")
+    volumes.add_argument("--subject-id", help="with --files: subject id (default: stem of the first file)")
+    volumes.add_argument("--axis", choices=sorted(AXES), default="axial", help="slicing axis (default axial)")
+    volumes.add_argument("--min-foreground", type=float, default=0.05,
+                         help="keep slices with at least this fraction of non-zero pixels (default 0.05)")
+    volumes.add_argument("--slab-gap", type=int, default=5, help="single subject: slices left out between "
+                         "train/val/test slabs (default 5)")
+    return parser
+
+
+def _names(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(folders, modality names): each defaults to the other; one of them is required."""
+    folders = args.folders or args.modalities
+    if not folders:
+        raise PrepareError("pass --folders or --modalities (three names) to choose the modality folders")
+    return list(folders), list(args.modalities or folders)
+
+
+def _volume_subjects(args: argparse.Namespace) -> tuple[dict[str, list[Path]], list[str]]:
+    """Subjects (id -> [m1, m2, m3(, gt)]) and modality names from the volume arguments."""
+    if args.files:
+        stems = [_stem(p, NIFTI_EXTENSIONS) or p.stem for p in args.files]
+        for path in args.files + ([args.gt_file] if args.gt_file else []):
+            if not path.is_file():
+                raise PrepareError(f"missing volume {path}")
+        paths = list(args.files) + ([args.gt_file] if args.gt_file else [])
+        return {args.subject_id or stems[0]: paths}, list(args.modalities or stems)
+    if args.gt_file or args.subject_id:
+        raise PrepareError("--gt-file and --subject-id go with --files; with --input put ground-truth volumes in "
+                           f"{args.input / args.gt_folder} and name the files <subject>.nii[.gz]")
+    folders, modalities = _names(args)
+    skipped: list[Path] = []
+    listed = {name: list_folder(args.input / name, NIFTI_EXTENSIONS, skipped) for name in folders}
+    if (args.input / args.gt_folder).is_dir():
+        listed[args.gt_folder] = list_folder(args.input / args.gt_folder, NIFTI_EXTENSIONS, skipped)
+    subjects = pair_folders(listed, args.input)
+    return {subject: [files[subject] for files in listed.values()] for subject in subjects}, modalities
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns 0, or 2 after printing ``error: ...`` to stderr."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.input is not None and not args.input.is_dir():
+            raise PrepareError(f"input folder {args.input} does not exist")
+        scales, l_resolutions = _resolutions(args.size, args.scales, args.lr_sizes)
+        settings = Settings(args.size, tuple(l_resolutions), args.gt_fusion, getattr(args, "resize", False))
+        output = Output(args.out, settings, tuple(scales), _parse_split(args.split), args.seed, args.workers,
+                        args.overwrite, not args.quiet)
+        _check_target(args.out.resolve(), args.overwrite)
+        if args.form == "slices":
+            folders, modalities = _names(args)
+            out = prepare_slices(args.input, folders, modalities, output, args.gt_folder)
+        else:
+            subjects, modalities = _volume_subjects(args)
+            out = prepare_volumes(subjects, modalities, output, args.axis, args.min_foreground, args.slab_gap)
+    except PrepareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
