@@ -45,25 +45,17 @@ from tqdm import tqdm
 
 from data.fusion_rules import FUSION_RULES, fuse
 from data.resample import degrade, resize_bicubic
+from data.splits import SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split, split_cases
+from data.volumes import AXES, PERCENTILES, find_subjects, single_subject, subject_slices
 
-__all__ = ["PrepareError", "Settings", "Output", "CaseJob", "IMAGE_EXTENSIONS", "NIFTI_EXTENSIONS", "SPLITS",
-           "read_image", "write_case", "list_folder", "pair_folders", "normalise_volume", "subject_slices",
-           "allocate_counts", "split_cases", "slab_split", "prepare_slices", "prepare_volumes", "main"]
+__all__ = ["Settings", "Output", "CaseJob", "IMAGE_EXTENSIONS", "read_image", "write_case", "prepare_slices",
+           "prepare_volumes", "main"]
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff")
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-PERCENTILES = (0.5, 99.5)
-AFFINE_ATOL = 1e-3  # mm: affines must agree within np.allclose(a, b, rtol=0, atol=AFFINE_ATOL)
-AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 _HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-class PrepareError(Exception):
-    """A user input problem; the message names the offending file(s) or option."""
 
 
 @dataclass(frozen=True)
@@ -158,153 +150,6 @@ def write_case(job: CaseJob) -> str:
         (job.split_root / folder).mkdir(parents=True, exist_ok=True)
         img.save(job.split_root / folder / f"{job.case_id}.png")
     return job.case_id
-
-
-def _stem(path: Path, extensions: tuple[str, ...]) -> str | None:
-    """File stem without its (case-insensitive) extension from ``extensions``; None for other files."""
-    name = path.name
-    for ext in extensions:
-        if name.lower().endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)]
-    return None
-
-
-def list_folder(folder: Path, extensions: tuple[str, ...], skipped: list[Path]) -> dict[str, Path]:
-    """Map stem -> file for the files in ``folder``; hidden files are ignored, other non-inputs are appended to
-    ``skipped`` and warned about on stderr."""
-    if not folder.is_dir():
-        raise PrepareError(f"missing modality folder {folder}")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        stem = _stem(path, extensions) if path.is_file() else None
-        if path.name.startswith("."):
-            continue
-        if stem is None:
-            print(f"warning: skipping {path}: not a file with extension {', '.join(extensions)}", file=sys.stderr)
-            skipped.append(path)
-            continue
-        if stem in found:
-            raise PrepareError(f"ambiguous case {stem!r} in {folder}: {found[stem].name} and {path.name}")
-        found[stem] = path
-    return found
-
-
-def pair_folders(folders: dict[str, dict[str, Path]], input_root: Path) -> list[str]:
-    """Stems present in every folder; raises naming the stems missing from each folder."""
-    every = set().union(*(set(files) for files in folders.values()))
-    if not every:
-        raise PrepareError(f"no input files in {', '.join(str(input_root / name) for name in folders)}")
-    problems = [f"{input_root / name} lacks {', '.join(sorted(every - set(files)))}"
-                for name, files in folders.items() if every - set(files)]
-    if problems:
-        raise PrepareError("stems not present in every modality folder: " + "; ".join(problems))
-    return sorted(every)
-
-
-# ------------------------------------------------------------------------------------------------ volumes
-
-
-def _load_volume(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
-    """(float32 3-D data, affine, nibabel image) of a NIfTI file; a trailing length-1 4th axis is dropped."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        if len(img.shape) == 4 and img.shape[3] == 1:
-            img = img.slicer[..., 0]
-        if len(img.shape) != 3:
-            raise PrepareError(f"{path} is not a 3-D volume (shape {img.shape})")
-        return np.asarray(img.get_fdata(dtype=np.float32)), np.asarray(img.affine), img
-    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as err:
-        raise PrepareError(f"cannot read NIfTI volume {path}: {err}") from None
-
-
-def normalise_volume(data: np.ndarray, path: Path) -> np.ndarray:
-    """Float volume -> uint8 0..255 by the 0.5 / 99.5 percentiles of its non-zero finite voxels."""
-    data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    nonzero = data[data != 0]
-    if nonzero.size == 0:
-        raise PrepareError(f"volume {path} has no non-zero voxel")
-    low, high = np.percentile(nonzero, PERCENTILES)
-    if high <= low:
-        return np.where(data >= high, 255, 0).astype(np.uint8)
-    return np.rint(np.clip((data - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def subject_slices(paths: list[Path], axis: str, min_foreground: float) -> list[tuple[int, list[np.ndarray]]]:
-    """Load one subject (3 modality volumes + optional GT) -> [(slice index, 2-D uint8 arrays)] of non-empty slices.
-
-    Slices are in display orientation (``slice.T`` flipped vertically: anterior / superior up).
-    """
-    import nibabel as nib
-
-    loaded = [_load_volume(path) for path in paths]
-    for path, (data, affine, _) in zip(paths[1:], loaded[1:]):
-        if data.shape != loaded[0][0].shape:
-            raise PrepareError(f"volumes of one subject differ in shape: {paths[0]} {loaded[0][0].shape}, "
-                               f"{path} {data.shape}")
-        if not np.allclose(affine, loaded[0][1], rtol=0.0, atol=AFFINE_ATOL):
-            raise PrepareError(f"volumes of one subject differ in affine (atol {AFFINE_ATOL}): {paths[0]}, {path}")
-    volumes = []
-    for path, (_, _, img) in zip(paths, loaded):
-        canonical = nib.as_closest_canonical(img)
-        volumes.append(np.moveaxis(normalise_volume(canonical.get_fdata(dtype=np.float32), path), AXES[axis], 0))
-    kept = []
-    for index in range(volumes[0].shape[0]):
-        planes = [np.ascontiguousarray(vol[index].T[::-1]) for vol in volumes]
-        if np.mean(np.any(np.stack(planes[:3]) > 0, axis=0)) >= min_foreground:
-            kept.append((index, planes))
-    if not kept:
-        raise PrepareError(f"no slice of {paths[0]} has >= {min_foreground:.0%} foreground pixels")
-    return kept
-
-
-# ------------------------------------------------------------------------------------------------ splits
-
-
-def allocate_counts(n: int, ratios: tuple[int, int, int], what: str) -> list[int]:
-    """Split ``n`` items by ``ratios`` (largest remainder), at least one item for every non-zero ratio."""
-    active = [ratio > 0 for ratio in ratios]
-    if n < sum(active):
-        raise PrepareError(f"{n} {what} cannot fill {sum(active)} non-empty splits of --split "
-                           f"{':'.join(map(str, ratios))}; add data or set some ratios to 0")
-    ideal = [n * ratio / sum(ratios) for ratio in ratios]
-    counts = [max(int(x), 1) if on else 0 for x, on in zip(ideal, active)]
-    while sum(counts) > n:
-        i = max((i for i in range(3) if counts[i] > 1), key=lambda i: counts[i] - ideal[i])
-        counts[i] -= 1
-    while sum(counts) < n:
-        i = max((i for i in range(3) if active[i]), key=lambda i: ideal[i] - counts[i])
-        counts[i] += 1
-    return counts
-
-
-def split_cases(ids: list[str], ratios: tuple[int, int, int], seed: int, what: str) -> dict[str, list[str]]:
-    """Seeded permutation of the sorted ``ids``, cut by ``allocate_counts``; each split sorted."""
-    order = [sorted(ids)[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    counts = allocate_counts(len(ids), ratios, what)
-    bounds = np.cumsum([0] + counts)
-    return {s: sorted(order[bounds[k]:bounds[k + 1]]) for k, s in enumerate(SPLITS)}
-
-
-def slab_split(indices: list[int], ratios: tuple[int, int, int], gap: int, what: str) -> dict[int, str]:
-    """Slice index -> split for one subject: ``train | gap | val | gap | test | gap | train`` (empty parts dropped)."""
-    n_active = sum(ratio > 0 for ratio in ratios)
-    n_gaps = n_active if ratios[0] > 0 and n_active > 1 else n_active - 1
-    counts = allocate_counts(len(indices) - gap * n_gaps, ratios, what)
-    half = counts[0] // 2
-    segments = [("train", half), ("val", counts[1]), ("test", counts[2]), ("train", counts[0] - half)]
-    assignment, position = {}, 0
-    for name, count in segments:
-        if count == 0:
-            continue
-        if position > 0:
-            position += gap
-        for index in indices[position:position + count]:
-            assignment[index] = name
-        position += count
-    return assignment
-
 
 # ------------------------------------------------------------------------------------------------ writing
 
@@ -444,15 +289,6 @@ def prepare_volumes(subjects: dict[str, list[Path]], modalities: list[str], outp
 # ------------------------------------------------------------------------------------------------ command line
 
 
-def _parse_split(text: str) -> tuple[int, int, int]:
-    """``"8:1:1"`` -> (8, 1, 1): three non-negative integers, not all zero."""
-    parts = text.split(":")
-    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts) or not any(int(p) for p in parts):
-        raise PrepareError(f"--split {text!r}: expected train:val:test, three non-negative integers, e.g. 8:1:1")
-    train, val, test = (int(p) for p in parts)
-    return train, val, test
-
-
 def _resolutions(size: int, scales: list[int] | None, lr_sizes: list[int] | None) -> tuple[list[int], list[int]]:
     """(scales, LR sides) from ``--scales`` and ``--lr-sizes``; both must divide ``--size``."""
     if size < 8:
@@ -524,22 +360,13 @@ def _names(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 def _volume_subjects(args: argparse.Namespace) -> tuple[dict[str, list[Path]], list[str]]:
     """Subjects (id -> [m1, m2, m3(, gt)]) and modality names from the volume arguments."""
     if args.files:
-        stems = [_stem(p, NIFTI_EXTENSIONS) or p.stem for p in args.files]
-        for path in args.files + ([args.gt_file] if args.gt_file else []):
-            if not path.is_file():
-                raise PrepareError(f"missing volume {path}")
-        paths = list(args.files) + ([args.gt_file] if args.gt_file else [])
-        return {args.subject_id or stems[0]: paths}, list(args.modalities or stems)
+        subjects, stems = single_subject(args.files, args.gt_file, args.subject_id)
+        return subjects, list(args.modalities or stems)
     if args.gt_file or args.subject_id:
         raise PrepareError("--gt-file and --subject-id go with --files; with --input put ground-truth volumes in "
                            f"{args.input / args.gt_folder} and name the files <subject>.nii[.gz]")
     folders, modalities = _names(args)
-    skipped: list[Path] = []
-    listed = {name: list_folder(args.input / name, NIFTI_EXTENSIONS, skipped) for name in folders}
-    if (args.input / args.gt_folder).is_dir():
-        listed[args.gt_folder] = list_folder(args.input / args.gt_folder, NIFTI_EXTENSIONS, skipped)
-    subjects = pair_folders(listed, args.input)
-    return {subject: [files[subject] for files in listed.values()] for subject in subjects}, modalities
+    return find_subjects(args.input, folders, args.gt_folder), modalities
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -550,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PrepareError(f"input folder {args.input} does not exist")
         scales, l_resolutions = _resolutions(args.size, args.scales, args.lr_sizes)
         settings = Settings(args.size, tuple(l_resolutions), args.gt_fusion, getattr(args, "resize", False))
-        output = Output(args.out, settings, tuple(scales), _parse_split(args.split), args.seed, args.workers,
+        output = Output(args.out, settings, tuple(scales), parse_split(args.split), args.seed, args.workers,
                         args.overwrite, not args.quiet)
         _check_target(args.out.resolve(), args.overwrite)
         if args.form == "slices":

@@ -1,4 +1,5 @@
-"""Tests of data/prepare_data.py: both input forms, every refusal case, and a prepare -> sr.py round trip."""
+"""Tests of data/prepare_data.py (with data/splits.py and data/volumes.py): both input forms, every refusal case,
+and a prepare -> sr.py round trip."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from PIL import Image
 
 import sr
 from data.fusion_rules import fuse
-from data.prepare_data import allocate_counts, main, read_image, slab_split
+from data.prepare_data import main, read_image
 from data.resample import degrade
+from data.splits import allocate_counts, slab_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32

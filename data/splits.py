@@ -1,0 +1,116 @@
+"""Group input files into cases and assign the cases to train / val / test for ``data/prepare_data.py``.
+
+Cases are paired by file stem across the modality folders. Splits are by case: a ``seed``-ed permutation of the
+sorted case ids cut by the ``train:val:test`` ratio (largest remainder, at least one case per non-zero ratio); a
+single subject is cut into contiguous slabs ``train | gap | val | gap | test | gap | train`` instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["PrepareError", "SPLITS", "file_stem", "list_folder", "pair_folders", "parse_split", "allocate_counts",
+           "split_cases", "slab_split"]
+
+SPLITS = ("train", "val", "test")
+
+
+class PrepareError(Exception):
+    """A user input problem; the message names the offending file(s) or option."""
+
+
+def file_stem(path: Path, extensions: tuple[str, ...]) -> str | None:
+    """File stem without its (case-insensitive) extension from ``extensions``; None for other files."""
+    name = path.name
+    for ext in extensions:
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return None
+
+
+def list_folder(folder: Path, extensions: tuple[str, ...], skipped: list[Path]) -> dict[str, Path]:
+    """Map stem -> file for the files in ``folder``; hidden files are ignored, other non-inputs are appended to
+    ``skipped`` and warned about on stderr."""
+    if not folder.is_dir():
+        raise PrepareError(f"missing modality folder {folder}")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        stem = file_stem(path, extensions) if path.is_file() else None
+        if path.name.startswith("."):
+            continue
+        if stem is None:
+            print(f"warning: skipping {path}: not a file with extension {', '.join(extensions)}", file=sys.stderr)
+            skipped.append(path)
+            continue
+        if stem in found:
+            raise PrepareError(f"ambiguous case {stem!r} in {folder}: {found[stem].name} and {path.name}")
+        found[stem] = path
+    return found
+
+
+def pair_folders(folders: dict[str, dict[str, Path]], input_root: Path) -> list[str]:
+    """Stems present in every folder; raises naming the stems missing from each folder."""
+    every = set().union(*(set(files) for files in folders.values()))
+    if not every:
+        raise PrepareError(f"no input files in {', '.join(str(input_root / name) for name in folders)}")
+    problems = [f"{input_root / name} lacks {', '.join(sorted(every - set(files)))}"
+                for name, files in folders.items() if every - set(files)]
+    if problems:
+        raise PrepareError("stems not present in every modality folder: " + "; ".join(problems))
+    return sorted(every)
+
+
+def parse_split(text: str) -> tuple[int, int, int]:
+    """``"8:1:1"`` -> (8, 1, 1): three non-negative integers, not all zero."""
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts) or not any(int(p) for p in parts):
+        raise PrepareError(f"--split {text!r}: expected train:val:test, three non-negative integers, e.g. 8:1:1")
+    train, val, test = (int(p) for p in parts)
+    return train, val, test
+
+
+def allocate_counts(n: int, ratios: tuple[int, int, int], what: str) -> list[int]:
+    """Split ``n`` items by ``ratios`` (largest remainder), at least one item for every non-zero ratio."""
+    active = [ratio > 0 for ratio in ratios]
+    if n < sum(active):
+        raise PrepareError(f"{n} {what} cannot fill {sum(active)} non-empty splits of --split "
+                           f"{':'.join(map(str, ratios))}; add data or set some ratios to 0")
+    ideal = [n * ratio / sum(ratios) for ratio in ratios]
+    counts = [max(int(x), 1) if on else 0 for x, on in zip(ideal, active)]
+    while sum(counts) > n:
+        i = max((i for i in range(3) if counts[i] > 1), key=lambda i: counts[i] - ideal[i])
+        counts[i] -= 1
+    while sum(counts) < n:
+        i = max((i for i in range(3) if active[i]), key=lambda i: ideal[i] - counts[i])
+        counts[i] += 1
+    return counts
+
+
+def split_cases(ids: list[str], ratios: tuple[int, int, int], seed: int, what: str) -> dict[str, list[str]]:
+    """Seeded permutation of the sorted ``ids``, cut by ``allocate_counts``; each split sorted."""
+    order = [sorted(ids)[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    counts = allocate_counts(len(ids), ratios, what)
+    bounds = np.cumsum([0] + counts)
+    return {s: sorted(order[bounds[k]:bounds[k + 1]]) for k, s in enumerate(SPLITS)}
+
+
+def slab_split(indices: list[int], ratios: tuple[int, int, int], gap: int, what: str) -> dict[int, str]:
+    """Slice index -> split for one subject: ``train | gap | val | gap | test | gap | train`` (empty parts dropped)."""
+    n_active = sum(ratio > 0 for ratio in ratios)
+    n_gaps = n_active if ratios[0] > 0 and n_active > 1 else n_active - 1
+    counts = allocate_counts(len(indices) - gap * n_gaps, ratios, what)
+    half = counts[0] // 2
+    segments = [("train", half), ("val", counts[1]), ("test", counts[2]), ("train", counts[0] - half)]
+    assignment, position = {}, 0
+    for name, count in segments:
+        if count == 0:
+            continue
+        if position > 0:
+            position += gap
+        for index in indices[position:position + count]:
+            assignment[index] = name
+        position += count
+    return assignment
