@@ -17,6 +17,18 @@ Rule ``"laplacian_ycbcr"`` (``laplacian_ycbcr``), applied to three HxWx3 uint8 R
 4. Back to RGB with the inverse BT.601 full-range transform
    (``R = Y + 1.402 (Cr-128)``, ``G = Y - 0.344136 (Cb-128) - 0.714136 (Cr-128)``, ``B = Y + 1.772 (Cb-128)``),
    clipped to 0..255 and rounded half-to-even (``numpy.rint``) to uint8.
+
+Baseline rules (for the reference rows of the metric tables). Each fuses the three BT.601 luminance channels as
+below, copies chroma from the most colourful source exactly as in step 3, and converts back as in step 4:
+
+* ``"average"``: Y = mean of the three Y.
+* ``"maximum"``: Y = per-pixel maximum of the three Y.
+* ``"pca"``: Y = sum_i w_i Y_i with ``w = |v| / sum |v|``, ``v`` the principal eigenvector of the 3x3 covariance
+  of the three flattened Y channels (equal weights when all three are constant).
+* ``"dwt"``: orthonormal 2-D Haar wavelet transform of each Y, ``levels`` levels (default 3; fewer when a level
+  would be narrower than 2 px); approximation: mean of the three, detail bands: the coefficient of largest
+  absolute value (ties: first source); inverse transform. Odd sizes are padded by edge replication at each level
+  and cropped back.
 """
 
 from __future__ import annotations
@@ -26,7 +38,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["FusionRule", "laplacian_ycbcr", "FUSION_RULES", "fuse", "rgb_to_ycbcr", "ycbcr_to_rgb"]
+__all__ = ["FusionRule", "laplacian_ycbcr", "average", "maximum", "pca", "dwt", "haar_dwt2", "haar_idwt2",
+           "FUSION_RULES", "fuse", "rgb_to_ycbcr", "ycbcr_to_rgb"]
 
 FusionRule = Callable[[Sequence[np.ndarray]], np.ndarray]
 
@@ -128,7 +141,94 @@ def laplacian_ycbcr(sources: Sequence[np.ndarray], levels: int = 4) -> np.ndarra
     return ycbcr_to_rgb(out)
 
 
-FUSION_RULES: dict[str, FusionRule] = {"laplacian_ycbcr": laplacian_ycbcr}
+def _fuse_luminance(sources: Sequence[np.ndarray], fuse_y: Callable[[list[np.ndarray]], np.ndarray]) -> np.ndarray:
+    """Fuse the Y channels with ``fuse_y``, take chroma from the most colourful source, back to uint8 RGB."""
+    _check_sources(sources)
+    ycc = [rgb_to_ycbcr(src) for src in sources]
+    chroma_magnitude = [float(np.mean(np.abs(img[..., 1:] - 128.0).sum(axis=-1))) for img in ycc]
+    out = ycc[int(np.argmax(chroma_magnitude))].copy()
+    out[..., 0] = fuse_y([img[..., 0].astype(np.float64) for img in ycc])
+    return ycbcr_to_rgb(out)
+
+
+def average(sources: Sequence[np.ndarray]) -> np.ndarray:
+    """Three HxWx3 uint8 RGB sources -> HxWx3 uint8: mean luminance, chroma of the most colourful source."""
+    return _fuse_luminance(sources, lambda ys: np.mean(ys, axis=0))
+
+
+def maximum(sources: Sequence[np.ndarray]) -> np.ndarray:
+    """Three HxWx3 uint8 RGB sources -> HxWx3 uint8: per-pixel max luminance, chroma of the most colourful source."""
+    return _fuse_luminance(sources, lambda ys: np.max(ys, axis=0))
+
+
+def _pca_weights(ys: list[np.ndarray]) -> np.ndarray:
+    """Weights |v| / sum |v| of the principal eigenvector v of the covariance of the flattened channels."""
+    cov = np.cov(np.stack([y.ravel() for y in ys]))
+    if not np.any(cov):
+        return np.full(len(ys), 1.0 / len(ys))
+    _, vectors = np.linalg.eigh(cov)
+    principal = np.abs(vectors[:, -1])
+    return principal / principal.sum()
+
+
+def pca(sources: Sequence[np.ndarray]) -> np.ndarray:
+    """Three HxWx3 uint8 RGB sources -> HxWx3 uint8: PCA-weighted luminance, chroma of the most colourful source."""
+    return _fuse_luminance(sources, lambda ys: np.tensordot(_pca_weights(ys), np.stack(ys), axes=1))
+
+
+def haar_dwt2(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One level of the orthonormal 2-D Haar DWT of an (H, W) float image with even H, W.
+
+    Returns (approximation, horizontal, vertical, diagonal detail), each (H/2, W/2).
+    """
+    a, b = img[0::2, 0::2], img[0::2, 1::2]
+    c, d = img[1::2, 0::2], img[1::2, 1::2]
+    return (a + b + c + d) / 2.0, (a + b - c - d) / 2.0, (a - b + c - d) / 2.0, (a - b - c + d) / 2.0
+
+
+def haar_idwt2(ll: np.ndarray, lh: np.ndarray, hl: np.ndarray, hh: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`haar_dwt2`: four (h, w) bands -> (2h, 2w) image."""
+    out = np.empty((2 * ll.shape[0], 2 * ll.shape[1]), dtype=np.float64)
+    out[0::2, 0::2] = (ll + lh + hl + hh) / 2.0
+    out[0::2, 1::2] = (ll + lh - hl - hh) / 2.0
+    out[1::2, 0::2] = (ll - lh + hl - hh) / 2.0
+    out[1::2, 1::2] = (ll - lh - hl + hh) / 2.0
+    return out
+
+
+def _pad_even(img: np.ndarray) -> np.ndarray:
+    return np.pad(img, ((0, img.shape[0] % 2), (0, img.shape[1] % 2)), mode="edge")
+
+
+def _dwt_fuse(ys: list[np.ndarray], levels: int) -> np.ndarray:
+    """Recursive Haar fusion of equal-shape (H, W) channels: mean approximation, max-abs details."""
+    height, width = ys[0].shape
+    if levels == 0 or min(height, width) < 4:
+        return np.mean(ys, axis=0)
+    bands = [haar_dwt2(_pad_even(y)) for y in ys]
+    details = []
+    for k in (1, 2, 3):
+        stack = np.stack([band[k] for band in bands])
+        pick = np.argmax(np.abs(stack), axis=0)
+        details.append(np.take_along_axis(stack, pick[None], axis=0)[0])
+    approximation = _dwt_fuse([band[0] for band in bands], levels - 1)
+    return haar_idwt2(approximation, *details)[:height, :width]
+
+
+def dwt(sources: Sequence[np.ndarray], levels: int = 3) -> np.ndarray:
+    """Three HxWx3 uint8 RGB sources -> HxWx3 uint8: Haar-DWT luminance fusion (see the module docstring)."""
+    if levels < 1:
+        raise ValueError(f"dwt: levels must be >= 1, got {levels}")
+    return _fuse_luminance(sources, lambda ys: _dwt_fuse(ys, levels))
+
+
+FUSION_RULES: dict[str, FusionRule] = {
+    "laplacian_ycbcr": laplacian_ycbcr,
+    "average": average,
+    "maximum": maximum,
+    "pca": pca,
+    "dwt": dwt,
+}
 
 
 def fuse(name: str, sources: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,0 +1,220 @@
+"""Score fused images with the paper's metrics; write Markdown / CSV / LaTeX tables and a comparison figure.
+
+    python eval.py RESULT_DIR... [--reference gt|sources] [--suite paper|all] [--out PREFIX]
+                   [--figure fig.png [--cases ID ...]]
+
+Each RESULT_DIR is a method folder (per case id `<id>_fused.png`, `<id>_src{1,2,3}.png` and `<id>_hr.png`, as
+`infer.py` writes them), a folder of method folders (e.g. `results/demo/test`), or a folder of scale folders
+`x2/ x4/ x8/` each holding method folders. The method is the folder name; the scale is the name of the folder
+holding it when that is `x<digits>` (one table section per scale). Runs named `wo_tmfa` / `wo_psf` form an
+ablation table next to `tfsdiff`.
+
+Metrics and their aggregation over the three sources: see `core.fusion_metrics`; layout: see `core.tables`.
+`--reference gt` compares with the ground truth, `--reference sources` with the three sources (mean over them).
+`--suite paper` gives MSE VIF SSIM PSNR LPIPS MAE RMSE AG; `--suite all` adds EN SD SF MI Qabf SCD CC.
+
+Pairing is by case id: within a scale all methods must have the same ids, and every case needs its sources (and
+its ground truth with `--reference gt`); otherwise the error lists the ids and the exit status is 2.
+LPIPS needs torchvision's AlexNet weights in the torch hub cache; without them the column shows n/a and the command
+says where to put the file (nothing is downloaded).
+
+Writes PREFIX.md, PREFIX.csv (mean and std per method and metric), PREFIX_per_image.csv and PREFIX.tex; the default
+PREFIX is `<first RESULT_DIR>/metrics_<reference>`. The Markdown is also printed.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from core.figure import FigureSection, comparison_figure
+from core.fusion_metrics import Lpips, alexnet_weights_path, load_lpips, metric_names, score_case
+from core.tables import ABLATION_RUNS, MODEL_RUN, MethodScores, ScaleSection, to_latex, to_markdown, \
+    to_per_image_csv, to_summary_csv
+
+FUSED_SUFFIX = "_fused.png"
+SCALE_NAME = re.compile(r"x\d+")
+MAX_IDS_SHOWN = 10
+
+
+class EvalError(ValueError):
+    """Result folders are missing, unpaired or unreadable (exit status 2)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("result_dirs", nargs="+", metavar="RESULT_DIR", help="method, methods or scales folder(s)")
+    parser.add_argument("--reference", choices=("gt", "sources"), default="gt",
+                        help="what the full-reference metrics compare the fused images with")
+    parser.add_argument("--suite", choices=("paper", "all"), default="paper", help="the paper's metrics or all")
+    parser.add_argument("--out", help="output prefix (default: <first RESULT_DIR>/metrics_<reference>)")
+    parser.add_argument("--figure", help="also write the comparison figure to this PNG file")
+    parser.add_argument("--cases", nargs="+", metavar="ID", help="case ids of the figure (default: the first three)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser.parse_args(argv)
+
+
+def case_ids(folder: Path) -> set[str]:
+    """Case ids of a method folder: the stems of its `<id>_fused.png` files."""
+    return {p.name.removesuffix(FUSED_SUFFIX) for p in folder.glob(f"*{FUSED_SUFFIX}") if p.is_file()}
+
+
+def _scale_of(folder: Path) -> str:
+    return folder.parent.name if SCALE_NAME.fullmatch(folder.parent.name) else ""
+
+
+def _method_folders(path: Path) -> list[Path]:
+    """The method folders at `path`: itself, its sub-folders, or its scale folders' sub-folders."""
+    if not path.is_dir():
+        raise EvalError(f"result folder {path} does not exist")
+    if case_ids(path):
+        return [path]
+    subs = sorted(p for p in path.iterdir() if p.is_dir())
+    found = [p for p in subs if case_ids(p)]
+    for scale in (s for s in subs if SCALE_NAME.fullmatch(s.name)):
+        found += [m for m in sorted(scale.iterdir()) if m.is_dir() and case_ids(m)]
+    if not found:
+        raise EvalError(f"no method folder (with *{FUSED_SUFFIX} files) in {path}, its sub-folders or its x<N> "
+                        "scale folders")
+    return found
+
+
+def discover(paths: list[str]) -> dict[str, dict[str, Path]]:
+    """scale -> method -> folder over all RESULT_DIRs; a method given twice at one scale is an error."""
+    scales: dict[str, dict[str, Path]] = {}
+    for path in paths:
+        for folder in _method_folders(Path(path)):
+            methods = scales.setdefault(_scale_of(folder), {})
+            if folder.name in methods and methods[folder.name].resolve() != folder.resolve():
+                raise EvalError(f"method {folder.name!r} appears twice at one scale: {methods[folder.name]} and "
+                                f"{folder}")
+            methods[folder.name] = folder
+    return {scale: dict(sorted(m.items(), key=lambda kv: _method_order(kv[0]))) for scale, m in sorted(scales.items())}
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    return (2 if method == MODEL_RUN else 1 if method in ABLATION_RUNS else 0), method
+
+
+def _show(ids: set[str]) -> str:
+    shown = sorted(ids)[:MAX_IDS_SHOWN]
+    return ", ".join(shown) + (f", ... ({len(ids)} in total)" if len(ids) > MAX_IDS_SHOWN else "")
+
+
+def paired_ids(scale: str, methods: dict[str, Path]) -> list[str]:
+    """The case ids shared by all methods of a scale; EvalError listing missing / extra ids otherwise."""
+    ids = {name: case_ids(folder) for name, folder in methods.items()}
+    union = set().union(*ids.values())
+    problems = [f"  {methods[name]}: missing {_show(union - found)}" for name, found in ids.items() if union - found]
+    if problems:
+        where = f"scale {scale}" if scale else "the result folders"
+        raise EvalError(f"fused images are not paired by case id across {where}:\n" + "\n".join(problems))
+    return sorted(union)
+
+
+def _needed_files(case_id: str, reference: str) -> list[str]:
+    return [f"{case_id}_src{k}.png" for k in (1, 2, 3)] + ([f"{case_id}_hr.png"] if reference == "gt" else [])
+
+
+def check_files(folder: Path, ids: list[str], reference: str) -> None:
+    """EvalError listing the cases of `folder` that lack a source (or, for reference gt, the ground truth)."""
+    missing = {case for case in ids for name in _needed_files(case, reference) if not (folder / name).is_file()}
+    if missing:
+        need = "src1/src2/src3" + ("/hr" if reference == "gt" else "")
+        raise EvalError(f"{folder}: cases without their {need} images: {_show(missing)}")
+
+
+def _read(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise EvalError(f"cannot read image {path}: {err}") from err
+
+
+def score_method(folder: Path, ids: list[str], reference: str, suite: str, lpips: Lpips | None,
+                 progress: bool) -> MethodScores:
+    """Per-case metrics of one method folder."""
+    rows = []
+    for case in tqdm(ids, desc=folder.name, disable=not progress, leave=False):
+        fused = _read(folder / f"{case}{FUSED_SUFFIX}")
+        sources = [_read(folder / f"{case}_src{k}.png") for k in (1, 2, 3)]
+        gt = _read(folder / f"{case}_hr.png") if reference == "gt" else None
+        shapes = {img.shape for img in [fused, *sources] + ([gt] if gt is not None else [])}
+        if len(shapes) != 1:
+            raise EvalError(f"{folder}: the images of case {case} differ in size: {sorted(shapes)}")
+        rows.append(score_case(fused, sources, gt, reference, suite, lpips))
+    values = {m: np.array([row[m] for row in rows], dtype=np.float64) for m in metric_names(suite)}
+    return MethodScores(folder.name, tuple(ids), values)
+
+
+def _figure_cases(requested: list[str] | None, ids_per_scale: dict[str, list[str]]) -> list[str]:
+    first = next(iter(ids_per_scale.values()))
+    cases = requested or first[:3]
+    for scale, ids in ids_per_scale.items():
+        unknown = set(cases) - set(ids)
+        if unknown:
+            raise EvalError(f"--cases: unknown case id(s) {_show(unknown)}{' at scale ' + scale if scale else ''}; "
+                            f"known: {_show(set(ids))}")
+    return cases
+
+
+def _lpips_or_note() -> tuple[Lpips | None, str | None]:
+    scorer = load_lpips()
+    if scorer is not None:
+        return scorer, None
+    path = alexnet_weights_path()
+    print(f"LPIPS: n/a. Its AlexNet backbone weights are not at {path}; copy torchvision's {path.name} there "
+          "(the torch hub cache; TORCH_HOME moves it) to get LPIPS. Nothing is downloaded.", file=sys.stderr)
+    return None, f"AlexNet weights not found at {path}"
+
+
+def run(args: argparse.Namespace) -> None:
+    scales = discover(args.result_dirs)
+    ids_per_scale = {scale: paired_ids(scale, methods) for scale, methods in scales.items()}
+    for scale, methods in scales.items():
+        for folder in methods.values():
+            check_files(folder, ids_per_scale[scale], args.reference)
+    figure_cases = _figure_cases(args.cases, ids_per_scale) if args.figure else []
+    lpips, lpips_missing = _lpips_or_note()
+    sections = [ScaleSection(scale, tuple(score_method(f, ids_per_scale[scale], args.reference, args.suite, lpips,
+                                                       not args.no_progress) for f in methods.values()),
+                             metric_names(args.suite))
+                for scale, methods in scales.items()]
+    prefix = Path(args.out) if args.out else Path(args.result_dirs[0]) / f"metrics_{args.reference}"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(sections, args.reference, lpips_missing)
+    outputs = {".md": markdown, ".csv": to_summary_csv(sections), "_per_image.csv": to_per_image_csv(sections),
+               ".tex": to_latex(sections, args.reference, lpips_missing)}
+    for suffix, text in outputs.items():
+        Path(f"{prefix}{suffix}").write_text(text, encoding="utf-8")
+    print(markdown)
+    print(f"tables written to {prefix}{{.md,.csv,_per_image.csv,.tex}}", file=sys.stderr)
+    if args.figure:
+        fig_sections = [FigureSection(scale, tuple(methods.items())) for scale, methods in scales.items()]
+        print(f"figure written to {comparison_figure(fig_sections, figure_cases, Path(args.figure))}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.cases and not args.figure:
+        print("error: --cases selects the rows of --figure; give --figure FILE too", file=sys.stderr)
+        return 2
+    try:
+        run(args)
+    except EvalError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as err:
+        print(f"evaluation failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
