@@ -2,6 +2,7 @@
 
     python sr.py -p train -c config/demo.json
     python sr.py -p val -c config/demo.json --checkpoint experiments/<run>/checkpoint/latest-or-file
+    python sr.py -p val -c config/demo.json --checkpoint <...> --sampler ddim --steps 50   # fast sampling
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from core.logger import RunDirs, make_run_dirs, setup_logger
 from data.embedded import ensure_embedded_dataset
 from data.fusion_dataset import DatasetError, EpochSampler, FusionDataset, create_dataloader
 from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel, select_device
+from model.samplers import add_sampler_args, sampler_from_args
 
 log = logging.getLogger("tfsdiff")
 
@@ -33,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="checkpoint to start from (overrides path.resume_state): our .pth file, "
                                              "a checkpoint folder (its 'latest'), or an official I{iter}_E{epoch} prefix")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--no-ema", action="store_true",
+                        help="-p val: sample with the trained weights even if the checkpoint has EMA weights")
+    add_sampler_args(parser)
     return parser.parse_args(argv)
 
 
@@ -53,12 +59,14 @@ def make_loader(ds_cfg: DatasetConfig, seed: int, train: bool) -> tuple[FusionDa
 
 
 def run_validation(model: TFSDiffModel, loader, out_dir: Path, progress: bool) -> Evaluation:
-    """Sample the validation set with the val schedule, then restore the train schedule."""
+    """Sample the validation set with the val schedule, model.sampler and the sampling (EMA) weights, then
+    restore the train schedule."""
     schedules = model.cfg.model.beta_schedule
     if schedules.val != schedules.train:
         model.diffusion.set_new_noise_schedule(schedules.val)
     try:
-        return evaluate(model.diffusion, loader, model.device, out_dir, seed=model.cfg.seed, progress=progress)
+        return evaluate(model.diffusion, loader, model.device, out_dir, seed=model.cfg.seed, progress=progress,
+                        sampler=model.cfg.model.sampler, net=model.sampling_net)
     finally:
         if schedules.val != schedules.train:
             model.diffusion.set_new_noise_schedule(schedules.train)
@@ -135,6 +143,7 @@ def after_step(model: TFSDiffModel, dirs: RunDirs, writer: SummaryWriter, val_lo
 
 def validate(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool) -> int:
     _, _, loader = make_loader(cfg.datasets.val, cfg.seed, train=False)
+    log.info("sampling with %s", cfg.model.sampler)
     result = run_validation(model, loader, dirs.results, progress)
     log_validation(result, model.step, None)
     for case in result.cases:
@@ -147,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config)
+        cfg = replace(cfg, model=replace(cfg.model, sampler=sampler_from_args(args, cfg)))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -164,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_data(cfg)
         model = TFSDiffModel(cfg, device, device_ids)
         if checkpoint:
-            model.load(checkpoint, weights_only=args.phase == "val")
+            model.load(checkpoint, weights_only=args.phase == "val", use_ema=not args.no_ema)
             log.info("loaded checkpoint %s (step %d, epoch %d)", checkpoint, model.step, model.epoch)
         run = train if args.phase == "train" else validate
         return run(cfg, model, dirs, not args.no_progress)

@@ -222,8 +222,29 @@ class LossConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SamplerConfig:
+    """How validation and inference sample: full-chain DDPM, respaced DDPM or DDIM over `steps` kept steps."""
+
+    type: Literal["ddpm", "respaced", "ddim"] = "ddpm"  # ddpm = every step of the val schedule (the reference)
+    steps: int | None = None  # number of kept steps, 1..n_timestep; required for respaced and ddim, null for ddpm
+    eta: float = 0.0  # DDIM stochasticity in [0, 1] (0 = deterministic); only for type "ddim"
+
+    def __post_init__(self) -> None:
+        if self.type == "ddpm":
+            _check(self.steps is None, "steps",
+                   f"type 'ddpm' always runs the full chain; remove steps or use type 'respaced' (got {self.steps})")
+        else:
+            _check(self.steps is not None, "steps", f"required for type {self.type!r}")
+            _check_min(self.steps, 1, "steps")
+        if self.type == "ddim":
+            _check(0.0 <= self.eta <= 1.0, "eta", f"expected a number in [0, 1], got {self.eta}")
+        else:
+            _check(self.eta == 0.0, "eta", f"only used by type 'ddim'; remove it for type {self.type!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """The network, its initialisation, the diffusion process and the loss."""
+    """The network, its initialisation, the diffusion process, the loss and the sampler."""
 
     unet: UNetConfig
     tmfa: TMFAConfig = TMFAConfig()
@@ -231,6 +252,12 @@ class ModelConfig:
     beta_schedule: BetaScheduleConfig
     diffusion: DiffusionConfig
     loss: LossConfig = LossConfig()
+    sampler: SamplerConfig = SamplerConfig()
+
+    def __post_init__(self) -> None:
+        steps, n_timestep = self.sampler.steps, self.beta_schedule.val.n_timestep
+        _check(steps is None or steps <= n_timestep, "sampler.steps",
+               f"{steps} exceeds beta_schedule.val.n_timestep {n_timestep}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -245,18 +272,42 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EMASchedulerConfig:
+    """Exponential moving average of the weights (SR3 key names); sampling uses it when present."""
+
+    step_start_ema: int = 0  # >= 0; up to this step the average copies the weights
+    update_ema_every: int = 1  # >= 1; afterwards it is updated every this many steps
+    ema_decay: float = 0.9999  # in [0, 1): ema = decay * ema + (1 - decay) * weights
+
+    def __post_init__(self) -> None:
+        _check_min(self.step_start_ema, 0, "step_start_ema")
+        _check_min(self.update_ema_every, 1, "update_ema_every")
+        _check(0.0 <= self.ema_decay < 1.0, "ema_decay", f"expected a number in [0, 1), got {self.ema_decay}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Training length, logging/validation/checkpoint frequencies and optimiser."""
+    """Training length, logging/validation/checkpoint frequencies, optimiser and optional weight EMA."""
 
     n_iter: int  # >= 1
     val_freq: int  # >= 1
     save_checkpoint_freq: int  # >= 1
     print_freq: int  # >= 1
     optimizer: OptimizerConfig = OptimizerConfig()
+    ema_scheduler: EMASchedulerConfig | None = None  # null: no EMA
 
     def __post_init__(self) -> None:
         for name in ("n_iter", "val_freq", "save_checkpoint_freq", "print_freq"):
             _check_min(getattr(self, name), 1, name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerformanceConfig:
+    """Speed switches for training and sampling; all off is the plain fp32 path."""
+
+    channels_last: bool = False  # NHWC memory format for the network and its inputs
+    autocast: Literal["none", "bf16", "fp16"] = "none"  # mixed precision; fp16 needs a GPU
+    compile: bool = False  # torch.compile the network (slow to start: minutes on a small CPU)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,8 +321,11 @@ class TFSDiffConfig:
     datasets: DatasetsConfig
     model: ModelConfig
     train: TrainConfig
+    performance: PerformanceConfig = PerformanceConfig()
 
     def __post_init__(self) -> None:
+        _check(self.performance.autocast != "fp16" or bool(self.gpu_ids), "performance.autocast",
+               "'fp16' needs a GPU (gpu_ids is empty); use 'bf16' on a CPU")
         unet, diffusion = self.model.unet, self.model.diffusion
         size = diffusion.image_size
         for split in ("train", "val"):

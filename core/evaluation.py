@@ -1,6 +1,7 @@
 """The one evaluation path: sample a data split with the model, save images by case id, score against ground truth.
 
-Used by validation during training, by `sr.py -p val` and by `infer.py`. For every case it writes
+Used by validation during training, by `sr.py -p val` and by `infer.py`. Cases are sampled a loader batch at a
+time with the configured sampler (`model.sampler`; default the full chain). For every case it writes
 `<case>_fused.png` (the model output), `<case>_src{1,2,3}.png` (the bicubic-upsampled inputs), `<case>_hr.png`
 (the ground truth, when the split has one) and, on request, `<case>_process.png` (the denoising process strip).
 Next to the model it scores the bicubic-then-fuse baseline: the ground-truth fusion rule applied to the
@@ -18,10 +19,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from core.config import SamplerConfig
 from core.metrics import psnr, ssim, tensor2img
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
-from model.diffusion import GaussianDiffusion
+from model.diffusion import GaussianDiffusion, NoiseNet
+from model.samplers import Sampler, build_sampler
 
 BASELINE_RULE = "laplacian_ycbcr"
 
@@ -68,9 +71,10 @@ def _save(path: Path, image: np.ndarray) -> None:
 
 
 def _evaluate_batch(diffusion: GaussianDiffusion, batch: FusionBatch, out_dir: Path | None,
-                    generator: torch.Generator, save_process: bool,
-                    progress: bool) -> tuple[list[CaseResult], np.ndarray]:
-    result = diffusion.p_sample_loop(batch.condition, generator, continuous=save_process, progress=progress)
+                    generator: torch.Generator, save_process: bool, progress: bool, sampler: Sampler,
+                    net: NoiseNet | None) -> tuple[list[CaseResult], np.ndarray]:
+    result = diffusion.p_sample_loop(batch.condition, generator, continuous=save_process, progress=progress,
+                                     sampler=sampler, net=net)
     fused_t = result[-1] if save_process else result
     cases, rows = [], []
     for i, case_id in enumerate(batch.case_ids):
@@ -92,11 +96,15 @@ def _evaluate_batch(diffusion: GaussianDiffusion, batch: FusionBatch, out_dir: P
 
 @torch.no_grad()
 def evaluate(diffusion: GaussianDiffusion, loader: DataLoader, device: torch.device, out_dir: Path | None, *,
-             seed: int = 0, save_process: bool = False, progress: bool = True) -> Evaluation:
+             seed: int = 0, save_process: bool = False, progress: bool = True, sampler: SamplerConfig | None = None,
+             net: NoiseNet | None = None) -> Evaluation:
     """Sample every case of `loader` with a generator seeded by `seed` (the global RNG is not touched).
 
+    `sampler` defaults to the full-chain DDPM on the diffusion's current schedule; `net` defaults to
+    `diffusion.denoise_fn` (pass `TFSDiffModel.sampling_net` for the EMA weights and the performance switches).
     Preview rows: src1 | src2 | src3 | fused | ground truth, one row per case of the first batch.
     """
+    chain = build_sampler(diffusion, SamplerConfig() if sampler is None else sampler)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -107,7 +115,7 @@ def evaluate(diffusion: GaussianDiffusion, loader: DataLoader, device: torch.dev
     try:
         for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
             batch_cases, rows = _evaluate_batch(diffusion, batch.to(device), out_dir, generator, save_process,
-                                                 progress)
+                                                 progress, chain, net)
             cases.extend(batch_cases)
             preview = rows if preview is None else preview
     finally:

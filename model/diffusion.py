@@ -3,7 +3,7 @@
 Forward process q(x_t | x_0) = N(gamma x_0, (1 - gamma^2) I) with gamma = sqrt(alpha_bar). Training draws, per
 sample, a discrete step t in 1..T and a continuous gamma uniformly between sqrt(alpha_bar_{t-1}) and sqrt(alpha_bar_t)
 (SR3's continuous noise level), so any sub-schedule can be sampled later without retraining. The network predicts
-the noise. The reference sampler is the full-chain ancestral DDPM sampler of SR3.
+the noise. Sampling runs one of the samplers of `model.samplers` (default: SR3's full-chain ancestral DDPM).
 
 `GaussianDiffusion` holds the noise network as `denoise_fn` and the schedule as buffers with the official names, so
 its `state_dict()` has exactly the layout of the official `*_gen.pth` checkpoints. It knows nothing about data.
@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+
+from model.samplers import AncestralSampler, NoiseNet, Sampler, sample_loop
 
 TimestepSampling = Literal["per_sample", "per_batch"]
-NoiseNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 SCHEDULE_BUFFERS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
@@ -96,6 +96,7 @@ class GaussianDiffusion(nn.Module):
         alphas = 1.0 - betas
         alphas_cumprod = np.cumprod(alphas)
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+        self.alphas_cumprod_f64 = alphas_cumprod  # float64 copy for respaced samplers (not a buffer)
         self.sqrt_alphas_cumprod_prev = np.sqrt(np.append(1.0, alphas_cumprod))
         self.num_timesteps = int(betas.shape[0])
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
@@ -178,19 +179,15 @@ class GaussianDiffusion(nn.Module):
 
     @torch.no_grad()
     def p_sample_loop(self, condition: torch.Tensor, generator: torch.Generator, continuous: bool = False,
-                      progress: bool = True) -> torch.Tensor:
-        """Full-chain ancestral sampling from x_T ~ N(0, I).
+                      progress: bool = True, sampler: Sampler | None = None,
+                      net: NoiseNet | None = None) -> torch.Tensor:
+        """Sample from x_T ~ N(0, I) with `sampler` (default: the full chain, i.e. `p_sample` T times) and `net`
+        (default: `denoise_fn`).
 
         Returns the fused image (B, C, H, W) in [-1, 1], or with `continuous` the denoising process as a
         tensor (K, B, C, H, W) holding x_T and about ten intermediate states, the last one being the result.
         """
-        b, _, h, w = condition.shape
-        img = torch.randn((b, self.channels, h, w), generator=generator, device=generator.device).to(condition.device)
-        every = 1 | (self.num_timesteps // 10)
-        frames = [img]
-        for t in tqdm(reversed(range(self.num_timesteps)), desc="sampling", total=self.num_timesteps,
-                      disable=not progress, leave=False):
-            img = self.p_sample(img, t, condition, generator)
-            if continuous and t % every == 0:
-                frames.append(img)
-        return torch.stack(frames) if continuous else img
+        sampler = AncestralSampler.full_chain(self) if sampler is None else sampler
+        net = self.denoise_fn if net is None else net
+        return sample_loop(net, sampler, condition, generator, self.channels, continuous=continuous,
+                           progress=progress)

@@ -1,16 +1,22 @@
 """The trainable TFS-Diff model: network + diffusion, optimiser, device placement, and checkpoints.
 
-Checkpoint format (ours): one self-describing dict saved atomically as `I{step}_E{epoch}.pth`:
-`{"format": "tfsdiff", "version", "step", "epoch", "batch_in_epoch", "model", "optimizer", "rng", "config"}`,
-where `model` is the state dict of `GaussianDiffusion` (the official `*_gen.pth` layout: `denoise_fn.*` plus
-the schedule buffers) and `rng` holds the torch RNG states that exact resumption needs. A `latest` text file in
-the same folder names the newest complete checkpoint; it is replaced atomically after the checkpoint is on disk.
+Checkpoint format (ours, version 2; version 1 still loads): one self-describing dict saved atomically as
+`I{step}_E{epoch}.pth`: `{"format": "tfsdiff", "version", "step", "epoch", "batch_in_epoch", "model", "ema",
+"optimizer", "scaler", "rng", "config"}`, where `model` is the state dict of `GaussianDiffusion` (the official
+`*_gen.pth` layout: `denoise_fn.*` plus the schedule buffers), `ema` the state dict of the averaged network (None
+without `train.ema_scheduler`), `scaler` the fp16 gradient scaler, and `rng` the torch RNG states that exact
+resumption needs. A `latest` text file in the same folder names the newest complete checkpoint; it is replaced
+atomically after the checkpoint is on disk. Sampling uses the EMA weights when a checkpoint has them.
+
+`performance` switches (channels_last, autocast, compile) act through `NetRunner`, which the training step and
+the sampling loop call instead of the bare network; with all switches off it is the plain fp32 network.
 
 Official checkpoints (`<prefix>_gen.pth`, optionally `<prefix>_opt.pth`) load strictly in the official-compatible
 configuration (`model.tmfa.placement: "all_channels"`, official U-Net sizes).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -19,12 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.config import ModelConfig, TFSDiffConfig, config_to_dict
+from core.config import EMASchedulerConfig, ModelConfig, PerformanceConfig, TFSDiffConfig, config_to_dict
 from model.diffusion import GaussianDiffusion
 from model.losses import build_loss
 from model.unet import UNet, init_weights
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+_AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("tfsdiff")
 
 
@@ -65,6 +72,67 @@ def build_diffusion(cfg: ModelConfig) -> GaussianDiffusion:
                              timestep_sampling=cfg.diffusion.timestep_sampling)
 
 
+class NetRunner:
+    """Calls a noise network with the performance switches: NHWC inputs, autocast, torch.compile.
+
+    Same signature as the network, eps(condition, x_t, noise_level); always returns float32 noise. The wrapped
+    module's parameters must already be in channels_last format when `channels_last` is set (`prepare_net`).
+    """
+
+    def __init__(self, net: nn.Module, perf: PerformanceConfig, device: torch.device) -> None:
+        if perf.autocast == "fp16" and device.type != "cuda":
+            raise ValueError(f"performance.autocast 'fp16' needs a CUDA device, but the model runs on {device}")
+        self.module = net
+        self.device_type = device.type
+        self.channels_last = perf.channels_last
+        self.dtype = _AUTOCAST_DTYPES[perf.autocast]
+        self._call = torch.compile(net) if perf.compile else net
+
+    def __call__(self, condition: torch.Tensor, x_t: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            condition = condition.contiguous(memory_format=torch.channels_last)
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            eps = self._call(condition, x_t, noise_level)
+        return eps.float()
+
+
+def prepare_net(net: nn.Module, perf: PerformanceConfig) -> nn.Module:
+    """Put the parameters in the memory format the switches ask for (in place); returns `net`."""
+    return net.to(memory_format=torch.channels_last) if perf.channels_last else net
+
+
+class WeightEMA:
+    """Exponential moving average of a network's weights, driven by `train.ema_scheduler` (SR3 key names).
+
+    After optimisation step s (1-based): while s <= step_start_ema the average copies the weights; afterwards,
+    every `update_ema_every` steps, ema <- decay * ema + (1 - decay) * weights. Buffers are copied. The averaged
+    network is always in eval mode and never requires gradients.
+    """
+
+    def __init__(self, net: nn.Module, cfg: EMASchedulerConfig) -> None:
+        self.cfg = cfg
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, step: int) -> None:
+        copy_all = step <= self.cfg.step_start_ema
+        if not copy_all and step % self.cfg.update_ema_every != 0:
+            return
+        for avg, weight in zip(self.net.parameters(), net.parameters(), strict=True):
+            if copy_all:
+                avg.copy_(weight)
+            else:
+                avg.lerp_(weight, 1.0 - self.cfg.ema_decay)
+        for avg, value in zip(self.net.buffers(), net.buffers(), strict=True):
+            avg.copy_(value)
+
+    @torch.no_grad()
+    def copy_from(self, net: nn.Module) -> None:
+        """Restart the average at the weights of `net`."""
+        self.net.load_state_dict(net.state_dict())
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -101,15 +169,20 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
 
 
 class TFSDiffModel:
-    """Network, diffusion, loss and Adam optimiser, with train step and checkpointing."""
+    """Network, diffusion, loss, Adam optimiser and optional weight EMA, with train step and checkpointing."""
 
     def __init__(self, cfg: TFSDiffConfig, device: torch.device, device_ids: list[int] | None = None) -> None:
         self.cfg = cfg
         self.device = device
         self.diffusion = build_diffusion(cfg.model).to(device)
-        net = self.diffusion.denoise_fn
+        net = prepare_net(self.diffusion.denoise_fn, cfg.performance)
         self.parallel_net: nn.Module = nn.DataParallel(net, device_ids=device_ids) if device_ids else net
+        self.train_runner = NetRunner(self.parallel_net, cfg.performance, device)
+        ema_cfg = cfg.train.ema_scheduler
+        self.ema = WeightEMA(net, ema_cfg) if ema_cfg is not None else None
+        self._sampling_runner: NetRunner | None = None
         self.optimizer = torch.optim.Adam(net.parameters(), lr=cfg.train.optimizer.lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.performance.autocast == "fp16")
         loss = cfg.model.loss
         self.loss_fn = build_loss(loss.type, loss.lambda_mse, loss.lambda_ssim, loss.ssim_window)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -121,17 +194,31 @@ class TFSDiffModel:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.diffusion.denoise_fn.parameters())
 
+    @property
+    def sampling_net(self) -> NetRunner:
+        """What sampling calls: the EMA network when there is one, else the trained one, with the switches."""
+        module = self.ema.net if self.ema is not None else self.diffusion.denoise_fn
+        if self._sampling_runner is None or self._sampling_runner.module is not module:
+            self._sampling_runner = NetRunner(module, self.cfg.performance, self.device)
+        return self._sampling_runner
+
     def train_step(self, x0: torch.Tensor, condition: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on a batch; raises NonFiniteLossError before touching the weights."""
+        """Optimisation step `self.step + 1` on a batch (the caller advances `step`), then the EMA update.
+
+        Raises NonFiniteLossError before touching the weights.
+        """
         self.diffusion.train()
-        terms = self.diffusion.training_terms(x0, condition, self.generator, self.parallel_net)
+        terms = self.diffusion.training_terms(x0, condition, self.generator, self.train_runner)
         losses = self.loss_fn(terms, x0)
         values = {name: float(v.detach()) for name, v in losses.items()}
         if not all(map(lambda v: v == v and abs(v) != float("inf"), values.values())):
             raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {values}")
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        self.optimizer.step()
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.diffusion.denoise_fn, self.step + 1)
         return values
 
     # ----- checkpoints ----------------------------------------------------------------------------------------
@@ -141,7 +228,9 @@ class TFSDiffModel:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"format": "tfsdiff", "version": CHECKPOINT_VERSION, "step": self.step, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "model": self.diffusion.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "rng": rng, "config": config_to_dict(self.cfg)}
+                "ema": None if self.ema is None else self.ema.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng,
+                "config": config_to_dict(self.cfg)}
 
     def save(self, folder: Path) -> Path:
         """Write `I{step}_E{epoch}.pth` atomically, then point `latest` at it."""
@@ -151,28 +240,66 @@ class TFSDiffModel:
         _write_text_atomic(folder / "latest", path.name + "\n")
         return path
 
-    def load(self, path: str | Path, weights_only: bool = False) -> None:
-        """Load ours or an official checkpoint; `weights_only` skips optimiser, counters and RNG (val/inference)."""
+    def load(self, path: str | Path, weights_only: bool = False, use_ema: bool = True) -> None:
+        """Load ours or an official checkpoint.
+
+        `weights_only` (validation/inference) skips optimiser, counters and RNG and loads the weights to sample
+        with: the checkpoint's EMA weights when it has them and `use_ema`, else its trained weights. A full load
+        (resuming training) restores the EMA too; a checkpoint without one starts the EMA at its weights.
+        """
         kind, location = resolve_checkpoint(path)
         if kind == "official":
             self._load_official(location, weights_only)
+            self._restart_ema(f"{location} is an official checkpoint without EMA weights")
             return
+        state = self._read(location)
+        self._check_network_config(state.get("config", {}), location)
+        ema_state = state.get("ema")
+        if weights_only and use_ema and ema_state is not None:
+            net_keys = {f"denoise_fn.{k}": v for k, v in ema_state.items()}
+            self._load_model_state({**state["model"], **net_keys}, location)
+            log.info("sampling with the EMA weights of %s", location)
+        else:
+            self._load_model_state(state["model"], location)
+        if weights_only:
+            self._restart_ema("")
+            return
+        if self.ema is not None and ema_state is not None:
+            self.ema.net.load_state_dict(ema_state)
+        elif self.ema is not None:
+            self._restart_ema(f"{location} has no EMA weights")
+        elif ema_state is not None:
+            log.warning("%s has EMA weights but train.ema_scheduler is not set: training continues without EMA",
+                        location)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["train_generator"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    @staticmethod
+    def _read(location: Path) -> dict[str, Any]:
         try:
             state = torch.load(location, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError) as err:
             raise CheckpointError(f"cannot read checkpoint {location}: {err}") from err
         if not isinstance(state, dict) or state.get("format") != "tfsdiff":
             raise CheckpointError(f"{location} is not a TFS-Diff checkpoint")
-        self._check_network_config(state.get("config", {}), location)
-        self._load_model_state(state["model"], location)
-        if weights_only:
+        if state.get("version", 0) > CHECKPOINT_VERSION:
+            raise CheckpointError(f"{location} has checkpoint version {state['version']}, newer than this code's "
+                                  f"{CHECKPOINT_VERSION}: update the code")
+        return state
+
+    def _restart_ema(self, reason: str) -> None:
+        """Make the EMA (if configured) equal to the loaded weights, so sampling uses exactly those."""
+        if self.ema is None:
             return
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["train_generator"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.ema.copy_from(self.diffusion.denoise_fn)
+        if reason:
+            log.info("%s: the EMA starts at its weights", reason)
 
     def _check_network_config(self, saved: dict, location: Path) -> None:
         saved_model = saved.get("model", {})

@@ -1,0 +1,205 @@
+"""Reverse-diffusion samplers behind one contract, and the one generic sampling loop.
+
+A sampler holds `timesteps`, the kept indices 0..T-1 of the full chain in descending order, the noise level
+gamma = sqrt(alpha_bar) fed to the network at each of them, and `step(eps, i, x_t, generator) -> (x_prev, x0_hat)`
+for the i-th kept step. The step before `timesteps[i]` is always read from the list (`timesteps[i + 1]`, or "none"
+after the last one, where alpha_bar_prev = 1); it is never computed by arithmetic. Every per-step coefficient is a
+python float computed before the loop, so the loop never synchronises host and device.
+
+- `AncestralSampler.full_chain`: the reference, SR3's full-chain ancestral DDPM (Ho et al., 2020, Eq. 6-7, 15),
+  with the float32 schedule buffers, so its output is bit-identical to the original loop for the same seed.
+- `AncestralSampler.respaced`: DDPM over N kept steps with betas recomputed from the kept alpha_bar
+  (Nichol & Dhariwal, 2021, Sec. 4; guided-diffusion's respacing), noise level sqrt(alpha_bar) of the kept step.
+- `DDIMSampler`: Song et al. (2021), Eq. 12 with sigma from Eq. 16 scaled by eta.
+Images are (B, C, H, W) in [-1, 1]; noise levels are in (0, 1].
+"""
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.config import ConfigError, SamplerConfig, TFSDiffConfig
+
+if TYPE_CHECKING:
+    from model.diffusion import GaussianDiffusion
+
+NoiseNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Sampler(Protocol):
+    """The contract every sampler obeys."""
+
+    timesteps: tuple[int, ...]  # kept indices into the full chain, descending, ending at the last kept one
+    noise_levels: tuple[float, ...]  # gamma fed to the network at step i
+
+    def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t at kept step i and the predicted noise -> (x at the next kept step, predicted x0)."""
+        ...
+
+
+def spaced_timesteps(num_timesteps: int, steps: int) -> tuple[int, ...]:
+    """`steps` evenly spaced indices of 0..T-1, both ends included (guided-diffusion's `space_timesteps`),
+    descending."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"sampler steps must be in 1..{num_timesteps} (the schedule's n_timestep), got {steps}")
+    if steps == 1:
+        return (num_timesteps - 1,)
+    stride = (num_timesteps - 1) / (steps - 1)
+    return tuple(sorted({round(k * stride) for k in range(steps)}, reverse=True))
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when the 4-d tensor x is laid out NHWC (and not also plain contiguous)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _noise(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise drawn from `generator` (on its device), moved to like's device and memory format."""
+    noise = torch.randn(tuple(shape), generator=generator, device=generator.device).to(like.device)
+    return noise.contiguous(memory_format=torch.channels_last) if is_channels_last(like) else noise
+
+
+def _floats(values: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[float, ...]:
+    """Python floats (never numpy scalars or tensors, so per-step arithmetic never syncs or leaves torch)."""
+    values = values.tolist() if isinstance(values, (np.ndarray, torch.Tensor)) else values
+    return tuple(float(v) for v in values)
+
+
+class AncestralSampler:
+    """Ancestral DDPM steps x_t -> x_{t_prev} along the kept steps; no noise is added after the last one."""
+
+    def __init__(self, timesteps: Sequence[int], noise_levels: Sequence[float], recip: Sequence[float],
+                 recipm1: Sequence[float], coef1: Sequence[float], coef2: Sequence[float], sigma: Sequence[float],
+                 clip_denoised: bool) -> None:
+        self.timesteps = tuple(int(t) for t in timesteps)
+        self.noise_levels = _floats(noise_levels)
+        self._recip, self._recipm1 = _floats(recip), _floats(recipm1)
+        self._coef1, self._coef2, self._sigma = _floats(coef1), _floats(coef2), _floats(sigma)
+        self.clip_denoised = clip_denoised
+
+    @classmethod
+    def full_chain(cls, diffusion: GaussianDiffusion) -> AncestralSampler:
+        """Every step T-1..0 with the float32 schedule buffers (SR3's `p_sample_loop`)."""
+        d = diffusion
+        t = torch.arange(d.num_timesteps - 1, -1, -1)
+        sigma = (0.5 * d.posterior_log_variance_clipped).exp()  # sigma_t^2 = beta~_t, the posterior variance (Eq. 7)
+        return cls(t, d.sqrt_alphas_cumprod_prev[t.numpy() + 1], d.sqrt_recip_alphas_cumprod[t],
+                   d.sqrt_recipm1_alphas_cumprod[t], d.posterior_mean_coef1[t], d.posterior_mean_coef2[t], sigma[t],
+                   d.clip_denoised)
+
+    @classmethod
+    def respaced(cls, diffusion: GaussianDiffusion, steps: int) -> AncestralSampler:
+        """DDPM over `steps` kept steps: beta_k = 1 - alpha_bar_k / alpha_bar_prev(k), in float64."""
+        kept = spaced_timesteps(diffusion.num_timesteps, steps)
+        ab = diffusion.alphas_cumprod_f64[list(kept)]
+        ab_prev = np.append(ab[1:], 1.0)  # alpha_bar of the next kept step in sampling order; 1 after the last
+        betas = 1.0 - ab / ab_prev
+        variance = betas * (1.0 - ab_prev) / (1.0 - ab)  # posterior variance beta~ (Eq. 7)
+        return cls(kept, np.sqrt(ab), np.sqrt(1.0 / ab), np.sqrt(1.0 / ab - 1.0),
+                   betas * np.sqrt(ab_prev) / (1.0 - ab), (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab),
+                   np.sqrt(np.maximum(variance, 1e-20)), diffusion.clip_denoised)
+
+    def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x0_hat = self._recip[i] * x_t - self._recipm1[i] * eps  # x0 from x_t and eps (Ho et al., Eq. 15)
+        if self.clip_denoised:
+            x0_hat = x0_hat.clamp(-1.0, 1.0)
+        mean = self._coef1[i] * x0_hat + self._coef2[i] * x_t  # posterior mean mu~_t(x_t, x0) (Ho et al., Eq. 7)
+        if i == len(self.timesteps) - 1:
+            return mean, x0_hat
+        return mean + _noise(x_t.shape, x_t, generator) * self._sigma[i], x0_hat
+
+
+class DDIMSampler:
+    """DDIM (Song et al., 2021): Eq. 12 with sigma_t(eta) of Eq. 16; eta = 0 is deterministic."""
+
+    def __init__(self, diffusion: GaussianDiffusion, steps: int, eta: float) -> None:
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
+        self.timesteps = spaced_timesteps(diffusion.num_timesteps, steps)
+        ab = diffusion.alphas_cumprod_f64[list(self.timesteps)]
+        ab_prev = np.append(ab[1:], 1.0)
+        sigma = eta * np.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))  # Eq. 16 times eta
+        self.noise_levels = _floats(np.sqrt(ab))
+        self.eta = eta
+        self.clip_denoised = diffusion.clip_denoised
+        self._recip, self._recipm1 = _floats(np.sqrt(1.0 / ab)), _floats(np.sqrt(1.0 / ab - 1.0))
+        self._sqrt_ab_prev = _floats(np.sqrt(ab_prev))
+        self._dir = _floats(np.sqrt(np.maximum(1.0 - ab_prev - sigma ** 2, 0.0)))
+        self._sigma = _floats(sigma)
+
+    def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x0_hat = self._recip[i] * x_t - self._recipm1[i] * eps  # "predicted x0" term of Eq. 12
+        if self.clip_denoised:
+            x0_hat = x0_hat.clamp(-1.0, 1.0)
+            eps = (self._recip[i] * x_t - x0_hat) / self._recipm1[i]  # noise consistent with the clipped x0
+        x_prev = self._sqrt_ab_prev[i] * x0_hat + self._dir[i] * eps  # Eq. 12: x0 part + "direction pointing to x_t"
+        if self._sigma[i] == 0.0:
+            return x_prev, x0_hat
+        return x_prev + self._sigma[i] * _noise(x_t.shape, x_t, generator), x0_hat  # Eq. 12: random noise sigma_t eps_t
+
+
+def build_sampler(diffusion: GaussianDiffusion, cfg: SamplerConfig) -> AncestralSampler | DDIMSampler:
+    """The sampler of `cfg` on the diffusion's current schedule."""
+    if cfg.type == "ddpm":
+        return AncestralSampler.full_chain(diffusion)
+    if cfg.steps is None:
+        raise ValueError(f"sampler type {cfg.type!r} needs steps")
+    if cfg.type == "respaced":
+        return AncestralSampler.respaced(diffusion, cfg.steps)
+    return DDIMSampler(diffusion, cfg.steps, cfg.eta)
+
+
+@torch.no_grad()
+def sample_loop(net: NoiseNet, sampler: Sampler, condition: torch.Tensor, generator: torch.Generator, channels: int,
+                *, continuous: bool = False, progress: bool = True) -> torch.Tensor:
+    """Sample from x_T ~ N(0, I) (drawn from `generator`) along `sampler`'s kept steps.
+
+    `condition` (B, 9, H, W); its memory format is kept for x. Returns the result (B, channels, H, W), or with
+    `continuous` (K, B, channels, H, W): x_T, about ten intermediate states, and the result last.
+    """
+    b, _, h, w = condition.shape
+    x = _noise((b, channels, h, w), condition, generator)
+    levels = torch.tensor(sampler.noise_levels, dtype=torch.float32)[:, None].expand(-1, b).contiguous()
+    levels = levels.to(condition.device)  # (n, B): one host-to-device copy before the loop
+    n = len(sampler.timesteps)
+    every = 1 | (n // 10)
+    frames = [x]
+    for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
+        eps = net(condition, x, levels[i])
+        x, _ = sampler.step(eps, i, x, generator)
+        if continuous and (n - 1 - i) % every == 0:
+            frames.append(x)
+    return torch.stack(frames) if continuous else x
+
+
+def add_sampler_args(parser: argparse.ArgumentParser) -> None:
+    """Add --sampler, --steps and --eta (each overrides model.sampler of the config)."""
+    group = parser.add_argument_group("sampler (overrides model.sampler)")
+    group.add_argument("--sampler", choices=("ddpm", "respaced", "ddim"),
+                       help="ddpm = full chain (reference), respaced = DDPM over --steps steps, ddim = DDIM")
+    group.add_argument("--steps", type=int, help="kept steps for respaced/ddim (1..n_timestep of the val schedule)")
+    group.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (0 = deterministic)")
+
+
+def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerConfig:
+    """model.sampler with the command-line overrides applied; raises ConfigError naming the flag."""
+    base = cfg.model.sampler
+    kind = args.sampler or base.type
+    same = kind == base.type
+    steps = args.steps if args.steps is not None else (base.steps if same else None)
+    eta = args.eta if args.eta is not None else (base.eta if same else 0.0)
+    try:
+        sampler = SamplerConfig(type=kind, steps=steps, eta=eta)
+    except ConfigError as err:
+        raise ConfigError(f"--{err.key}", f"{err.reason} (with --sampler {kind})") from None
+    n_timestep = cfg.model.beta_schedule.val.n_timestep
+    if sampler.steps is not None and sampler.steps > n_timestep:
+        raise ConfigError("--steps", f"{sampler.steps} exceeds model.beta_schedule.val.n_timestep {n_timestep}")
+    return sampler

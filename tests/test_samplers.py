@@ -1,0 +1,192 @@
+"""Samplers: one contract for all, exactness of the full chain and of respacing, DDIM equations, CLI overrides."""
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from core.config import ConfigError, PerformanceConfig, SamplerConfig, config_to_dict, load_config, parse_config
+from model.diffusion import GaussianDiffusion
+from model.model import NetRunner, prepare_net
+from model.samplers import (AncestralSampler, DDIMSampler, add_sampler_args, build_sampler, sample_loop,
+                            sampler_from_args, spaced_timesteps)
+from model.unet import UNet
+
+T = 20
+SAMPLERS = [SamplerConfig(), SamplerConfig(type="respaced", steps=7), SamplerConfig(type="ddim", steps=7),
+            SamplerConfig(type="ddim", steps=5, eta=1.0)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny networks run fastest (and steadiest on a busy machine) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def diffusion() -> GaussianDiffusion:
+    torch.manual_seed(0)
+    net = UNet(inner_channel=16, norm_groups=8, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16)
+    schedule = SimpleNamespace(schedule="linear", n_timestep=T, linear_start=1e-4, linear_end=0.1)
+    return GaussianDiffusion(net, schedule).eval()
+
+
+@pytest.fixture(scope="module")
+def condition() -> torch.Tensor:
+    return torch.rand(2, 9, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+
+
+def run(diffusion: GaussianDiffusion, sampler, condition: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    return diffusion.p_sample_loop(condition, torch.Generator().manual_seed(seed), progress=False, sampler=sampler)
+
+
+@pytest.mark.parametrize("cfg", SAMPLERS, ids=lambda c: f"{c.type}-{c.steps}-{c.eta}")
+def test_sampler_contract(diffusion: GaussianDiffusion, condition: torch.Tensor, cfg: SamplerConfig) -> None:
+    sampler = build_sampler(diffusion, cfg)
+    n = cfg.steps or T
+    assert len(sampler.timesteps) == len(sampler.noise_levels) == n
+    assert sampler.timesteps[0] == T - 1 and sampler.timesteps[-1] == 0
+    assert all(a > b for a, b in zip(sampler.timesteps, sampler.timesteps[1:]))
+    assert all(a < b for a, b in zip(sampler.noise_levels, sampler.noise_levels[1:]))
+    x_t, eps = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    x_prev, x0_hat = sampler.step(eps, 0, x_t, torch.Generator().manual_seed(0))
+    assert x_prev.shape == x0_hat.shape == x_t.shape and x0_hat.abs().max() <= 1.0
+    a, b = run(diffusion, sampler, condition), run(diffusion, sampler, condition)
+    assert a.shape == (2, 3, 16, 16) and torch.equal(a, b)
+    assert not torch.equal(a, run(diffusion, sampler, condition, seed=2))
+
+
+def reference_loop(diffusion: GaussianDiffusion, condition: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The original SR3 loop: T calls of `p_sample` (whose `p_mean_variance` is golden-tested)."""
+    img = torch.randn((condition.shape[0], 3, 16, 16), generator=generator)
+    for t in reversed(range(diffusion.num_timesteps)):
+        img = diffusion.p_sample(img, t, condition, generator)
+    return img
+
+
+def test_full_chain_is_bit_identical_to_reference(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
+    expected = reference_loop(diffusion, condition, torch.Generator().manual_seed(1))
+    assert torch.equal(run(diffusion, None, condition), expected)
+
+
+def test_respaced_with_all_steps_equals_full_chain(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
+    full = run(diffusion, AncestralSampler.full_chain(diffusion), condition)
+    respaced = run(diffusion, AncestralSampler.respaced(diffusion, T), condition)
+    assert (full - respaced).abs().max().item() <= 1e-5
+
+
+def test_ddim_eta_one_with_all_steps_is_ddpm(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
+    """Song et al. (2021), Sec. 4.1: eta = 1 gives the DDPM posterior (same mean and variance)."""
+    ddpm = run(diffusion, AncestralSampler.respaced(diffusion, T), condition)
+    ddim = run(diffusion, DDIMSampler(diffusion, T, eta=1.0), condition)
+    assert (ddpm - ddim).abs().max().item() <= 1e-4
+
+
+def test_ddim_eta_zero_ignores_the_generator(diffusion: GaussianDiffusion) -> None:
+    sampler = DDIMSampler(diffusion, 5, eta=0.0)
+    x_t, eps = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    state = g1.get_state()
+    for i in range(5):
+        assert torch.equal(sampler.step(eps, i, x_t, g1)[0], sampler.step(eps, i, x_t, g2)[0])
+    assert torch.equal(g1.get_state(), state)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, T])
+def test_ddim_eta_zero_moves_along_the_forward_process(diffusion: GaussianDiffusion, steps: int) -> None:
+    """With the true noise, Eq. 12 (eta 0) maps q(x_t | x0) to q(x_prev | x0) at the listed previous step."""
+    sampler = DDIMSampler(diffusion, steps, eta=0.0)
+    x0, eps = torch.rand(1, 3, 8, 8) * 1.6 - 0.8, torch.randn(1, 3, 8, 8)
+    gammas = [*sampler.noise_levels, 1.0]
+    for i in range(steps):
+        x_t = gammas[i] * x0 + (1 - gammas[i] ** 2) ** 0.5 * eps
+        x_prev, x0_hat = sampler.step(eps, i, x_t, torch.Generator())
+        torch.testing.assert_close(x0_hat, x0, atol=1e-4, rtol=0)
+        torch.testing.assert_close(x_prev, gammas[i + 1] * x0 + (1 - gammas[i + 1] ** 2) ** 0.5 * eps, atol=1e-4,
+                                   rtol=0)
+
+
+def test_spaced_timesteps() -> None:
+    assert spaced_timesteps(1000, 10) == (999, 888, 777, 666, 555, 444, 333, 222, 111, 0)
+    assert spaced_timesteps(10, 10) == tuple(range(9, -1, -1))
+    assert spaced_timesteps(10, 1) == (9,)
+    with pytest.raises(ValueError, match="1..10"):
+        spaced_timesteps(10, 11)
+
+
+def test_channels_last_condition_gives_same_samples(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
+    sampler = build_sampler(diffusion, SamplerConfig(type="ddim", steps=4))
+    plain = sample_loop(diffusion.denoise_fn, sampler, condition, torch.Generator().manual_seed(3), 3, progress=False)
+    nhwc = sample_loop(diffusion.denoise_fn, sampler, condition.contiguous(memory_format=torch.channels_last),
+                       torch.Generator().manual_seed(3), 3, progress=False)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert (plain - nhwc).abs().max().item() <= 1e-4
+
+
+def test_continuous_returns_frames_ending_with_result(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
+    sampler = build_sampler(diffusion, SamplerConfig(type="respaced", steps=7))
+    frames = diffusion.p_sample_loop(condition, torch.Generator().manual_seed(1), continuous=True, progress=False,
+                                     sampler=sampler)
+    assert frames.shape == (8, 2, 3, 16, 16)
+    assert torch.equal(frames[-1], run(diffusion, sampler, condition))
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_sampler_args(parser)
+    return parser.parse_args(argv)
+
+
+def test_sampler_from_args_overrides_config() -> None:
+    cfg = load_config("config/demo.json")
+    assert sampler_from_args(parse([]), cfg) == SamplerConfig()
+    assert sampler_from_args(parse(["--sampler", "ddim", "--steps", "50", "--eta", "0.5"]), cfg) == \
+        SamplerConfig(type="ddim", steps=50, eta=0.5)
+    with pytest.raises(ConfigError, match="--steps.*required"):
+        sampler_from_args(parse(["--sampler", "respaced"]), cfg)
+    with pytest.raises(ConfigError, match="--eta.*only used by type 'ddim'"):
+        sampler_from_args(parse(["--sampler", "respaced", "--steps", "5", "--eta", "0.3"]), cfg)
+    with pytest.raises(ConfigError, match="--steps.*exceeds"):
+        sampler_from_args(parse(["--sampler", "ddim", "--steps", "1001"]), cfg)
+
+
+def test_sampler_config_errors_name_the_key() -> None:
+    data = config_to_dict(load_config("config/demo.json"))
+    data["model"]["sampler"] = {"type": "ddpm", "steps": 10}
+    with pytest.raises(ConfigError, match="model.sampler.steps.*full chain"):
+        parse_config(data)
+    data["model"]["sampler"] = {"type": "ddim", "steps": 2000}
+    with pytest.raises(ConfigError, match="model.sampler.steps.*exceeds"):
+        parse_config(data)
+    data["model"]["sampler"] = {"type": "ddim", "steps": 10, "eta": 1.5}
+    with pytest.raises(ConfigError, match="model.sampler.eta"):
+        parse_config(data)
+
+
+def test_net_runner_switches_keep_the_function(diffusion: GaussianDiffusion) -> None:
+    fast_net = prepare_net(copy.deepcopy(diffusion.denoise_fn), PerformanceConfig(channels_last=True))
+    plain = NetRunner(diffusion.denoise_fn, PerformanceConfig(), torch.device("cpu"))
+    nhwc = NetRunner(fast_net, PerformanceConfig(channels_last=True), torch.device("cpu"))
+    bf16 = NetRunner(fast_net, PerformanceConfig(channels_last=True, autocast="bf16"), torch.device("cpu"))
+    args = (torch.rand(2, 9, 16, 16) * 2 - 1, torch.randn(2, 3, 16, 16), torch.tensor([0.3, 0.9]))
+    with torch.no_grad():
+        reference, a, b = plain(*args), nhwc(*args), bf16(*args)
+    assert a.dtype == b.dtype == torch.float32
+    assert (reference - a).abs().max().item() <= 1e-4
+    assert (reference - b).abs().max().item() <= 0.1 * reference.abs().max().item()
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        NetRunner(diffusion.denoise_fn, PerformanceConfig(autocast="fp16"), torch.device("cpu"))
+
+
+def test_fp16_without_gpu_is_a_config_error() -> None:
+    data = config_to_dict(load_config("config/demo.json"))
+    data["performance"] = {"autocast": "fp16"}
+    with pytest.raises(ConfigError, match="performance.autocast.*GPU"):
+        parse_config(data)
