@@ -1,0 +1,230 @@
+"""Tests of infer.py, eval.py, core/tables.py, core/figure.py and the baseline rules of data/fusion_rules.py."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as eval_cli
+import infer
+from core.config import parse_config
+from data.fusion_rules import FUSION_RULES, _pca_weights, fuse, haar_dwt2, haar_idwt2, rgb_to_ycbcr
+from model.model import TFSDiffModel
+
+SIZE, LOW = 16, 8
+
+
+def _rgb(seed: int, shape: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+
+
+def _grey_rgb(seed: int, shape: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
+    return np.repeat(_rgb(seed, shape)[..., :1], 3, axis=2)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+# ----------------------------------------------------------------------------------------------- baseline rules
+
+def test_haar_dwt_is_orthonormal_and_invertible() -> None:
+    img = np.random.default_rng(0).normal(size=(6, 10))
+    bands = haar_dwt2(img)
+    np.testing.assert_allclose(haar_idwt2(*bands), img, atol=1e-12)
+    assert sum(float(np.sum(b**2)) for b in bands) == pytest.approx(float(np.sum(img**2)))
+
+
+@pytest.mark.parametrize("rule", sorted(FUSION_RULES))
+def test_every_rule_keeps_identical_sources_and_any_size(rule: str) -> None:
+    src = _grey_rgb(1, (13, 21))
+    np.testing.assert_array_equal(fuse(rule, [src, src, src]), src)
+    assert fuse(rule, [_rgb(2, (13, 21)), _rgb(3, (13, 21)), _rgb(4, (13, 21))]).shape == (13, 21, 3)
+
+
+def test_maximum_and_average_luminance_with_chroma_of_the_most_colourful_source() -> None:
+    rng = np.random.default_rng(5)
+    grey1, grey2, base = (np.repeat(rng.integers(60, 190, (SIZE, SIZE, 1)), 3, axis=2) for _ in range(3))
+    colour = (base + np.array([20, 0, -20])).astype(np.uint8)  # mild tint: no clipping after fusion
+    sources = [grey1.astype(np.uint8), grey2.astype(np.uint8), colour]
+    ycc = [rgb_to_ycbcr(s) for s in sources]
+    ys = [c[..., 0] for c in ycc]
+    for rule, expected_y in (("maximum", np.max(ys, axis=0)), ("average", np.mean(ys, axis=0))):
+        out = rgb_to_ycbcr(fuse(rule, sources))
+        np.testing.assert_allclose(out[..., 0], expected_y, atol=1.0)  # uint8 RGB rounding
+        np.testing.assert_allclose(out[..., 1:], ycc[2][..., 1:], atol=1.5)
+
+
+def test_dwt_keeps_the_finest_detail_and_averages_the_approximation() -> None:
+    flat = np.full((SIZE, SIZE, 3), 100, np.uint8)
+    checker = flat.copy()
+    checker[(np.indices((SIZE, SIZE)).sum(axis=0) % 2) == 1] = 150
+    # level-1 diagonal detail of the checker is kept (+-25); every approximation is the mean of 100, 125, 100
+    expected = np.where(checker == 150, np.rint(325 / 3 + 25), np.rint(325 / 3 - 25)).astype(np.uint8)
+    np.testing.assert_array_equal(fuse("dwt", [flat, checker, flat]), expected)
+
+
+# ----------------------------------------------------------------------------------------------- eval.py
+
+def _method_folder(folder: Path, ids: list[str], fused_seed: int, with_hr: bool = True) -> None:
+    for i, case in enumerate(ids):
+        for k in (1, 2, 3):
+            _save(folder / f"{case}_src{k}.png", _rgb(100 + 10 * i + k))
+        if with_hr:
+            _save(folder / f"{case}_hr.png", _rgb(200 + i))
+        _save(folder / f"{case}_fused.png", _rgb(fused_seed + i))
+
+
+def _perfect_folder(folder: Path, ids: list[str]) -> None:
+    _method_folder(folder, ids, 0)
+    for i, case in enumerate(ids):
+        _save(folder / f"{case}_fused.png", _rgb(200 + i))
+
+
+def test_eval_writes_tables_per_scale_with_ablation_and_figure(tmp_path: Path, capsys) -> None:
+    ids = ["c1", "c2", "c3"]
+    for scale in ("x2", "x4"):
+        _perfect_folder(tmp_path / scale / "tfsdiff", ids)
+        _method_folder(tmp_path / scale / "average", ids, 300)
+        _method_folder(tmp_path / scale / "wo_tmfa", ids, 400)
+    prefix, figure = tmp_path / "out" / "table", tmp_path / "fig.png"
+    code = eval_cli.main([str(tmp_path), "--out", str(prefix), "--figure", str(figure), "--cases", "c2",
+                          "--no-progress"])
+    assert code == 0
+    markdown = Path(f"{prefix}.md").read_text(encoding="utf-8")
+    assert "## Scale ×2 (3 cases)" in markdown and "## Scale ×4 (3 cases)" in markdown
+    assert markdown.count("### Ablation") == 2 and "| w/o TMFA |" in markdown
+    assert "MSE ↓ | VIF ↑ | SSIM ↑ | PSNR ↑ | LPIPS ↓ | MAE ↓ | RMSE ↓ | AG ↓" in markdown
+    assert "| TFS-Diff (ours) | **0.00 ± 0.00** |" in markdown  # perfect fusion wins MSE, in bold
+    assert markdown == capsys.readouterr().out.rstrip("\n") + "\n"
+    with open(f"{prefix}_per_image.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3 * 3 and {r["case_id"] for r in rows} == set(ids)
+    assert all(r["MSE"] == "0.0" for r in rows if r["method"] == "tfsdiff")
+    summary = Path(f"{prefix}.csv").read_text(encoding="utf-8")
+    assert summary.startswith("scale,method,metric,higher_is_better,mean,std,n")
+    assert r"\textbf" in Path(f"{prefix}.tex").read_text(encoding="utf-8")
+    with Image.open(figure) as img:  # rows: 2 scales x 1 case; columns: 3 inputs, 3 methods, ground truth
+        assert img.height == 30 + 2 * (128 + 4) and img.width == 120 + 7 * (128 + 4)
+
+
+def test_eval_sources_reference_and_missing_lpips_weights(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    _method_folder(tmp_path / "res" / "dwt", ["a", "b"], 50, with_hr=False)
+    code = eval_cli.main([str(tmp_path / "res" / "dwt"), "--reference", "sources", "--suite", "all", "--no-progress"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "alexnet-owt-7be5be79.pth" in captured.err
+    markdown = (tmp_path / "res" / "dwt" / "metrics_sources.md").read_text(encoding="utf-8")
+    assert "mean over the three sources" in markdown and "| Qabf ↑ |" in markdown
+    assert markdown.count("n/a") >= 1
+
+
+def test_eval_pairing_errors_list_the_ids(tmp_path: Path, capsys) -> None:
+    _method_folder(tmp_path / "tfsdiff", ["a", "b", "c"], 1)
+    _method_folder(tmp_path / "pca", ["a", "c"], 2)
+    assert eval_cli.main([str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "pca: missing b" in err
+    (tmp_path / "tfsdiff" / "b_fused.png").unlink()
+    (tmp_path / "pca" / "c_hr.png").unlink()
+    assert eval_cli.main([str(tmp_path), "--no-progress"]) == 2
+    assert "cases without their src1/src2/src3/hr images: c" in capsys.readouterr().err
+    assert eval_cli.main([str(tmp_path), "--reference", "sources", "--figure", str(tmp_path / "f.png"),
+                          "--cases", "zz", "--no-progress"]) == 2
+    assert "unknown case id(s) zz" in capsys.readouterr().err
+    assert eval_cli.main([str(tmp_path / "nowhere")]) == 2
+
+
+# ----------------------------------------------------------------------------------------------- infer.py
+
+def _tiny_config(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    split = {"dataroot": str(root), "l_resolution": LOW, "r_resolution": SIZE, "batch_size": 2}
+    cfg = {
+        "name": "tiny", "path": {"experiments_root": str(tmp_path / "exp")},
+        "datasets": {"train": split, "val": split, "test": split},
+        "model": {
+            "unet": {"in_channel": 12, "out_channel": 3, "inner_channel": 8, "norm_groups": 4,
+                     "channel_multiplier": [1, 2], "attn_res": [], "res_blocks": 1},
+            "beta_schedule": {s: {"schedule": "linear", "n_timestep": 3, "linear_start": 1e-4, "linear_end": 2e-2}
+                              for s in ("train", "val")},
+            "diffusion": {"image_size": SIZE, "channels": 3},
+        },
+        "train": {"n_iter": 1, "val_freq": 1, "save_checkpoint_freq": 1, "print_freq": 1},
+    }
+    for i, case in enumerate(["p1", "p2", "p3"]):
+        for k in (1, 2, 3):
+            _save(root / f"{k}_sr_{LOW}_{SIZE}" / f"{case}.png", _rgb(10 * i + k))
+        _save(root / f"hr_{SIZE}" / f"{case}.png", _rgb(50 + i))
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    return path
+
+
+def _tiny_checkpoint(config: Path, tmp_path: Path) -> Path:
+    cfg = parse_config(json.loads(config.read_text(encoding="utf-8")))
+    torch.manual_seed(0)
+    return TFSDiffModel(cfg, torch.device("cpu")).save(tmp_path / "ckpt")
+
+
+def test_infer_split_with_model_and_rule_then_eval(tmp_path: Path, monkeypatch) -> None:
+    config = _tiny_config(tmp_path)
+    checkpoint = _tiny_checkpoint(config, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert infer.main(["-c", str(config), "--checkpoint", str(checkpoint), "--process", "--no-progress"]) == 0
+    out = tmp_path / "results" / "tiny" / "test" / "tfsdiff"
+    names = {p.name for p in out.iterdir()}
+    assert {f"p1_{s}.png" for s in ("fused", "src1", "src2", "src3", "hr", "process")} <= names
+    assert infer.main(["-c", str(config), "--method", "pca", "--split", "val"]) == 0
+    rule_out = tmp_path / "results" / "tiny" / "val" / "pca"
+    src = np.asarray(Image.open(rule_out / "p2_src1.png"))
+    np.testing.assert_array_equal(src, _rgb(11))
+    expected = fuse("pca", [np.asarray(Image.open(rule_out / f"p2_src{k}.png")) for k in (1, 2, 3)])
+    np.testing.assert_array_equal(np.asarray(Image.open(rule_out / "p2_fused.png")), expected)
+    assert eval_cli.main([str(out), str(tmp_path / "results" / "tiny" / "test"), "--no-progress"]) == 0
+
+
+def test_infer_needs_a_checkpoint(tmp_path: Path, capsys) -> None:
+    config = _tiny_config(tmp_path)
+    assert infer.main(["-c", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_infer_single_case_any_size(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path)
+    checkpoint = _tiny_checkpoint(config, tmp_path)
+    paths = [tmp_path / "t1.png", tmp_path / "t2.png", tmp_path / "spect.png"]
+    Image.fromarray(_rgb(1, (21, 13))[..., 0]).save(paths[0])  # grey, portrait
+    _save(paths[1], _grey_rgb(2, (21, 13)))
+    _save(paths[2], _rgb(3, (21, 13)))
+    out = tmp_path / "fused" / "case.png"
+    args = ["-c", str(config), "--checkpoint", str(checkpoint), "--inputs", *map(str, paths), "--out", str(out)]
+    assert infer.main([*args, "--process", "--no-progress"]) == 0
+    with Image.open(out) as img:
+        assert img.size == (13, 21) and img.mode == "RGB"
+    assert (tmp_path / "fused" / "case_process.png").is_file()
+    assert infer.main([*args[:4], "--method", "maximum", *args[4:]]) == 0
+
+
+def test_infer_single_case_input_errors_name_the_file(tmp_path: Path, capsys) -> None:
+    config = _tiny_config(tmp_path)
+    good = tmp_path / "good.png"
+    _save(good, _rgb(1))
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    small = tmp_path / "small.png"
+    _save(small, _rgb(2, (8, 8)))
+    base = ["-c", str(config), "--method", "average", "--out", str(tmp_path / "o.png"), "--inputs"]
+    assert infer.main([*base, str(good), str(good), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    assert infer.main([*base, str(good), str(corrupt), str(good)]) == 2
+    assert "corrupt.png" in capsys.readouterr().err
+    assert infer.main([*base, str(good), str(small), str(good)]) == 2
+    assert "one size" in capsys.readouterr().err
