@@ -3,6 +3,7 @@
     python sr.py -p train -c config/demo.json
     python sr.py -p val -c config/demo.json --checkpoint experiments/<run>/checkpoint/latest-or-file
     python sr.py -p val -c config/demo.json --checkpoint <...> --sampler ddim --steps 50   # fast sampling
+    torchrun --nproc_per_node 4 sr.py -p train -c config/tfsdiff_x4_64_256.json   # DistributedDataParallel
 """
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from tensorboardX import SummaryWriter
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from core.config import ConfigError, DatasetConfig, TFSDiffConfig, load_config
 from core.evaluation import Evaluation, evaluate
+from core.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown_distributed
 from core.logger import RunDirs, make_run_dirs, setup_logger
 from data.embedded import ensure_embedded_dataset
-from data.fusion_dataset import DatasetError, EpochSampler, FusionDataset, create_dataloader
+from data.fusion_dataset import DatasetError, EpochSampler, FusionDataset, ShardedEpochSampler, create_dataloader
 from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel, select_device
 from model.samplers import add_sampler_args, sampler_from_args
 
@@ -42,23 +46,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_data(cfg: TFSDiffConfig) -> None:
-    """Build the embedded dataset on first use when the config asks for it."""
+def prepare_data(cfg: TFSDiffConfig, info: DistInfo, progress: bool) -> None:
+    """Build the embedded dataset on first use when the config asks for it (rank 0 builds, the others wait)."""
     emb = cfg.datasets.embedded
-    if emb is not None:
-        ensure_embedded_dataset(emb.root, emb.r_resolution, emb.scales, emb.seed)
+    if emb is not None and info.is_main:
+        ensure_embedded_dataset(emb.root, emb.r_resolution, emb.scales, emb.seed, progress=progress)
+    barrier(info)
 
 
-def make_loader(ds_cfg: DatasetConfig, seed: int, train: bool) -> tuple[FusionDataset, EpochSampler, object]:
+def make_loader(ds_cfg: DatasetConfig, seed: int, train: bool,
+                info: DistInfo) -> tuple[FusionDataset, EpochSampler, DataLoader]:
+    """Dataset, its resumable sampler and loader; training under DDP loads this process's shard of each batch."""
     dataset = FusionDataset(ds_cfg.dataroot, ds_cfg.l_resolution, ds_cfg.r_resolution, data_len=ds_cfg.data_len)
     shuffle = ds_cfg.use_shuffle and train
-    sampler = EpochSampler(len(dataset), seed, shuffle=shuffle, flip=train)
-    loader = create_dataloader(dataset, ds_cfg.batch_size, shuffle=shuffle, flip=train,
-                               num_workers=ds_cfg.num_workers, seed=seed, sampler=sampler)
+    batch = ds_cfg.batch_size
+    if train and info.enabled:
+        part = info.shard(batch)
+        sampler: EpochSampler = ShardedEpochSampler(len(dataset), seed, shuffle, flip=True, global_batch=batch,
+                                                    rank=info.rank, world_size=info.world_size)
+        batch = part.stop - part.start
+    else:
+        sampler = EpochSampler(len(dataset), seed, shuffle=shuffle, flip=train)
+    loader = create_dataloader(dataset, batch, shuffle=shuffle, flip=train, num_workers=ds_cfg.num_workers,
+                               seed=seed, sampler=sampler)
     return dataset, sampler, loader
 
 
-def run_validation(model: TFSDiffModel, loader, out_dir: Path, progress: bool) -> Evaluation:
+def run_validation(model: TFSDiffModel, loader: DataLoader, out_dir: Path, progress: bool) -> Evaluation:
     """Sample the validation set with the val schedule, model.sampler and the sampling (EMA) weights, then
     restore the train schedule."""
     schedules = model.cfg.model.beta_schedule
@@ -85,17 +99,17 @@ def log_validation(result: Evaluation, step: int, writer: SummaryWriter | None) 
         writer.add_image("val/src1_src2_src3_fused_gt", result.preview, step, dataformats="HWC")
 
 
-def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool) -> int:
-    from tqdm import tqdm
-
-    tcfg, bs = cfg.train, cfg.datasets.train.batch_size
-    train_set, sampler, loader = make_loader(cfg.datasets.train, cfg.seed, train=True)
-    _, _, val_loader = make_loader(cfg.datasets.val, cfg.seed, train=False)
-    writer = SummaryWriter(str(dirs.tb_logger))
+def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs | None, progress: bool) -> int:
+    """The training loop; `dirs` is None on the ranks other than 0, which write nothing."""
+    tcfg, bs, info = cfg.train, cfg.datasets.train.batch_size, model.dist
+    train_set, sampler, loader = make_loader(cfg.datasets.train, cfg.seed, True, info)
+    _, _, val_loader = make_loader(cfg.datasets.val, cfg.seed, False, info)
+    writer = SummaryWriter(str(dirs.tb_logger)) if dirs is not None else None
     log.info("training on %d cases, validating on %d; %d parameters; from step %d to %d", len(train_set),
              len(val_loader.dataset), model.num_parameters, model.step, tcfg.n_iter)
     batches_per_epoch = math.ceil(len(train_set) / bs)
-    bar = tqdm(total=tcfg.n_iter, initial=model.step, desc="training", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=tcfg.n_iter, initial=model.step, desc="training", disable=not progress or dirs is None,
+               dynamic_ncols=True)
     start, first_step = time.perf_counter(), model.step
     try:
         while model.step < tcfg.n_iter:
@@ -114,35 +128,48 @@ def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool
                 if model.step >= tcfg.n_iter:
                     break
     except NonFiniteLossError as err:
-        log.error("%s. Training stopped; the last good checkpoint in %s is intact.", err, dirs.checkpoint)
+        log.error("%s. Training stopped; the last good checkpoint is intact.", err)
         return 1
     finally:
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     if model.step % tcfg.save_checkpoint_freq != 0:
-        log.info("saved final checkpoint %s", model.save(dirs.checkpoint))
-    log.info("training finished at step %d in %.1f s; results in %s", model.step, time.perf_counter() - start, dirs.root)
+        save_checkpoint(model, dirs)
+    log.info("training finished at step %d in %.1f s", model.step, time.perf_counter() - start)
     return 0
 
 
-def after_step(model: TFSDiffModel, dirs: RunDirs, writer: SummaryWriter, val_loader, losses: dict[str, float],
-               seconds_per_step: float, progress: bool) -> None:
-    """Logging, validation and checkpointing at their configured frequencies."""
+def save_checkpoint(model: TFSDiffModel, dirs: RunDirs | None) -> None:
+    """Every rank takes part (RNG states are gathered); rank 0 writes."""
+    path = model.save(dirs.checkpoint if dirs is not None else None)
+    if path is not None:
+        log.info("saved checkpoint %s", path)
+    barrier(model.dist)
+
+
+def after_step(model: TFSDiffModel, dirs: RunDirs | None, writer: SummaryWriter | None, val_loader: DataLoader,
+               losses: dict[str, float], seconds_per_step: float, progress: bool) -> None:
+    """Logging (losses averaged over processes), validation (rank 0) and checkpointing at their frequencies."""
     tcfg, step = model.cfg.train, model.step
     if step % tcfg.print_freq == 0:
+        losses = mean_over_ranks(losses, model.dist, model.device)
         parts = ", ".join(f"{k} {v:.5g}" for k, v in losses.items())
         log.info("step %d (epoch %d, %.2f s/step): %s", step, model.epoch, seconds_per_step, parts)
         for name, value in losses.items():
-            writer.add_scalar(f"train/{name}", value, step)
+            if writer is not None:
+                writer.add_scalar(f"train/{name}", value, step)
     if step % tcfg.val_freq == 0:
-        result = run_validation(model, val_loader, dirs.results / f"step_{step}", progress)
-        log_validation(result, step, writer)
+        if dirs is not None:
+            result = run_validation(model, val_loader, dirs.results / f"step_{step}", progress)
+            log_validation(result, step, writer)
+        barrier(model.dist)
     if step % tcfg.save_checkpoint_freq == 0:
-        log.info("saved checkpoint %s", model.save(dirs.checkpoint))
+        save_checkpoint(model, dirs)
 
 
 def validate(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool) -> int:
-    _, _, loader = make_loader(cfg.datasets.val, cfg.seed, train=False)
+    _, _, loader = make_loader(cfg.datasets.val, cfg.seed, False, model.dist)
     log.info("sampling with %s", cfg.model.sampler)
     result = run_validation(model, loader, dirs.results, progress)
     log_validation(result, model.step, None)
@@ -150,6 +177,21 @@ def validate(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: b
         log.info("%s: PSNR %.2f dB, SSIM %.4f", case.case_id, case.psnr, case.ssim)
     log.info("images written to %s", dirs.results)
     return 0
+
+
+def setup_run(cfg: TFSDiffConfig, phase: str, info: DistInfo) -> tuple[RunDirs | None, torch.device, list[int]]:
+    """Run folder and log file (rank 0 only), the device, and the DataParallel ids."""
+    dirs = make_run_dirs(cfg.path.experiments_root, cfg.name, phase) if info.is_main else None
+    setup_logger(dirs.logs / f"{phase}.log" if dirs is not None else None,
+                 logging.INFO if info.is_main else logging.WARNING)
+    if info.enabled:
+        device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+        device_ids: list[int] = []
+        where = f"DistributedDataParallel, rank {info.rank} of world size {info.world_size} on {device}"
+    else:
+        device, device_ids, where = select_device(cfg.gpu_ids)
+    log.info("run folder %s; %s", dirs.root if dirs is not None else "-", where)
+    return dirs, device, device_ids
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,23 +206,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "val" and not checkpoint:
         print("config error: -p val needs a checkpoint: pass --checkpoint or set path.resume_state", file=sys.stderr)
         return 2
-    dirs = make_run_dirs(cfg.path.experiments_root, cfg.name, args.phase)
-    setup_logger(dirs.logs / f"{args.phase}.log")
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    device, device_ids, where = select_device(cfg.gpu_ids)
-    log.info("run folder %s; %s", dirs.root, where)
+    info = init_distributed()
     try:
-        prepare_data(cfg)
-        model = TFSDiffModel(cfg, device, device_ids)
+        dirs, device, device_ids = setup_run(cfg, args.phase, info)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        prepare_data(cfg, info, not args.no_progress)
+        model = TFSDiffModel(cfg, device, device_ids, info)
         if checkpoint:
             model.load(checkpoint, weights_only=args.phase == "val", use_ema=not args.no_ema)
             log.info("loaded checkpoint %s (step %d, epoch %d)", checkpoint, model.step, model.epoch)
-        run = train if args.phase == "train" else validate
-        return run(cfg, model, dirs, not args.no_progress)
+        if args.phase == "train":
+            return train(cfg, model, dirs, not args.no_progress)
+        return validate(cfg, model, dirs, not args.no_progress) if dirs is not None else 0
     except (DatasetError, CheckpointError, ValueError) as err:
         log.error("%s", err)
         return 1
+    finally:
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

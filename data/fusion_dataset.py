@@ -278,6 +278,41 @@ class EpochSampler(Sampler[tuple[int, bool]]):
         return self.n - self.start
 
 
+class ShardedEpochSampler(EpochSampler):
+    """One process's part of every global batch of EpochSampler's order, for DistributedDataParallel.
+
+    The epoch order is padded by wrapping around to a whole number of global batches (as DistributedSampler pads),
+    so each of the `world_size` processes gets `global_batch / world_size` items of every global batch: rank r
+    takes the r-th contiguous block. `start` (see `set_epoch`) counts global samples already consumed.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, flip: bool, *, global_batch: int, rank: int,
+                 world_size: int) -> None:
+        super().__init__(n, seed, shuffle, flip)
+        if global_batch % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"ShardedEpochSampler: global batch {global_batch} must split evenly over {world_size} "
+                             f"processes and 0 <= rank {rank} < {world_size}")
+        self.global_batch = global_batch
+        self.rank = rank
+        self.local = global_batch // world_size
+
+    def _batches(self) -> int:
+        return -(-self.n // self.global_batch)
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        order = self.epoch_order(self.epoch)
+        total = self._batches() * self.global_batch
+        padded = (order * (total // max(len(order), 1) + 1))[:total]
+        mine: list[tuple[int, bool]] = []
+        for b in range(self.start // self.global_batch, self._batches()):
+            offset = b * self.global_batch + self.rank * self.local
+            mine.extend(padded[offset:offset + self.local])
+        return iter(mine)
+
+    def __len__(self) -> int:
+        return (self._batches() - self.start // self.global_batch) * self.local
+
+
 def create_dataloader(
     dataset: FusionDataset,
     batch_size: int,

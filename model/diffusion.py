@@ -140,15 +140,19 @@ class GaussianDiffusion(nn.Module):
         return (x_t - (1 - gamma ** 2).sqrt() * eps) / gamma
 
     def training_terms(self, x0: torch.Tensor, condition: torch.Tensor, generator: torch.Generator,
-                       net: NoiseNet | None = None) -> TrainingTerms:
+                       net: NoiseNet | None = None, shard: tuple[int, slice] | None = None) -> TrainingTerms:
         """Noise x0 at random continuous levels and predict the noise back.
 
         Noise and levels come from `generator` (a CPU generator, so runs are reproducible across devices).
-        `net` defaults to `denoise_fn`; the trainer passes its DataParallel wrapper here.
+        `net` defaults to `denoise_fn`; the trainer passes its DataParallel/DDP wrapper here. With `shard`
+        = (global batch size, this process's slice), `x0` is one process's part of a global batch: the noise of the
+        whole global batch is drawn (identically on every process) and this part is used, so N processes train on
+        exactly what one process would.
         """
         net = self.denoise_fn if net is None else net
-        noise_level = self.sample_noise_levels(x0.shape[0], generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        batch, part = shard if shard is not None else (x0.shape[0], slice(None))
+        noise_level = self.sample_noise_levels(batch, generator)[part].to(x0.device)
+        noise = torch.randn((batch, *x0.shape[1:]), generator=generator)[part].to(x0.device)
         x_t = self.q_sample(x0, noise_level, noise)
         eps_pred = net(condition, x_t, noise_level)
         x0_hat = self.predict_x0(x_t, noise_level, eps_pred)

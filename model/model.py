@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from core.config import EMASchedulerConfig, ModelConfig, PerformanceConfig, TFSDiffConfig, config_to_dict
+from core.distributed import DistInfo, any_rank, gather_objects
 from model.diffusion import GaussianDiffusion
 from model.losses import build_loss
 from model.unet import UNet, init_weights
@@ -171,12 +172,19 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
 class TFSDiffModel:
     """Network, diffusion, loss, Adam optimiser and optional weight EMA, with train step and checkpointing."""
 
-    def __init__(self, cfg: TFSDiffConfig, device: torch.device, device_ids: list[int] | None = None) -> None:
+    def __init__(self, cfg: TFSDiffConfig, device: torch.device, device_ids: list[int] | None = None,
+                 dist_info: DistInfo | None = None) -> None:
         self.cfg = cfg
         self.device = device
+        self.dist = dist_info or DistInfo()
         self.diffusion = build_diffusion(cfg.model).to(device)
         net = prepare_net(self.diffusion.denoise_fn, cfg.performance)
-        self.parallel_net: nn.Module = nn.DataParallel(net, device_ids=device_ids) if device_ids else net
+        self.parallel_net: nn.Module = net
+        if self.dist.enabled:
+            local = [device.index] if device.type == "cuda" else None
+            self.parallel_net = nn.parallel.DistributedDataParallel(net, device_ids=local)
+        elif device_ids:
+            self.parallel_net = nn.DataParallel(net, device_ids=device_ids)
         self.train_runner = NetRunner(self.parallel_net, cfg.performance, device)
         ema_cfg = cfg.train.ema_scheduler
         self.ema = WeightEMA(net, ema_cfg) if ema_cfg is not None else None
@@ -208,11 +216,17 @@ class TFSDiffModel:
         Raises NonFiniteLossError before touching the weights.
         """
         self.diffusion.train()
-        terms = self.diffusion.training_terms(x0, condition, self.generator, self.train_runner)
+        shard = None
+        if self.dist.enabled:
+            global_batch = self.cfg.datasets.train.batch_size
+            shard = (global_batch, self.dist.shard(global_batch))
+        terms = self.diffusion.training_terms(x0, condition, self.generator, self.train_runner, shard)
         losses = self.loss_fn(terms, x0)
         values = {name: float(v.detach()) for name, v in losses.items()}
-        if not all(map(lambda v: v == v and abs(v) != float("inf"), values.values())):
-            raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {values}")
+        finite = all(map(lambda v: v == v and abs(v) != float("inf"), values.values()))
+        if any_rank(not finite, self.dist, self.device):
+            raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {values}"
+                                     + (f" (rank {self.dist.rank})" if self.dist.enabled else ""))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)
@@ -223,7 +237,10 @@ class TFSDiffModel:
 
     # ----- checkpoints ----------------------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint dict. Under DDP every rank must call it (it gathers each rank's RNG state)."""
         rng = {"torch": torch.get_rng_state(), "train_generator": self.generator.get_state()}
+        if self.dist.enabled:
+            rng["torch_per_rank"] = gather_objects(torch.get_rng_state(), self.dist)
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"format": "tfsdiff", "version": CHECKPOINT_VERSION, "step": self.step, "epoch": self.epoch,
@@ -232,11 +249,17 @@ class TFSDiffModel:
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng,
                 "config": config_to_dict(self.cfg)}
 
-    def save(self, folder: Path) -> Path:
-        """Write `I{step}_E{epoch}.pth` atomically, then point `latest` at it."""
+    def save(self, folder: Path | None) -> Path | None:
+        """Write `I{step}_E{epoch}.pth` atomically, then point `latest` at it.
+
+        Under DDP every rank calls it; only rank 0 (the one given a folder) writes.
+        """
+        state = self.checkpoint()
+        if folder is None:
+            return None
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"I{self.step}_E{self.epoch}.pth"
-        atomic_save(self.checkpoint(), path)
+        atomic_save(state, path)
         _write_text_atomic(folder / "latest", path.name + "\n")
         return path
 
@@ -275,7 +298,9 @@ class TFSDiffModel:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        torch.set_rng_state(state["rng"]["torch"])
+        per_rank = state["rng"].get("torch_per_rank")
+        own = per_rank[self.dist.rank] if per_rank and len(per_rank) == self.dist.world_size else None
+        torch.set_rng_state(own if own is not None else state["rng"]["torch"])
         self.generator.set_state(state["rng"]["train_generator"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
