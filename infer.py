@@ -1,6 +1,7 @@
 """Fuse with a trained TFS-Diff model (or a classical rule) over a data split or one case; write images by case id.
 
     python infer.py -c CONFIG [--checkpoint PATH] [--split test|val] [--out DIR] [--process]
+    python infer.py -c CONFIG [--checkpoint PATH] --sampler ddim --steps 50   # a fast sampler instead of model.sampler
     python infer.py -c CONFIG --method average|maximum|laplacian_ycbcr|pca|dwt [--split test|val] [--out DIR]
     python infer.py -c CONFIG --checkpoint PATH --inputs T1.png T2.png SPECT.png --out fused.png [--process]
 
@@ -28,6 +29,7 @@ import logging
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,7 @@ from data.fusion_dataset import IMAGE_EXTENSIONS, DatasetError, FusionBatch, Fus
 from data.fusion_rules import FUSION_RULES, fuse
 from data.resample import resize_bicubic
 from model.model import CheckpointError, TFSDiffModel, select_device
+from model.samplers import add_sampler_args, sampler_from_args
 
 MODEL_METHOD = "tfsdiff"
 log = logging.getLogger("tfsdiff")
@@ -64,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="output folder (split mode) or output image file (single-case mode)")
     parser.add_argument("--process", action="store_true", help="also write the denoising-process strip")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_sampler_args(parser)
     return parser.parse_args(argv)
 
 
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_args(args)
         cfg = load_config(args.config)
+        cfg = replace(cfg, model=replace(cfg.model, sampler=sampler_from_args(args, cfg)))
         torch.manual_seed(cfg.seed)
         if args.inputs:
             run_single(cfg, args)
