@@ -1,0 +1,77 @@
+"""End to end: seconds per fused image and PSNR/SSIM against ground truth on a test set, for the full chain and for
+respaced DDPM and DDIM at several step counts, with speed-up and PSNR difference against the full chain."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from bench.measure import synchronize
+from core.config import SamplerConfig, TFSDiffConfig, load_config
+from core.evaluation import evaluate
+from data.embedded import ensure_embedded_dataset
+from data.fusion_dataset import FusionDataset, create_dataloader
+from model.model import TFSDiffModel
+
+STEP_COUNTS = (10, 25, 50, 100, 250)
+FEW_EVALUATIONS_FACTOR = 50  # "at least 50x fewer network evaluations ..."
+PSNR_TOLERANCE_DB = 0.2  # "... within 0.2 dB of the full chain"
+
+
+def samplers_to_run(n_timestep: int) -> list[SamplerConfig]:
+    """The full chain first, then respaced DDPM and DDIM (eta 0) at each step count below n_timestep."""
+    fast = [SamplerConfig(type=kind, steps=s) for s in STEP_COUNTS if s < n_timestep for kind in ("respaced", "ddim")]
+    return [SamplerConfig(), *fast]
+
+
+def _loader(cfg: TFSDiffConfig, cases: int | None):
+    split = cfg.datasets.test or cfg.datasets.val
+    if cfg.datasets.embedded is not None:
+        emb = cfg.datasets.embedded
+        ensure_embedded_dataset(emb.root, emb.r_resolution, emb.scales, emb.seed, progress=False)
+    data_len = cases if cases is not None else split.data_len
+    dataset = FusionDataset(split.dataroot, split.l_resolution, split.r_resolution, data_len=data_len)
+    return split.dataroot, create_dataloader(dataset, split.batch_size, shuffle=False, flip=False, num_workers=0,
+                                             seed=cfg.seed)
+
+
+def benchmark_end_to_end(config_path: str, checkpoint: str, device: torch.device, cases: int | None,
+                         max_steps: int | None) -> dict[str, Any]:
+    """Sample the test split (first `cases` cases) once per sampler with the checkpoint's sampling (EMA) weights."""
+    cfg = load_config(config_path)
+    model = TFSDiffModel(cfg, device)
+    model.load(checkpoint, weights_only=True)
+    model.diffusion.set_new_noise_schedule(cfg.model.beta_schedule.val)
+    dataroot, loader = _loader(cfg, cases)
+    n_timestep = cfg.model.beta_schedule.val.n_timestep
+    evaluate(model.diffusion, loader, device, None, progress=False, sampler=SamplerConfig(type="ddim", steps=1),
+             net=model.sampling_net)  # warm-up: one-time costs stay out of the first timing
+    rows: list[dict[str, Any]] = []
+    for sampler in samplers_to_run(n_timestep):
+        if max_steps is not None and sampler.steps is not None and sampler.steps > max_steps:
+            continue
+        synchronize(device)
+        start = time.perf_counter()
+        result = evaluate(model.diffusion, loader, device, None, seed=cfg.seed, progress=False, sampler=sampler,
+                          net=model.sampling_net)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        summary = result.summary()
+        rows.append({"sampler": sampler.type, "steps": sampler.steps or n_timestep, "eta": sampler.eta,
+                     "seconds_per_image": seconds / len(result.cases), "psnr": summary["psnr"],
+                     "ssim": summary["ssim"]})
+    full = rows[0]
+    for row in rows:
+        row["speedup"] = full["seconds_per_image"] / row["seconds_per_image"]
+        row["network_evaluation_reduction"] = full["steps"] / row["steps"]
+        row["psnr_minus_full"] = row["psnr"] - full["psnr"]
+    few = [r for r in rows[1:] if r["network_evaluation_reduction"] >= FEW_EVALUATIONS_FACTOR]
+    met = [r for r in few if r["psnr_minus_full"] >= -PSNR_TOLERANCE_DB]
+    return {"config": config_path, "checkpoint": str(checkpoint), "test_set": dataroot, "cases": len(loader.dataset),
+            "batch_size": loader.batch_size, "performance": "plain fp32 (config's performance switches)",
+            "bicubic_then_fuse_psnr": result.summary()["baseline_psnr"], "rows": rows,
+            "criterion": {"text": f">= {FEW_EVALUATIONS_FACTOR}x fewer network evaluations within "
+                                  f"{PSNR_TOLERANCE_DB} dB PSNR of the full chain",
+                          "met_by": [f"{r['sampler']}-{r['steps']}" for r in met],
+                          "met": bool(met), "candidates": [f"{r['sampler']}-{r['steps']}" for r in few]}}
