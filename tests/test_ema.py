@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,14 +30,6 @@ CONFIG = {
     "train": {"n_iter": 10, "val_freq": 10, "save_checkpoint_freq": 10, "print_freq": 1,
               "ema_scheduler": {"step_start_ema": 1, "update_ema_every": 1, "ema_decay": 0.5}},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_config(**train_changes) -> TFSDiffConfig:

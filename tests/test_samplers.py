@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -19,15 +18,6 @@ from model.unet import UNet
 T = 20
 SAMPLERS = [SamplerConfig(), SamplerConfig(type="respaced", steps=7), SamplerConfig(type="ddim", steps=7),
             SamplerConfig(type="ddim", steps=5, eta=1.0)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny networks run fastest (and steadiest on a busy machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
