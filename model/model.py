@@ -266,7 +266,8 @@ class TFSDiffModel:
     def load(self, path: str | Path, weights_only: bool = False, use_ema: bool = True) -> None:
         """Load ours or an official checkpoint.
 
-        `weights_only` (validation/inference) skips optimiser, counters and RNG and loads the weights to sample
+        `weights_only` (validation/inference) skips optimiser, epoch position and RNG (step and epoch are kept for
+        the logs) and loads the weights to sample
         with: the checkpoint's EMA weights when it has them and `use_ema`, else its trained weights. A full load
         (resuming training) restores the EMA too; a checkpoint without one starts the EMA at its weights.
         """
@@ -284,6 +285,7 @@ class TFSDiffModel:
             log.info("sampling with the EMA weights of %s", location)
         else:
             self._load_model_state(state["model"], location)
+        self.step, self.epoch = state["step"], state["epoch"]
         if weights_only:
             self._restart_ema("")
             return
@@ -297,7 +299,7 @@ class TFSDiffModel:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
         per_rank = state["rng"].get("torch_per_rank")
         own = per_rank[self.dist.rank] if per_rank and len(per_rank) == self.dist.world_size else None
         torch.set_rng_state(own if own is not None else state["rng"]["torch"])
