@@ -267,9 +267,9 @@ class TFSDiffModel:
         """Load ours or an official checkpoint.
 
         `weights_only` (validation/inference) skips optimiser, epoch position and RNG (step and epoch are kept for
-        the logs) and loads the weights to sample
-        with: the checkpoint's EMA weights when it has them and `use_ema`, else its trained weights. A full load
-        (resuming training) restores the EMA too; a checkpoint without one starts the EMA at its weights.
+        the logs) and loads the weights to sample with: the checkpoint's EMA weights when it has them and
+        `use_ema`, else its trained weights. A full load (resuming training) restores the EMA too; a checkpoint
+        without one starts the EMA at its weights.
         """
         kind, location = resolve_checkpoint(path)
         if kind == "official":
