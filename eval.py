@@ -29,10 +29,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from core.figure import FigureSection, comparison_figure
+from core.figure import FigureSection, comparison_figure, read_rgb
 from core.fusion_metrics import Lpips, alexnet_weights_path, load_lpips, metric_names, score_case
 from core.tables import ABLATION_RUNS, MODEL_RUN, MethodScores, ScaleSection, to_latex, to_markdown, \
     to_per_image_csv, to_summary_csv
@@ -131,10 +130,9 @@ def check_files(folder: Path, ids: list[str], reference: str) -> None:
 
 def _read(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise EvalError(f"cannot read image {path}: {err}") from err
+        return read_rgb(path)
+    except ValueError as err:
+        raise EvalError(str(err)) from err
 
 
 def score_method(folder: Path, ids: list[str], reference: str, suite: str, lpips: Lpips | None,

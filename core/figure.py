@@ -32,7 +32,8 @@ class FigureSection:
     methods: tuple[tuple[str, Path], ...]
 
 
-def _read(path: Path) -> np.ndarray:
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as an (H, W, 3) uint8 array; ValueError naming the file when it cannot be read."""
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -57,11 +58,11 @@ def _row_tiles(section: FigureSection, case_id: str, names: list[str], with_gt: 
                shape: tuple[int, int, int]) -> list[np.ndarray]:
     first = section.methods[0][1]
     folders = dict(section.methods)
-    tiles = [_read(first / f"{case_id}_src{k}.png") for k in (1, 2, 3)]
-    tiles += [_read(folders[n] / f"{case_id}_fused.png") if n in folders else np.full(shape, MISSING_GREY, np.uint8)
+    tiles = [read_rgb(first / f"{case_id}_src{k}.png") for k in (1, 2, 3)]
+    tiles += [read_rgb(folders[n] / f"{case_id}_fused.png") if n in folders else np.full(shape, MISSING_GREY, np.uint8)
               for n in names]
     if with_gt:
-        tiles.append(_read(first / f"{case_id}_hr.png"))
+        tiles.append(read_rgb(first / f"{case_id}_hr.png"))
     return tiles
 
 
@@ -74,7 +75,7 @@ def comparison_figure(sections: Sequence[FigureSection], case_ids: Sequence[str]
     if not sections or not case_ids:
         raise ValueError("the comparison figure needs at least one method folder and one case")
     names, with_gt = _columns(sections, case_ids)
-    first_tile = _read(sections[0].methods[0][1] / f"{case_ids[0]}_src1.png")
+    first_tile = read_rgb(sections[0].methods[0][1] / f"{case_ids[0]}_src1.png")
     height, width = first_tile.shape[:2]
     factor = max(1, -(-MIN_TILE // min(height, width)))
     tile_w, tile_h = width * factor, height * factor
