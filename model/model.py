@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,14 @@ from torch import nn
 
 from core.config import EMASchedulerConfig, ModelConfig, PerformanceConfig, TFSDiffConfig, config_to_dict
 from core.distributed import DistInfo, any_rank, gather_objects
+from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, atomic_save, read_checkpoint,
+                                 resolve_checkpoint, write_text_atomic)
 from model.diffusion import GaussianDiffusion
 from model.losses import build_loss
 from model.unet import UNet, init_weights
 
-CHECKPOINT_VERSION = 2
 _AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("tfsdiff")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or does not fit the configuration."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -134,41 +130,6 @@ class WeightEMA:
         self.net.load_state_dict(net.state_dict())
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
-    """Classify `path`: ("ours", file), ("ours", folder/latest's file) or ("official", prefix of *_gen.pth)."""
-    p = Path(path)
-    if p.is_dir():
-        latest = p / "latest"
-        if not latest.is_file():
-            raise CheckpointError(f"{p} is a folder without a 'latest' file: give a checkpoint file instead")
-        p = p / latest.read_text(encoding="utf-8").strip()
-    if p.is_file() and p.suffix == ".pth" and not p.name.endswith(("_gen.pth", "_opt.pth")):
-        return "ours", p
-    prefix = Path(str(p).removesuffix("_gen.pth").removesuffix("_opt.pth"))
-    if Path(f"{prefix}_gen.pth").is_file():
-        return "official", prefix
-    raise CheckpointError(f"no checkpoint at {path} (looked for the file itself and for {prefix}_gen.pth)")
-
-
 class TFSDiffModel:
     """Network, diffusion, loss, Adam optimiser and optional weight EMA, with train step and checkpointing."""
 
@@ -260,7 +221,7 @@ class TFSDiffModel:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"I{self.step}_E{self.epoch}.pth"
         atomic_save(state, path)
-        _write_text_atomic(folder / "latest", path.name + "\n")
+        write_text_atomic(folder / "latest", path.name + "\n")
         return path
 
     def load(self, path: str | Path, weights_only: bool = False, use_ema: bool = True) -> None:
@@ -276,7 +237,7 @@ class TFSDiffModel:
             self._load_official(location, weights_only)
             self._restart_ema(f"{location} is an official checkpoint without EMA weights")
             return
-        state = self._read(location)
+        state = read_checkpoint(location)
         self._check_network_config(state.get("config", {}), location)
         ema_state = state.get("ema")
         if weights_only and use_ema and ema_state is not None:
@@ -289,6 +250,9 @@ class TFSDiffModel:
         if weights_only:
             self._restart_ema("")
             return
+        if state.get("release"):
+            raise CheckpointError(f"{location} holds released weights only: it samples (infer.py, sr.py -p val) "
+                                  "but cannot resume training, which needs a training checkpoint")
         if self.ema is not None and ema_state is not None:
             self.ema.net.load_state_dict(ema_state)
         elif self.ema is not None:
@@ -306,19 +270,6 @@ class TFSDiffModel:
         self.generator.set_state(state["rng"]["train_generator"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-
-    @staticmethod
-    def _read(location: Path) -> dict[str, Any]:
-        try:
-            state = torch.load(location, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as err:
-            raise CheckpointError(f"cannot read checkpoint {location}: {err}") from err
-        if not isinstance(state, dict) or state.get("format") != "tfsdiff":
-            raise CheckpointError(f"{location} is not a TFS-Diff checkpoint")
-        if state.get("version", 0) > CHECKPOINT_VERSION:
-            raise CheckpointError(f"{location} has checkpoint version {state['version']}, newer than this code's "
-                                  f"{CHECKPOINT_VERSION}: update the code")
-        return state
 
     def _restart_ema(self, reason: str) -> None:
         """Make the EMA (if configured) equal to the loaded weights, so sampling uses exactly those."""
