@@ -58,7 +58,8 @@ class InputError(ValueError):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="JSON config file (// comments allowed)")
-    parser.add_argument("--checkpoint", help="model checkpoint (default: path.resume_state of the config)")
+    parser.add_argument("--checkpoint", help="model checkpoint (default: the config's path.resume_state, else its "
+                                             "released weights path.pretrained)")
     parser.add_argument("--method", default=MODEL_METHOD, choices=(MODEL_METHOD, *sorted(FUSION_RULES)),
                         help="the model (default) or a classical fusion rule applied to the bicubic inputs")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="data split of the config")
@@ -84,7 +85,8 @@ def _check_args(args: argparse.Namespace) -> None:
 def load_model(cfg: TFSDiffConfig, checkpoint: str | None) -> TFSDiffModel:
     """The model of `cfg` with `checkpoint`'s weights, switched to the val noise schedule, in eval mode."""
     if not checkpoint:
-        raise InputError("no checkpoint: pass --checkpoint PATH or set path.resume_state in the config")
+        raise InputError("no checkpoint: pass --checkpoint PATH or set path.resume_state or path.pretrained in the "
+                         "config")
     device, device_ids, where = select_device(cfg.gpu_ids)
     log.info("%s", where)
     model = TFSDiffModel(cfg, device, device_ids)
@@ -138,7 +140,7 @@ def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     if args.method != MODEL_METHOD:
         run_rule_on_split(dataset, args.method, out_dir)
     else:
-        model = load_model(cfg, args.checkpoint or cfg.path.resume_state)
+        model = load_model(cfg, args.checkpoint or cfg.path.sampling_checkpoint())
         loader = create_dataloader(dataset, batch_size, shuffle=False, flip=False, num_workers=0, seed=cfg.seed)
         result = sample(model, loader, out_dir, args.process, not args.no_progress)
         summary = result.summary()
@@ -209,7 +211,7 @@ def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     if args.method != MODEL_METHOD:
         fused = Image.fromarray(fuse(args.method, [np.asarray(img, dtype=np.uint8) for img in images]))
     else:
-        model = load_model(cfg, args.checkpoint or cfg.path.resume_state)
+        model = load_model(cfg, args.checkpoint or cfg.path.sampling_checkpoint())
         process_out = out.with_name(f"{out.stem}_process.png") if args.process else None
         fused = fuse_single_with_model(model, images, not args.no_progress, process_out)
     fused.save(out)

@@ -37,8 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="JSON config file (// comments allowed)")
     parser.add_argument("-p", "--phase", choices=("train", "val"), default="train")
-    parser.add_argument("--checkpoint", help="checkpoint to start from (overrides path.resume_state): our .pth file, "
-                                             "a checkpoint folder (its 'latest'), or an official I{iter}_E{epoch} prefix")
+    parser.add_argument("--checkpoint", help="checkpoint to start from (default: path.resume_state; -p val also falls "
+                        "back to path.pretrained): our .pth file, a checkpoint folder (its 'latest'), or an official "
+                        "I{iter}_E{epoch} prefix")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--no-ema", action="store_true",
                         help="-p val: sample with the trained weights even if the checkpoint has EMA weights")
@@ -202,9 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    checkpoint = args.checkpoint or cfg.path.resume_state
+    default = cfg.path.resume_state if args.phase == "train" else cfg.path.sampling_checkpoint()
+    checkpoint = args.checkpoint or default
     if args.phase == "val" and not checkpoint:
-        print("config error: -p val needs a checkpoint: pass --checkpoint or set path.resume_state", file=sys.stderr)
+        print("config error: -p val needs a checkpoint: pass --checkpoint or set path.resume_state or path.pretrained",
+              file=sys.stderr)
         return 2
     info = init_distributed()
     try:

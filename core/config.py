@@ -53,10 +53,15 @@ def _check_min(value: int, minimum: int, key: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class PathConfig:
-    """Where experiment outputs go and which training state to resume from."""
+    """Where experiment outputs go, which training state to resume from, and which weights sample by default."""
 
     experiments_root: str = "experiments"
     resume_state: str | None = field(default=None, metadata={_SR3_ALIAS: ("", None)})  # "" means None (SR3 writes "")
+    pretrained: str | None = None  # released weights (model/release.py) for sampling when no checkpoint is given
+
+    def sampling_checkpoint(self) -> str | None:
+        """The checkpoint `sr.py -p val` and `infer.py` sample with when none is passed on the command line."""
+        return self.resume_state or self.pretrained
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,74 @@
+"""Released weights: turn a training checkpoint into a weights-only file with a manifest, and verify it on load.
+
+    python -m model.release --checkpoint experiments/<run>/checkpoint/I10000_E1000.pth \
+        --config config/demo_pretrain.json --out pretrained/tfsdiff_demo_x4_16_64.pth [--no-ema]
+
+A release is two files side by side:
+
+- `<name>.pth`: a checkpoint of our format (see `model.model`) holding only what sampling needs:
+  `{"format": "tfsdiff", "version", "release": True, "weights": "ema" | "trained", "step", "epoch", "model",
+  "ema": None, "config"}`, where `model` is the `GaussianDiffusion` state dict with the chosen network weights (the
+  EMA average by default) and `config` the full training config. It loads wherever a checkpoint does for sampling
+  (`infer.py`, `sr.py -p val`, `bench.run --checkpoint`); it cannot resume training (no optimiser or RNG state).
+- `<name>.json`: its manifest: file name, size in bytes, SHA-256, step, which weights, and the config file it was
+  trained with. `model.checkpoint_io.read_checkpoint` checks size and SHA-256 against the manifest before reading
+  the weights, so a truncated download or a Git LFS pointer fails with a clear error instead of a confusing one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, atomic_save, manifest_path,
+                                 read_checkpoint, sha256_file)
+
+
+def export_release(checkpoint: Path, config_file: str, out: Path, use_ema: bool = True) -> dict[str, Any]:
+    """Write the weights-only `out` and its manifest from a training checkpoint; returns the manifest."""
+    state = read_checkpoint(checkpoint)
+    if state.get("release"):
+        raise CheckpointError(f"{checkpoint} is already a release")
+    model = dict(state["model"])
+    weights = "trained"
+    if use_ema:
+        if state.get("ema") is None:
+            raise CheckpointError(f"{checkpoint} has no EMA weights: export with --no-ema")
+        model.update({f"denoise_fn.{k}": v for k, v in state["ema"].items()})
+        weights = "ema"
+    release = {"format": "tfsdiff", "version": CHECKPOINT_VERSION, "release": True, "weights": weights,
+               "step": state["step"], "epoch": state["epoch"], "model": model, "ema": None,
+               "config": state["config"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(release, out)
+    manifest = {"file": out.name, "bytes": out.stat().st_size, "sha256": sha256_file(out), "weights": weights,
+                "step": state["step"], "config": config_file,
+                "parameters": sum(v.numel() for k, v in model.items() if k.startswith("denoise_fn."))}
+    manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, type=Path, help="training checkpoint (.pth) to release")
+    parser.add_argument("--config", required=True, help="config file the checkpoint was trained with (recorded)")
+    parser.add_argument("--out", required=True, type=Path, help="weights file to write (.pth); the manifest "
+                                                                 "goes next to it as .json")
+    parser.add_argument("--no-ema", action="store_true", help="release the trained weights instead of the EMA")
+    args = parser.parse_args(argv)
+    if args.out.suffix != ".pth":
+        print(f"error: --out {args.out}: expected a .pth file name", file=sys.stderr)
+        return 2
+    try:
+        manifest = export_release(args.checkpoint, args.config, args.out, use_ema=not args.no_ema)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
