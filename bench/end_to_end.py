@@ -14,7 +14,7 @@ from data.embedded import ensure_embedded_dataset
 from data.fusion_dataset import FusionDataset, create_dataloader
 from model.model import TFSDiffModel
 
-STEP_COUNTS = (10, 25, 50, 100, 250)
+STEP_COUNTS = (10, 20, 25, 50, 100, 250)
 FEW_EVALUATIONS_FACTOR = 50  # "at least 50x fewer network evaluations ..."
 PSNR_TOLERANCE_DB = 0.2  # "... within 0.2 dB of the full chain"
 
