@@ -97,6 +97,17 @@ def test_round_trip() -> None:
     assert plain["gpu_ids"] == [0, 1]
 
 
+@pytest.mark.parametrize(("path", "expected"), [
+    ({}, None),
+    ({"pretrained": "pretrained/w.pth"}, "pretrained/w.pth"),
+    ({"pretrained": "pretrained/w.pth", "resume_state": "experiments/x/I100"}, "experiments/x/I100"),
+])
+def test_sampling_checkpoint_prefers_resume_state_over_released_weights(path: dict, expected: str | None) -> None:
+    data = valid_dict()
+    data["path"] = path
+    assert parse_config(data).path.sampling_checkpoint() == expected
+
+
 @pytest.mark.parametrize(("loss", "kept"), [
     ({"type": "mse", "lambda_mse": 0.5}, {"type", "lambda_mse"}),
     ({"type": "official"}, {"type"}),
