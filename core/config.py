@@ -1,42 +1,18 @@
-"""Load TFS-Diff JSON configs (with ``//`` comments) into validated, frozen, typed dataclasses.
+"""The TFS-Diff config schema: JSON configs (with ``//`` comments) as validated, frozen, typed dataclasses.
 
-Parsing has no side effects: no folders are created and no environment variables are set.
+Parsing (`core.typed_json`) has no side effects: no folders are created and no environment variables are set.
 Every error is a :class:`ConfigError` whose message names the source file and the full key path.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import os
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Literal
 
-# Field metadata key: (value SR3 configs write, value it stands for), e.g. gpu_ids null -> ().
-_SR3_ALIAS = "sr3_alias"
-
-
-class ConfigError(ValueError):
-    """A config value is missing, malformed or inconsistent; the message names the file and the key path."""
-
-    def __init__(self, key: str, reason: str, source: str | None = None) -> None:
-        self.key = key
-        self.reason = reason
-        self.source = source
-        super().__init__(": ".join(part for part in (source, key, reason) if part))
-
-    def located(self, prefix: str, source: str) -> ConfigError:
-        """Return this error with ``prefix`` prepended to its key path and ``source`` attached."""
-        return ConfigError(_join(prefix, self.key), self.reason, source)
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix and key else prefix or key
+from core.typed_json import SR3_ALIAS as _SR3_ALIAS
+from core.typed_json import ConfigError, parse_dataclass, read_json_with_comments, to_plain
 
 
 def _check(ok: bool, key: str, reason: str) -> None:
@@ -225,6 +201,14 @@ class LossConfig:
             if f.name != "type" and f.name not in _LOSS_KEYS_USED[self.type]:
                 _check(getattr(self, f.name) == f.default, f.name, _unused_loss_reason(f.name, self.type))
 
+    def check_given_keys(self, keys: tuple[str, ...]) -> None:
+        """A tunable key of another loss type is an error even when it has its default value."""
+        for name in keys:
+            _check(name == "type" or name in _LOSS_KEYS_USED[self.type], name, _unused_loss_reason(name, self.type))
+
+    def plain_keys(self) -> tuple[str, ...]:
+        return ("type", *_LOSS_KEYS_USED[self.type])
+
 
 @dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
@@ -348,126 +332,19 @@ class TFSDiffConfig:
                    f"{res} is not a U-Net resolution (image_size / 2**k: {', '.join(map(str, resolutions))})")
 
 
-# ----------------------------------------------------------------------------------------------- parsing
-
-_COMMENT_OR_STRING = re.compile(r'("(?:\\.|[^"\\])*")|//[^\n]*')
-
-
-def strip_json_comments(text: str) -> str:
-    """Remove ``// ...`` comments (to end of line) outside JSON strings; line and column numbers are kept."""
-    return _COMMENT_OR_STRING.sub(lambda match: match.group(1) or "", text)
+# ----------------------------------------------------------------------------------------------- reading
 
 
 def load_config(path: str | os.PathLike) -> TFSDiffConfig:
     """Read the JSON-with-comments file at ``path`` and parse it with :func:`parse_config`."""
-    source = os.fspath(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("", "file not found", source) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError("", f"cannot read file: {err}", source) from None
-    try:
-        data = json.loads(strip_json_comments(text))
-    except json.JSONDecodeError as err:
-        raise ConfigError("", f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}", source) from None
-    return parse_config(data, source)
+    return parse_config(read_json_with_comments(path), os.fspath(path))
 
 
 def parse_config(data: dict, source: str = "<dict>") -> TFSDiffConfig:
     """Validate a plain dict (as loaded from JSON) into a :class:`TFSDiffConfig`; ``source`` names it in errors."""
-    return _parse_dataclass(TFSDiffConfig, data, "", source)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _parse_dataclass(cls: type, data: Any, path: str, source: str) -> Any:
-    """Build dataclass ``cls`` from dict ``data`` found at key path ``path``."""
-    if not isinstance(data, dict):
-        raise ConfigError(path, f"expected an object, got {_show(data)}", source)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(fields)}"
-            raise ConfigError(_join(path, str(key)), f"unknown key ({hint})", source)
-    hints = get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = _join(path, name)
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(key, "missing required key", source)
-            continue
-        value = data[name]
-        alias = f.metadata.get(_SR3_ALIAS)
-        if alias is not None and type(value) is type(alias[0]) and value == alias[0]:
-            value = alias[1]
-        kwargs[name] = _coerce(value, hints[name], key, source)
-    try:
-        result = cls(**kwargs)
-    except ConfigError as err:
-        raise err.located(path, source) from None
-    if isinstance(result, LossConfig):
-        for name in data:
-            if name != "type" and name not in _LOSS_KEYS_USED[result.type]:
-                raise ConfigError(_join(path, name), _unused_loss_reason(name, result.type), source)
-    return result
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against annotation ``tp`` and convert it (lists -> tuples, integral floats -> int)."""
-    origin, args = get_origin(tp), get_args(tp)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [arg for arg in args if arg is not type(None)]
-        return _coerce(value, inner, key, source)
-    if origin is Literal:
-        if any(type(value) is type(arg) and value == arg for arg in args):
-            return value
-        raise ConfigError(key, f"expected one of {', '.join(map(repr, args))}, got {_show(value)}", source)
-    if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, f"expected a list, got {_show(value)}", source)
-        return tuple(_coerce(item, args[0], f"{key}[{i}]", source) for i, item in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        return _parse_dataclass(tp, value, key, source)
-    return _coerce_scalar(value, tp, key, source)
-
-
-def _coerce_scalar(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check a bool/int/float/str; bools are never numbers, ints pass as floats, integral floats as ints."""
-    if tp is bool and isinstance(value, bool):
-        return value
-    if tp is str and isinstance(value, str):
-        return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    names = {bool: "true or false", str: "a string", float: "a number", int: "an integer"}
-    if tp not in names:
-        raise TypeError(f"{key}: unsupported annotation {tp!r} in the config schema")
-    raise ConfigError(key, f"expected {names[tp]}, got {_show(value)}", source)
+    return parse_dataclass(TFSDiffConfig, data, "", source)
 
 
 def config_to_dict(cfg: TFSDiffConfig) -> dict:
     """Return ``cfg`` as a plain JSON-able dict; ``parse_config(config_to_dict(cfg)) == cfg``."""
-    return _to_plain(cfg)
-
-
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        out = {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, LossConfig):
-            out = {k: v for k, v in out.items() if k == "type" or k in _LOSS_KEYS_USED[value.type]}
-        return out
-    if isinstance(value, tuple):
-        return [_to_plain(item) for item in value]
-    return value
+    return to_plain(cfg)

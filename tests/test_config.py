@@ -1,4 +1,4 @@
-"""Tests for core/config.py: comment stripping, typed parsing, validation messages and round trips."""
+"""Tests for core/config.py and core/typed_json.py: comment stripping, typed parsing, validation messages and round trips."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from core.config import (
     config_to_dict,
     load_config,
     parse_config,
-    strip_json_comments,
 )
+from core.typed_json import strip_json_comments
 
 
 def valid_dict() -> dict[str, Any]:
