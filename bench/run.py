@@ -1,6 +1,9 @@
 """The TFS-Diff speed benchmark: network cost per step (plain vs optimised path) and end-to-end sampling quality.
 
-    python -m bench.run [--quick] [--out bench/results.json] [--checkpoint CKPT [--e2e-config config/demo.json]]
+    python -m bench.run [--quick] [--out bench/results.json] [--checkpoint CKPT] [--e2e-config config/demo.json]
+
+The end-to-end part samples with --checkpoint, by default the e2e config's own checkpoint (`path.resume_state`,
+else `path.pretrained`: for config/demo.json the shipped demo weights).
 
 Prints Markdown tables (the ones in docs/speed.md) and writes every measurement to JSON.
 """
@@ -19,6 +22,7 @@ import torch
 from bench.end_to_end import benchmark_end_to_end
 from bench.measure import machine_info, matmul_peak_gflops
 from bench.network import PATHS, benchmark_network, optimised_performance
+from core.config import ConfigError, load_config
 
 NETWORK_CONFIGS = ("config/demo.json", "config/tfsdiff_x4_64_256.json")
 # (training reps, sampling reps) per config; --quick uses fewer on the paper config.
@@ -30,9 +34,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help=f"fewer repetitions; end to end on {QUICK_E2E_CASES} cases up to "
-                             f"{QUICK_E2E_MAX_STEPS} steps (about 3 minutes on a 2-core CPU without --checkpoint)")
+                             f"{QUICK_E2E_MAX_STEPS} steps")
     parser.add_argument("--out", default="bench/results.json", help="JSON file to write")
-    parser.add_argument("--checkpoint", help="trained checkpoint for the end-to-end part (skipped without one)")
+    parser.add_argument("--checkpoint", help="trained checkpoint for the end-to-end part (default: the e2e config's "
+                                             "path.resume_state or path.pretrained; skipped without any)")
     parser.add_argument("--e2e-config", default="config/demo.json", help="config of --checkpoint and its test set")
     parser.add_argument("--cases", type=int, help="end to end: only the first CASES test cases")
     parser.add_argument("--compile", action="store_true", help="add torch.compile to the optimised path (slow start)")
@@ -75,6 +80,11 @@ def end_to_end_table(e2e: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        checkpoint = args.checkpoint or load_config(args.e2e_config).path.sampling_checkpoint()
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     device = torch.device(args.device)
     mode = "quick" if args.quick else "full"
     started = time.perf_counter()
@@ -90,16 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         report["network"].append(benchmark_network(config, device, reps_train, reps_sample, peak, optimised))
     print("\n" + network_table(report["network"]))
     print(f"\nmemory: {report['network'][0]['memory_method']}")
-    if args.checkpoint:
+    if checkpoint:
         cases = args.cases if args.cases is not None else (QUICK_E2E_CASES if args.quick else None)
-        e2e = benchmark_end_to_end(args.e2e_config, args.checkpoint, device, cases,
+        e2e = benchmark_end_to_end(args.e2e_config, checkpoint, device, cases,
                                    QUICK_E2E_MAX_STEPS if args.quick else None)
         report["end_to_end"] = e2e
         print(f"\nend to end: {e2e['config']}, {e2e['checkpoint']}, {e2e['cases']} cases of {e2e['test_set']} "
               f"(bicubic-then-fuse baseline PSNR {e2e['bicubic_then_fuse_psnr']:.2f} dB)\n")
         print(end_to_end_table(e2e))
     else:
-        print("\nend to end: skipped (pass --checkpoint to measure seconds per image and PSNR per sampler)")
+        print("\nend to end: skipped (no checkpoint: pass --checkpoint to measure seconds per image and PSNR per "
+              "sampler)")
     report["total_seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
