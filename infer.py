@@ -10,6 +10,8 @@ dataset), `<id>_hr.png` (when the split has a ground truth) and, with --process,
 denoising-process strip) into `results/<config name>/<split>/<method>/` (method `tfsdiff` for the model). The model
 runs through `core.evaluation.evaluate`, the path `sr.py` validation uses, with the config's val noise schedule,
 its sampler (`model.sampler`), the model's sampling (EMA) weights and a generator seeded with the config's seed.
+Without --checkpoint the weights are the config's `path.resume_state`, else its released weights `path.pretrained`
+(for config/demo.json: the shipped demo model in pretrained/).
 A `--method` rule from `data.fusion_rules` fuses the same bicubic-upsampled inputs, so the baselines are scored
 on exactly the model's inputs.
 
