@@ -136,11 +136,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_sampler_from_args_overrides_config() -> None:
     cfg = load_config("config/demo.json")
-    assert sampler_from_args(parse([]), cfg) == SamplerConfig()
+    assert sampler_from_args(parse([]), cfg) == cfg.model.sampler == SamplerConfig(type="respaced", steps=20)
+    assert sampler_from_args(parse(["--sampler", "ddpm"]), cfg) == SamplerConfig()
     assert sampler_from_args(parse(["--sampler", "ddim", "--steps", "50", "--eta", "0.5"]), cfg) == \
         SamplerConfig(type="ddim", steps=50, eta=0.5)
+    assert sampler_from_args(parse(["--sampler", "respaced"]), cfg) == cfg.model.sampler  # the config's steps
+    assert sampler_from_args(parse(["--steps", "50"]), cfg) == SamplerConfig(type="respaced", steps=50)
     with pytest.raises(ConfigError, match="--steps.*required"):
-        sampler_from_args(parse(["--sampler", "respaced"]), cfg)
+        sampler_from_args(parse(["--sampler", "ddim"]), cfg)
     with pytest.raises(ConfigError, match="--eta.*only used by type 'ddim'"):
         sampler_from_args(parse(["--sampler", "respaced", "--steps", "5", "--eta", "0.3"]), cfg)
     with pytest.raises(ConfigError, match="--steps.*exceeds"):
