@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, atomic_save, manifest_path,
-                                 read_checkpoint, sha256_file)
+                                 read_checkpoint, sha256_file, write_text_atomic)
 
 
 def export_release(checkpoint: Path, config_file: str, out: Path, use_ema: bool = True) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def export_release(checkpoint: Path, config_file: str, out: Path, use_ema: bool 
     manifest = {"file": out.name, "bytes": out.stat().st_size, "sha256": sha256_file(out), "weights": weights,
                 "step": state["step"], "config": config_file,
                 "parameters": sum(v.numel() for k, v in model.items() if k.startswith("denoise_fn."))}
-    manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(manifest_path(out), json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
