@@ -3,11 +3,11 @@
     python eval.py RESULT_DIR... [--reference gt|sources] [--suite paper|all] [--out PREFIX]
                    [--figure fig.png [--cases ID ...]]
 
-Each RESULT_DIR is a method folder (per case id `<id>_fused.png`, `<id>_src{1,2,3}.png` and `<id>_hr.png`, as
-`infer.py` writes them), a folder of method folders (e.g. `results/demo/test`), or a folder of scale folders
-`x2/ x4/ x8/` each holding method folders. The method is the folder name; the scale is the name of the folder
-holding it when that is `x<digits>` (one table section per scale). Runs named `wo_tmfa` / `wo_psf` form an
-ablation table next to `tfsdiff`.
+Each RESULT_DIR is a method folder (per case id `<id>_fused.png`, `<id>_src{1,2,3}.png` and `<id>_hr.png`: the
+results layout of `core.results_layout`, as `infer.py` writes it), a folder of method folders (e.g.
+`results/demo/test`), or a folder of scale folders `x2/ x4/ x8/` each holding method folders. The method is the
+folder name; the scale is the name of the folder holding it when that is `x<digits>` (one table section per scale).
+Runs named `wo_tmfa` / `wo_psf` form an ablation table next to `tfsdiff`.
 
 Metrics and their aggregation over the three sources: see `core.fusion_metrics`; layout: see `core.tables`.
 `--reference gt` compares with the ground truth, `--reference sources` with the three sources (mean over them).
@@ -33,10 +33,10 @@ from tqdm import tqdm
 
 from core.figure import FigureSection, comparison_figure, read_rgb
 from core.fusion_metrics import Lpips, alexnet_weights_path, load_lpips, metric_names, score_case
+from core.results_layout import fused_case_ids, result_path
 from core.tables import ABLATION_RUNS, MODEL_RUN, MethodScores, ScaleSection, to_latex, to_markdown, \
     to_per_image_csv, to_summary_csv
 
-FUSED_SUFFIX = "_fused.png"
 SCALE_NAME = re.compile(r"x\d+")
 MAX_IDS_SHOWN = 10
 
@@ -58,11 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def case_ids(folder: Path) -> set[str]:
-    """Case ids of a method folder: the stems of its `<id>_fused.png` files."""
-    return {p.name.removesuffix(FUSED_SUFFIX) for p in folder.glob(f"*{FUSED_SUFFIX}") if p.is_file()}
-
-
 def _scale_of(folder: Path) -> str:
     return folder.parent.name if SCALE_NAME.fullmatch(folder.parent.name) else ""
 
@@ -71,15 +66,15 @@ def _method_folders(path: Path) -> list[Path]:
     """The method folders at `path`: itself, its sub-folders, or its scale folders' sub-folders."""
     if not path.is_dir():
         raise EvalError(f"result folder {path} does not exist")
-    if case_ids(path):
+    if fused_case_ids(path):
         return [path]
     subs = sorted(p for p in path.iterdir() if p.is_dir())
-    found = [p for p in subs if case_ids(p)]
+    found = [p for p in subs if fused_case_ids(p)]
     for scale in (s for s in subs if SCALE_NAME.fullmatch(s.name)):
-        found += [m for m in sorted(scale.iterdir()) if m.is_dir() and case_ids(m)]
+        found += [m for m in sorted(scale.iterdir()) if m.is_dir() and fused_case_ids(m)]
     if not found:
-        raise EvalError(f"no method folder (with *{FUSED_SUFFIX} files) in {path}, its sub-folders or its x<N> "
-                        "scale folders")
+        raise EvalError(f"no method folder (with {result_path(Path('*'), '*', 'fused').name} files) in {path}, its "
+                        "sub-folders or its x<N> scale folders")
     return found
 
 
@@ -107,7 +102,7 @@ def _show(ids: set[str]) -> str:
 
 def paired_ids(scale: str, methods: dict[str, Path]) -> list[str]:
     """The case ids shared by all methods of a scale; EvalError listing missing / extra ids otherwise."""
-    ids = {name: case_ids(folder) for name, folder in methods.items()}
+    ids = {name: fused_case_ids(folder) for name, folder in methods.items()}
     union = set().union(*ids.values())
     problems = [f"  {methods[name]}: missing {_show(union - found)}" for name, found in ids.items() if union - found]
     if problems:
@@ -116,13 +111,14 @@ def paired_ids(scale: str, methods: dict[str, Path]) -> list[str]:
     return sorted(union)
 
 
-def _needed_files(case_id: str, reference: str) -> list[str]:
-    return [f"{case_id}_src{k}.png" for k in (1, 2, 3)] + ([f"{case_id}_hr.png"] if reference == "gt" else [])
+def _needed_kinds(reference: str) -> tuple[str, ...]:
+    return ("src1", "src2", "src3") + (("hr",) if reference == "gt" else ())
 
 
 def check_files(folder: Path, ids: list[str], reference: str) -> None:
     """EvalError listing the cases of `folder` that lack a source (or, for reference gt, the ground truth)."""
-    missing = {case for case in ids for name in _needed_files(case, reference) if not (folder / name).is_file()}
+    missing = {case for case in ids for kind in _needed_kinds(reference)
+               if not result_path(folder, case, kind).is_file()}
     if missing:
         need = "src1/src2/src3" + ("/hr" if reference == "gt" else "")
         raise EvalError(f"{folder}: cases without their {need} images: {_show(missing)}")
@@ -140,9 +136,9 @@ def score_method(folder: Path, ids: list[str], reference: str, suite: str, lpips
     """Per-case metrics of one method folder."""
     rows = []
     for case in tqdm(ids, desc=folder.name, disable=not progress, leave=False):
-        fused = _read(folder / f"{case}{FUSED_SUFFIX}")
-        sources = [_read(folder / f"{case}_src{k}.png") for k in (1, 2, 3)]
-        gt = _read(folder / f"{case}_hr.png") if reference == "gt" else None
+        fused = _read(result_path(folder, case, "fused"))
+        sources = [_read(result_path(folder, case, f"src{k}")) for k in (1, 2, 3)]
+        gt = _read(result_path(folder, case, "hr")) if reference == "gt" else None
         shapes = {img.shape for img in [fused, *sources] + ([gt] if gt is not None else [])}
         if len(shapes) != 1:
             raise EvalError(f"{folder}: the images of case {case} differ in size: {sorted(shapes)}")

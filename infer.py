@@ -42,6 +42,7 @@ from core.config import ConfigError, TFSDiffConfig, load_config
 from core.evaluation import Evaluation, evaluate
 from core.logger import setup_logger
 from core.metrics import tensor2img
+from core.results_layout import write_case
 from data.embedded import ensure_embedded_dataset
 from data.fusion_dataset import IMAGE_EXTENSIONS, DatasetError, FusionBatch, FusionDataset, create_dataloader
 from data.fusion_rules import FUSION_RULES, fuse
@@ -118,22 +119,14 @@ def split_dataset(cfg: TFSDiffConfig, split: str) -> tuple[FusionDataset, int]:
     return dataset, ds_cfg.batch_size
 
 
-def _save(path: Path, image: np.ndarray) -> None:
-    Image.fromarray(image).save(path)
-
-
 def run_rule_on_split(dataset: FusionDataset, rule: str, out_dir: Path) -> None:
-    """Fuse every case's bicubic-upsampled inputs with `rule`; write the files the model run writes."""
+    """Fuse every case's bicubic-upsampled inputs with `rule`; write the results layout the model run writes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for index in range(len(dataset)):
         item = dataset[index]
-        case_id = item["case_id"]
         sources = [tensor2img(item[f"src{k}"]) for k in (1, 2, 3)]
-        for k, src in enumerate(sources, start=1):
-            _save(out_dir / f"{case_id}_src{k}.png", src)
-        _save(out_dir / f"{case_id}_fused.png", fuse(rule, sources))
-        if item["target"] is not None:
-            _save(out_dir / f"{case_id}_hr.png", tensor2img(item["target"]))
+        target = tensor2img(item["target"]) if item["target"] is not None else None
+        write_case(out_dir, item["case_id"], sources, fuse(rule, sources), target)
 
 
 def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:

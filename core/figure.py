@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from core.results_layout import result_path
 from core.tables import display_name
 
 MIN_TILE = 128
@@ -50,7 +51,7 @@ def _columns(sections: Sequence[FigureSection], case_ids: Sequence[str]) -> tupl
     names: list[str] = []
     for section in sections:
         names += [name for name, _ in section.methods if name not in names]
-    with_gt = all((s.methods[0][1] / f"{case}_hr.png").is_file() for s in sections for case in case_ids)
+    with_gt = all(result_path(s.methods[0][1], case, "hr").is_file() for s in sections for case in case_ids)
     return names, with_gt
 
 
@@ -58,11 +59,11 @@ def _row_tiles(section: FigureSection, case_id: str, names: list[str], with_gt: 
                shape: tuple[int, int, int]) -> list[np.ndarray]:
     first = section.methods[0][1]
     folders = dict(section.methods)
-    tiles = [read_rgb(first / f"{case_id}_src{k}.png") for k in (1, 2, 3)]
-    tiles += [read_rgb(folders[n] / f"{case_id}_fused.png") if n in folders else np.full(shape, MISSING_GREY, np.uint8)
-              for n in names]
+    tiles = [read_rgb(result_path(first, case_id, f"src{k}")) for k in (1, 2, 3)]
+    tiles += [read_rgb(result_path(folders[n], case_id, "fused")) if n in folders
+              else np.full(shape, MISSING_GREY, np.uint8) for n in names]
     if with_gt:
-        tiles.append(read_rgb(first / f"{case_id}_hr.png"))
+        tiles.append(read_rgb(result_path(first, case_id, "hr")))
     return tiles
 
 
@@ -75,7 +76,7 @@ def comparison_figure(sections: Sequence[FigureSection], case_ids: Sequence[str]
     if not sections or not case_ids:
         raise ValueError("the comparison figure needs at least one method folder and one case")
     names, with_gt = _columns(sections, case_ids)
-    first_tile = read_rgb(sections[0].methods[0][1] / f"{case_ids[0]}_src1.png")
+    first_tile = read_rgb(result_path(sections[0].methods[0][1], case_ids[0], "src1"))
     height, width = first_tile.shape[:2]
     factor = max(1, -(-MIN_TILE // min(height, width)))
     tile_w, tile_h = width * factor, height * factor

@@ -1,0 +1,53 @@
+"""Tests of core/results_layout.py: the file names of a results folder and how one case is written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.results_layout import KINDS, fused_case_ids, result_path, write_case
+
+
+def _image(seed: int, height: int = 5, width: int = 7) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_result_path_names_every_kind_and_rejects_others(tmp_path: Path) -> None:
+    assert [result_path(tmp_path, "c 1.v2", kind).name for kind in KINDS] == [
+        "c 1.v2_src1.png", "c 1.v2_src2.png", "c 1.v2_src3.png", "c 1.v2_fused.png", "c 1.v2_hr.png",
+        "c 1.v2_process.png"]
+    with pytest.raises(ValueError, match="unknown result kind 'gt'.*src1, src2, src3, fused, hr, process"):
+        result_path(tmp_path, "c", "gt")
+
+
+def test_write_case_writes_pngs_that_read_back_exactly(tmp_path: Path) -> None:
+    folder = tmp_path / "new" / "method"
+    sources, fused = [_image(k) for k in range(3)], _image(3)
+    write_case(folder, "a", sources, fused)
+    write_case(folder, "b", sources, fused, target=_image(4), process=_image(5, width=21))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"a_{k}.png" for k in KINDS[:4]] + [f"b_{k}.png" for k in KINDS])
+    for kind, expected in (("src2", sources[1]), ("fused", fused)):
+        assert np.array_equal(np.asarray(Image.open(result_path(folder, "a", kind))), expected)
+    assert np.array_equal(np.asarray(Image.open(result_path(folder, "b", "process"))), _image(5, width=21))
+    reference = tmp_path / "reference.png"
+    Image.fromarray(fused).save(reference)
+    assert result_path(folder, "b", "fused").read_bytes() == reference.read_bytes()
+
+
+def test_write_case_rejects_wrong_images(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="three sources"):
+        write_case(tmp_path, "a", [_image(0)] * 2, _image(1))
+    with pytest.raises(ValueError, match=r"a_fused\.png: expected an \(H, W, 3\) uint8 image"):
+        write_case(tmp_path, "a", [_image(0)] * 3, _image(1).astype(np.float32))
+
+
+def test_fused_case_ids(tmp_path: Path) -> None:
+    assert fused_case_ids(tmp_path / "missing") == set()
+    write_case(tmp_path, "x_fused", [_image(0)] * 3, _image(1))
+    write_case(tmp_path, "y", [_image(0)] * 3, _image(1))
+    result_path(tmp_path, "z", "src1").write_bytes(b"")
+    (tmp_path / "w_fused.png").mkdir()
+    assert fused_case_ids(tmp_path) == {"x_fused", "y"}
