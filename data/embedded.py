@@ -44,15 +44,14 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from data.fusion_rules import fuse
-from data.resample import degrade, resize_bicubic
+from data.layout import SPLITS, write_case
+from data.resample import resize_bicubic
 
-__all__ = ["FORMAT_VERSION", "MODALITIES", "FUSION_RULE", "SPLITS", "split_dir", "build_embedded_dataset",
-           "ensure_embedded_dataset", "main"]
+__all__ = ["FORMAT_VERSION", "MODALITIES", "FUSION_RULE", "build_embedded_dataset", "ensure_embedded_dataset", "main"]
 
 FORMAT_VERSION = 1
 MODALITIES = ("MR-T1", "MR-T2", "SPECT")
 FUSION_RULE = "laplacian_ycbcr"
-SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 
 N_VAL, N_TEST, GAP_SLICES = 8, 16, 5
@@ -74,13 +73,6 @@ class _Volumes:
     t2: np.ndarray          # uint8 0..255
     perfusion: np.ndarray   # float32, ~0..1 (0.9 = brain 99.5th percentile)
     mask: np.ndarray        # bool brain mask
-
-
-def split_dir(root: str | Path, split: str) -> Path:
-    """Folder of one split (``train``, ``val`` or ``test``) of a dataset rooted at ``root``."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known splits: {list(SPLITS)}")
-    return Path(root) / split
 
 
 def _to_display(volume: np.ndarray) -> np.ndarray:
@@ -189,21 +181,6 @@ def _hr_sources(volumes: _Volumes, z: int, r_resolution: int, seed: int) -> list
     return sources
 
 
-def _write_case(split_root: Path, case_id: str, sources: list[Image.Image], r_resolution: int,
-                l_resolutions: Sequence[int]) -> None:
-    """Write one case in the official layout: ``{i}_lr_{l}``, ``{i}_sr_{l}_{r}`` for every l, and ``hr_{r}``."""
-    hr = Image.fromarray(fuse(FUSION_RULE, [np.asarray(img) for img in sources]))
-    outputs = {f"hr_{r_resolution}": hr}
-    for l_res in l_resolutions:
-        for index, img in enumerate(sources, start=1):
-            lr, sr = degrade(img, l_res)
-            outputs[f"{index}_lr_{l_res}"] = lr
-            outputs[f"{index}_sr_{l_res}_{r_resolution}"] = sr
-    for folder, img in outputs.items():
-        (split_root / folder).mkdir(parents=True, exist_ok=True)
-        img.save(split_root / folder / f"{case_id}.png")
-
-
 def _case_id(z: int) -> str:
     """Case id of axial slice ``z``, e.g. ``mni_z083``."""
     return f"mni_z{z:03d}"
@@ -250,7 +227,7 @@ def build_embedded_dataset(root: str | Path, r_resolution: int, scales: Sequence
                            limit: int | None = None, progress: bool = True) -> Path:
     """Build the dataset at ``root`` (which must not exist or be empty); returns ``root``.
 
-    Writes ``root/{train,val,test}/`` in the official layout for every scale plus ``root/manifest.json``.
+    Writes ``root/{train,val,test}/`` in the layout of ``data.layout`` for every scale plus ``root/manifest.json``.
     ``limit`` keeps at most that many evenly spread cases per split (for tests).
     """
     root = Path(root)
@@ -267,7 +244,8 @@ def build_embedded_dataset(root: str | Path, r_resolution: int, scales: Sequence
         jobs = [(split, z) for split in SPLITS for z in splits[split]]
         for split, z in tqdm(jobs, desc=f"embedded dataset {r_resolution}px", disable=not progress):
             sources = _hr_sources(volumes, z, r_resolution, seed)
-            _write_case(tmp / split, _case_id(z), sources, r_resolution, l_resolutions)
+            target = Image.fromarray(fuse(FUSION_RULE, [np.asarray(img) for img in sources]))
+            write_case(tmp / split, _case_id(z), sources, target, l_resolutions)
         manifest = _manifest(r_resolution, scales, seed, limit, splits)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         tmp.chmod(0o755)

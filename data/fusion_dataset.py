@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data.layout import SOURCES, hr_dir, lr_dir, sr_dir
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 _MAX_IDS_SHOWN = 10
 
@@ -160,9 +162,9 @@ class FusionDataset(Dataset[dict[str, Any]]):
         if not self.dataroot.is_dir():
             raise DatasetError(f"Dataset folder {self.dataroot} does not exist or is not a directory")
 
-        sr_names = [f"{k}_sr_{l_resolution}_{r_resolution}" for k in (1, 2, 3)]
-        hr_name = f"hr_{r_resolution}"
-        lr_names = [f"{k}_lr_{l_resolution}" for k in (1, 2, 3)]
+        sr_names = [sr_dir(self.dataroot, k, l_resolution, r_resolution).name for k in SOURCES]
+        hr_name = hr_dir(self.dataroot, r_resolution).name
+        lr_names = [lr_dir(self.dataroot, k, l_resolution).name for k in SOURCES]
         has_target = require_target or (self.dataroot / hr_name).is_dir()
         required = sr_names + ([hr_name] if has_target else []) + (lr_names if need_lr else [])
         self._check_folders_exist(required)

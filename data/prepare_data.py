@@ -43,8 +43,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data import layout
 from data.fusion_rules import FUSION_RULES, fuse
-from data.resample import degrade, resize_bicubic
+from data.resample import resize_bicubic
 from data.splits import SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split, split_cases
 from data.volumes import AXES, PERCENTILES, find_subjects, single_subject, subject_slices
 
@@ -137,18 +138,12 @@ def _case_arrays(job: CaseJob) -> list[np.ndarray]:
 
 
 def write_case(job: CaseJob) -> str:
-    """Write one case in the official layout; returns its case id (runs in worker processes)."""
+    """Write one case in the layout of ``data.layout``; returns its case id (runs in worker processes)."""
     cfg = job.settings
     hrs = [_square_hr(a, cfg.r_resolution) for a in _case_arrays(job)]
     sources = hrs[:3]
     gt = hrs[3] if job.gt is not None else Image.fromarray(fuse(cfg.gt_fusion, [np.asarray(s) for s in sources]))
-    outputs = {f"hr_{cfg.r_resolution}": gt}
-    for l_res in cfg.l_resolutions:
-        for index, src in enumerate(sources, start=1):
-            outputs[f"{index}_lr_{l_res}"], outputs[f"{index}_sr_{l_res}_{cfg.r_resolution}"] = degrade(src, l_res)
-    for folder, img in outputs.items():
-        (job.split_root / folder).mkdir(parents=True, exist_ok=True)
-        img.save(job.split_root / folder / f"{job.case_id}.png")
+    layout.write_case(job.split_root, job.case_id, sources, gt, cfg.l_resolutions)
     return job.case_id
 
 # ------------------------------------------------------------------------------------------------ writing

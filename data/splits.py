@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from data.layout import SPLITS
+
 __all__ = ["PrepareError", "SPLITS", "file_stem", "list_folder", "pair_folders", "parse_split", "allocate_counts",
            "split_cases", "slab_split"]
-
-SPLITS = ("train", "val", "test")
 
 
 class PrepareError(Exception):

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from data import embedded
-from data.embedded import SPLITS, build_embedded_dataset, ensure_embedded_dataset, main, split_dir
+from data.embedded import build_embedded_dataset, ensure_embedded_dataset, main
 from data.fusion_rules import fuse, laplacian_ycbcr, rgb_to_ycbcr
+from data.layout import SPLITS, split_dir
 from data.resample import degrade, resize_bicubic
 
 R, SCALES, LIMIT = 32, (2, 4), 3
