@@ -35,7 +35,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -47,7 +47,8 @@ from data.fusion_rules import fuse
 from data.layout import SPLITS, write_case
 from data.resample import resize_bicubic
 
-__all__ = ["FORMAT_VERSION", "MODALITIES", "FUSION_RULE", "build_embedded_dataset", "ensure_embedded_dataset", "main"]
+__all__ = ["FORMAT_VERSION", "MODALITIES", "FUSION_RULE", "build_embedded_dataset", "ensure_embedded_dataset",
+           "train_cases", "main"]
 
 FORMAT_VERSION = 1
 MODALITIES = ("MR-T1", "MR-T2", "SPECT")
@@ -184,6 +185,14 @@ def _hr_sources(volumes: _Volumes, z: int, r_resolution: int, seed: int) -> list
 def _case_id(z: int) -> str:
     """Case id of axial slice ``z``, e.g. ``mni_z083``."""
     return f"mni_z{z:03d}"
+
+
+def train_cases(r_resolution: int, limit: int | None = None, seed: int = 0) -> Iterator[tuple[str, list[Image.Image]]]:
+    """(case id, [MR-T1, MR-T2, SPECT] as r x r RGB PIL images) of the train split, at most ``limit`` evenly
+    spread cases, exactly as ``build_embedded_dataset`` makes them (for mixing into other datasets)."""
+    volumes = _prepared_volumes()
+    for z in _limit_cases(_split_slices(_usable_slices(volumes))["train"], limit):
+        yield _case_id(z), _hr_sources(volumes, z, r_resolution, seed)
 
 
 def _l_resolutions(r_resolution: int, scales: Sequence[int]) -> list[int]:
