@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.figure import FigureSection, comparison_figure, read_rgb
+from core.figure import FigureSection, comparison_figure
 from core.fusion_metrics import Lpips, alexnet_weights_path, load_lpips, metric_names, score_case
 from core.results_layout import fused_case_ids, result_path
 from core.tables import ABLATION_RUNS, MODEL_RUN, MethodScores, ScaleSection, to_latex, to_markdown, \
     to_per_image_csv, to_summary_csv
+from data.images import ImageReadError, PairingError, format_ids, pair_by_stem, read_image
 
 SCALE_NAME = re.compile(r"x\d+")
-MAX_IDS_SHOWN = 10
 
 
 class EvalError(ValueError):
@@ -95,20 +95,13 @@ def _method_order(method: str) -> tuple[int, str]:
     return (2 if method == MODEL_RUN else 1 if method in ABLATION_RUNS else 0), method
 
 
-def _show(ids: set[str]) -> str:
-    shown = sorted(ids)[:MAX_IDS_SHOWN]
-    return ", ".join(shown) + (f", ... ({len(ids)} in total)" if len(ids) > MAX_IDS_SHOWN else "")
-
-
 def paired_ids(scale: str, methods: dict[str, Path]) -> list[str]:
-    """The case ids shared by all methods of a scale; EvalError listing missing / extra ids otherwise."""
-    ids = {name: fused_case_ids(folder) for name, folder in methods.items()}
-    union = set().union(*ids.values())
-    problems = [f"  {methods[name]}: missing {_show(union - found)}" for name, found in ids.items() if union - found]
-    if problems:
+    """The case ids shared by all methods of a scale; EvalError listing the ids each method lacks otherwise."""
+    try:
+        return pair_by_stem({str(folder): fused_case_ids(folder) for folder in methods.values()})
+    except PairingError as err:
         where = f"scale {scale}" if scale else "the result folders"
-        raise EvalError(f"fused images are not paired by case id across {where}:\n" + "\n".join(problems))
-    return sorted(union)
+        raise EvalError(f"fused images are not paired by case id across {where}:\n{err}") from None
 
 
 def _needed_kinds(reference: str) -> tuple[str, ...]:
@@ -121,13 +114,14 @@ def check_files(folder: Path, ids: list[str], reference: str) -> None:
                if not result_path(folder, case, kind).is_file()}
     if missing:
         need = "src1/src2/src3" + ("/hr" if reference == "gt" else "")
-        raise EvalError(f"{folder}: cases without their {need} images: {_show(missing)}")
+        raise EvalError(f"{folder}: cases without their {need} images: {format_ids(missing)}")
 
 
 def _read(path: Path) -> np.ndarray:
+    """``data.images.read_image`` with its error as an EvalError (naming the file)."""
     try:
-        return read_rgb(path)
-    except ValueError as err:
+        return read_image(path)
+    except ImageReadError as err:
         raise EvalError(str(err)) from err
 
 
@@ -153,8 +147,8 @@ def _figure_cases(requested: list[str] | None, ids_per_scale: dict[str, list[str
     for scale, ids in ids_per_scale.items():
         unknown = set(cases) - set(ids)
         if unknown:
-            raise EvalError(f"--cases: unknown case id(s) {_show(unknown)}{' at scale ' + scale if scale else ''}; "
-                            f"known: {_show(set(ids))}")
+            at_scale = f" at scale {scale}" if scale else ""
+            raise EvalError(f"--cases: unknown case id(s) {format_ids(unknown)}{at_scale}; known: {format_ids(ids)}")
     return cases
 
 
@@ -191,7 +185,8 @@ def run(args: argparse.Namespace) -> None:
     print(f"tables written to {prefix}{{.md,.csv,_per_image.csv,.tex}}", file=sys.stderr)
     if args.figure:
         fig_sections = [FigureSection(scale, tuple(methods.items())) for scale, methods in scales.items()]
-        print(f"figure written to {comparison_figure(fig_sections, figure_cases, Path(args.figure))}", file=sys.stderr)
+        figure = comparison_figure(fig_sections, figure_cases, Path(args.figure), _read)
+        print(f"figure written to {figure}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,8 @@ from core.logger import setup_logger
 from core.metrics import tensor2img
 from core.results_layout import write_case
 from data.embedded import ensure_embedded_dataset
-from data.fusion_dataset import IMAGE_EXTENSIONS, DatasetError, FusionBatch, FusionDataset, create_dataloader
+from data.fusion_dataset import DatasetError, FusionBatch, FusionDataset, create_dataloader
+from data.images import IMAGE_EXTENSIONS
 from data.fusion_rules import FUSION_RULES, fuse
 from data.resample import resize_bicubic
 from model.model import CheckpointError, TFSDiffModel, select_device

@@ -4,13 +4,14 @@ Rows: one per (scale, case); columns: the three inputs (`<id>_src{1,2,3}.png` of
 fused image of every method (`<id>_fused.png`), and the ground truth (`<id>_hr.png` of the first method folder,
 when every shown case has one). Tiles are enlarged by an integer factor with nearest-neighbour sampling (no
 invented detail) so that the shorter tile side is at least 128 px; a header row names the columns and a left
-column names the rows. A method missing at some scale gets a grey tile.
+column names the rows. A method missing at some scale gets a grey tile. Images are read with the reader the caller
+passes (``eval.py`` passes ``data.images.read_image``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -24,6 +25,8 @@ HEADER = 30
 LABEL_WIDTH = 120
 MISSING_GREY = 96
 
+ImageReader = Callable[[Path], np.ndarray]  # an image file -> (H, W, 3) uint8 RGB
+
 
 @dataclass(frozen=True)
 class FigureSection:
@@ -31,15 +34,6 @@ class FigureSection:
 
     scale: str
     methods: tuple[tuple[str, Path], ...]
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as an (H, W, 3) uint8 array; ValueError naming the file when it cannot be read."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
 
 
 def _short_name(method: str) -> str:
@@ -56,14 +50,14 @@ def _columns(sections: Sequence[FigureSection], case_ids: Sequence[str]) -> tupl
 
 
 def _row_tiles(section: FigureSection, case_id: str, names: list[str], with_gt: bool,
-               shape: tuple[int, int, int]) -> list[np.ndarray]:
+               shape: tuple[int, int, int], read: ImageReader) -> list[np.ndarray]:
     first = section.methods[0][1]
     folders = dict(section.methods)
-    tiles = [read_rgb(result_path(first, case_id, f"src{k}")) for k in (1, 2, 3)]
-    tiles += [read_rgb(result_path(folders[n], case_id, "fused")) if n in folders
+    tiles = [read(result_path(first, case_id, f"src{k}")) for k in (1, 2, 3)]
+    tiles += [read(result_path(folders[n], case_id, "fused")) if n in folders
               else np.full(shape, MISSING_GREY, np.uint8) for n in names]
     if with_gt:
-        tiles.append(read_rgb(result_path(first, case_id, "hr")))
+        tiles.append(read(result_path(first, case_id, "hr")))
     return tiles
 
 
@@ -71,12 +65,16 @@ def _enlarge(tile: np.ndarray, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(tile).resize(size, resample=Image.Resampling.NEAREST)
 
 
-def comparison_figure(sections: Sequence[FigureSection], case_ids: Sequence[str], out: Path) -> Path:
-    """Write the figure for ``case_ids`` (present in every method folder) to ``out`` (PNG); returns ``out``."""
+def comparison_figure(sections: Sequence[FigureSection], case_ids: Sequence[str], out: Path,
+                      read: ImageReader) -> Path:
+    """Write the figure for ``case_ids`` (present in every method folder) to ``out`` (PNG); returns ``out``.
+
+    ``read`` reads one image file of the results layout as an (H, W, 3) uint8 array.
+    """
     if not sections or not case_ids:
         raise ValueError("the comparison figure needs at least one method folder and one case")
     names, with_gt = _columns(sections, case_ids)
-    first_tile = read_rgb(result_path(sections[0].methods[0][1], case_ids[0], "src1"))
+    first_tile = read(result_path(sections[0].methods[0][1], case_ids[0], "src1"))
     height, width = first_tile.shape[:2]
     factor = max(1, -(-MIN_TILE // min(height, width)))
     tile_w, tile_h = width * factor, height * factor
@@ -91,7 +89,7 @@ def comparison_figure(sections: Sequence[FigureSection], case_ids: Sequence[str]
         top = HEADER + r * (tile_h + GAP)
         row_label = f"{section.scale} {case_id}".strip()
         draw.text((4, top + tile_h // 2 - 6), row_label, fill="black", font=font)
-        for col, tile in enumerate(_row_tiles(section, case_id, names, with_gt, first_tile.shape)):
+        for col, tile in enumerate(_row_tiles(section, case_id, names, with_gt, first_tile.shape, read)):
             canvas.paste(_enlarge(tile, (tile_w, tile_h)), (LABEL_WIDTH + col * (tile_w + GAP), top))
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)

@@ -1,15 +1,16 @@
 """Loads the official TFS-Diff tri-modal folder layout into batches for fusion + super-resolution.
 
-Layout of a split folder ``dataroot`` for LR size ``l`` and HR size ``r`` (files paired by name,
-``<case_id>.<ext>`` with ext in png/jpg/jpeg/bmp/tif/tiff, case-insensitive)::
+Layout of a split folder ``dataroot`` for LR size ``l`` and HR size ``r`` (``data.layout``; files paired by stem,
+``<case_id>.<ext>`` with ext in ``data.images.IMAGE_EXTENSIONS``, case-insensitive)::
 
     dataroot/1_sr_{l}_{r}/  2_sr_{l}_{r}/  3_sr_{l}_{r}/   three sources, bicubic-upsampled to r x r (model input)
     dataroot/hr_{r}/                                      ground-truth fused image (optional if require_target=False)
     dataroot/1_lr_{l}/  2_lr_{l}/  3_lr_{l}/              low-res sources, l x l (read only when need_lr=True)
 
 Files whose extension is not an image extension, hidden files (name starting with ".") and sub-folders are
-ignored. Images are read with PIL, converted to RGB and mapped to [-1, 1] as SR3 does (uint8 / 255 * 2 - 1).
-Sizes and decodability are checked lazily in ``__getitem__`` (no full decode up front).
+ignored. Images are read by ``data.images.read_image`` (its rules for 16-bit, alpha, palette and EXIF orientation)
+and mapped to [-1, 1] by ``data.images.to_tensor`` as SR3 does (uint8 / 255 * 2 - 1). Sizes and decodability are
+checked lazily in ``__getitem__`` (no full decode up front).
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data.images import IMAGE_EXTENSIONS, ImageReadError, PairingError, list_by_stem, pair_by_stem, read_image, \
+    to_tensor
 from data.layout import SOURCES, hr_dir, lr_dir, sr_dir
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-_MAX_IDS_SHOWN = 10
 
 
 class DatasetError(ValueError):
@@ -75,66 +74,37 @@ class FusionBatch:
 
 def _list_images(folder: Path) -> dict[str, Path]:
     """Map case id (file stem) -> image path for the image files directly inside ``folder``."""
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        if path.stem in found:
-            raise DatasetError(
-                f"Ambiguous case id {path.stem!r} in {folder}: both {found[path.stem].name} and {path.name}"
-            )
-        found[path.stem] = path
+    try:
+        found, _ = list_by_stem(folder)
+    except PairingError as err:
+        raise DatasetError(str(err)) from err
     if not found:
-        raise DatasetError(
-            f"Folder {folder} contains no image files (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
+        raise DatasetError(f"Folder {folder} contains no image files (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     return found
 
 
-def _format_ids(ids: set[str]) -> str:
-    shown = sorted(ids)[:_MAX_IDS_SHOWN]
-    more = f", ... ({len(ids)} in total)" if len(ids) > _MAX_IDS_SHOWN else f" ({len(ids)} in total)"
-    return ", ".join(shown) + more
-
-
 def _check_pairing(folders: dict[str, dict[str, Path]], dataroot: Path) -> None:
-    """Raise DatasetError listing ids missing from / extra in each folder relative to the first folder."""
-    ref_name = next(iter(folders))
-    ref_ids = set(folders[ref_name])
-    problems: list[str] = []
-    for name, files in folders.items():
-        missing, extra = ref_ids - set(files), set(files) - ref_ids
-        if missing:
-            problems.append(f"  {name}: missing {_format_ids(missing)}")
-        if extra:
-            problems.append(f"  {name}: extra {_format_ids(extra)}")
-    if problems:
-        raise DatasetError(
-            f"Files in {dataroot} are not paired by name (compared with {ref_name}):\n" + "\n".join(problems)
-        )
+    """Raise DatasetError listing, per folder, the case ids of the other folders that it lacks."""
+    try:
+        pair_by_stem(folders)
+    except PairingError as err:
+        raise DatasetError(f"Files in {dataroot} are not paired by name:\n{err}") from err
 
 
 def _load_image(path: Path, size: int, flip: bool) -> torch.Tensor:
-    """Read ``path`` as RGB, check it is size x size, optionally flip horizontally.
+    """Read ``path`` (``data.images.read_image``), check it is size x size, optionally flip horizontally.
 
     Returns a (3, size, size) float32 tensor in [-1, 1].
     """
-    read_errors = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
     try:
-        img = Image.open(path)
-    except read_errors as err:
-        raise DatasetError(f"Cannot read image {path}: {err}") from err
-    with img:
-        if img.size != (size, size):
-            raise DatasetError(f"Image {path} has size {img.size[0]}x{img.size[1]}, expected {size}x{size}")
-        try:
-            array = np.array(img.convert("RGB"), dtype=np.uint8)
-        except read_errors as err:
-            raise DatasetError(f"Cannot decode image {path}: {err}") from err
+        array = read_image(path)
+    except ImageReadError as err:
+        raise DatasetError(str(err)) from err
+    if array.shape[:2] != (size, size):
+        raise DatasetError(f"Image {path} has size {array.shape[1]}x{array.shape[0]}, expected {size}x{size}")
     if flip:
         array = np.fliplr(array)
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).to(torch.float32)
-    return tensor.div(255).mul(2).sub(1)
+    return to_tensor(array)
 
 
 class FusionDataset(Dataset[dict[str, Any]]):

@@ -9,10 +9,11 @@ requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
 
 * Input files are paired by stem across the modality folders; non-image (non-NIfTI) files are skipped with a
   warning, hidden files are ignored.
-* Images: grey, RGB, palette and 1-bit images are converted to RGB (grey -> R=G=B, pseudo-colour kept); alpha is
-  composited on black (RGB * alpha / 255); 16-bit / 32-bit / float images are scaled per image by min-max to 0..255;
-  of an animated GIF only the first frame is used. Each image is zero-padded (centred) to a square and resized to
-  ``r x r`` with ``data.resample.resize_bicubic``.
+* Images are read by ``data.images.read_image``: the EXIF orientation is applied; grey, RGB, palette and 1-bit
+  images are converted to RGB (grey -> R=G=B, pseudo-colour kept); alpha is composited on black
+  (RGB * alpha / 255); 16-bit / 32-bit / float images are scaled per image by min-max to 0..255; of an animated GIF
+  only the first frame is used. Each image is zero-padded (centred) to a square and resized to ``r x r`` with
+  ``data.resample.resize_bicubic``.
 * Volumes: reoriented to the closest canonical (RAS+) orientation; per volume the non-zero voxels give the 0.5 and
   99.5 percentiles ``lo, hi`` and ``clip((v - lo) / (hi - lo), 0, 1) * 255`` is rounded to uint8; a slice is kept
   when at least ``--min-foreground`` (default 5 %) of its pixels are non-zero in some modality.
@@ -45,18 +46,14 @@ from tqdm import tqdm
 
 from data import layout
 from data.fusion_rules import FUSION_RULES, fuse
+from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from data.resample import resize_bicubic
 from data.splits import SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split, split_cases
 from data.volumes import AXES, PERCENTILES, find_subjects, single_subject, subject_slices
 
-__all__ = ["Settings", "Output", "CaseJob", "IMAGE_EXTENSIONS", "read_image", "write_case", "prepare_slices",
-           "prepare_volumes", "main"]
+__all__ = ["Settings", "Output", "CaseJob", "write_case", "prepare_slices", "prepare_volumes", "main"]
 
 FORMAT_VERSION = 1
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff")
-_HIGH_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
-_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
-_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -97,22 +94,12 @@ class Output:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read any supported image file as HxWx3 uint8 RGB (rules in the module docstring)."""
+def _read(path: Path) -> np.ndarray:
+    """``data.images.read_image`` with its error as a PrepareError (naming the file)."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in _HIGH_DEPTH_MODES:
-                grey = np.asarray(img, dtype=np.float64)
-                low, high = float(grey.min()), float(grey.max())
-                scaled = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
-                return np.repeat(np.rint(scaled).astype(np.uint8)[..., None], 3, axis=2)
-            if img.mode == "P" and "transparency" in img.info or img.mode in _ALPHA_MODES:
-                rgba = np.asarray(img.convert("RGBA"), dtype=np.float64)
-                return np.rint(rgba[..., :3] * rgba[..., 3:] / 255.0).astype(np.uint8)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except _READ_ERRORS as err:
-        raise PrepareError(f"cannot read image {path}: {err}") from None
+        return read_image(path)
+    except ImageReadError as err:
+        raise PrepareError(str(err)) from None
 
 
 def _square_hr(array: np.ndarray, r_resolution: int) -> Image.Image:
@@ -128,7 +115,7 @@ def _square_hr(array: np.ndarray, r_resolution: int) -> Image.Image:
 def _case_arrays(job: CaseJob) -> list[np.ndarray]:
     """The job's sources (+ GT) as arrays; image sizes must agree unless ``resize``."""
     items = list(job.sources) + ([job.gt] if job.gt is not None else [])
-    arrays = [read_image(item) if isinstance(item, Path) else item for item in items]
+    arrays = [_read(item) if isinstance(item, Path) else item for item in items]
     sizes = {tuple(a.shape[:2]) for a in arrays}
     if len(sizes) > 1 and not job.settings.resize:
         described = ", ".join(f"{item} ({a.shape[1]}x{a.shape[0]})" for item, a in zip(items, arrays))

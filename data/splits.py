@@ -12,55 +12,40 @@ from pathlib import Path
 
 import numpy as np
 
+from data.images import PairingError, list_by_stem, pair_by_stem
 from data.layout import SPLITS
 
-__all__ = ["PrepareError", "SPLITS", "file_stem", "list_folder", "pair_folders", "parse_split", "allocate_counts",
-           "split_cases", "slab_split"]
+__all__ = ["PrepareError", "SPLITS", "list_folder", "pair_folders", "parse_split", "allocate_counts", "split_cases",
+           "slab_split"]
 
 
 class PrepareError(Exception):
     """A user input problem; the message names the offending file(s) or option."""
 
 
-def file_stem(path: Path, extensions: tuple[str, ...]) -> str | None:
-    """File stem without its (case-insensitive) extension from ``extensions``; None for other files."""
-    name = path.name
-    for ext in extensions:
-        if name.lower().endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)]
-    return None
-
-
 def list_folder(folder: Path, extensions: tuple[str, ...], skipped: list[Path]) -> dict[str, Path]:
-    """Map stem -> file for the files in ``folder``; hidden files are ignored, other non-inputs are appended to
-    ``skipped`` and warned about on stderr."""
+    """Map stem -> file for the files in ``folder`` (``data.images.list_by_stem``); hidden files are ignored, other
+    non-inputs are appended to ``skipped`` and warned about on stderr."""
     if not folder.is_dir():
         raise PrepareError(f"missing modality folder {folder}")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        stem = file_stem(path, extensions) if path.is_file() else None
-        if path.name.startswith("."):
-            continue
-        if stem is None:
-            print(f"warning: skipping {path}: not a file with extension {', '.join(extensions)}", file=sys.stderr)
-            skipped.append(path)
-            continue
-        if stem in found:
-            raise PrepareError(f"ambiguous case {stem!r} in {folder}: {found[stem].name} and {path.name}")
-        found[stem] = path
+    try:
+        found, others = list_by_stem(folder, extensions)
+    except PairingError as err:
+        raise PrepareError(str(err)) from None
+    for path in others:
+        print(f"warning: skipping {path}: not a file with extension {', '.join(extensions)}", file=sys.stderr)
+    skipped.extend(others)
     return found
 
 
 def pair_folders(folders: dict[str, dict[str, Path]], input_root: Path) -> list[str]:
-    """Stems present in every folder; raises naming the stems missing from each folder."""
-    every = set().union(*(set(files) for files in folders.values()))
-    if not every:
+    """Stems present in every folder (``data.images.pair_by_stem``); raises naming the stems missing from each."""
+    if not any(folders.values()):
         raise PrepareError(f"no input files in {', '.join(str(input_root / name) for name in folders)}")
-    problems = [f"{input_root / name} lacks {', '.join(sorted(every - set(files)))}"
-                for name, files in folders.items() if every - set(files)]
-    if problems:
-        raise PrepareError("stems not present in every modality folder: " + "; ".join(problems))
-    return sorted(every)
+    try:
+        return pair_by_stem({str(input_root / name): files for name, files in folders.items()})
+    except PairingError as err:
+        raise PrepareError(f"stems not present in every modality folder:\n{err}") from None
 
 
 def parse_split(text: str) -> tuple[int, int, int]:

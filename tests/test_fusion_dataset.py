@@ -78,14 +78,17 @@ def test_item_values_shapes_and_ranges(layout: Path) -> None:
     np.testing.assert_allclose(item["lr"][1].numpy(), _expected(layout / f"2_lr_{L_RES}" / "case_b.png"), atol=1e-6)
 
 
-def test_rgba_and_extremes_map_to_minus_one_and_one(tmp_path: Path) -> None:
+def test_rgba_is_composited_on_black_and_extremes_map_to_minus_one_and_one(tmp_path: Path) -> None:
     root = _make_layout(tmp_path / "split", with_lr=False)
     rgba = np.zeros((R_RES, R_RES, 4), dtype=np.uint8)
     rgba[:, R_RES // 2 :, :3] = 255
-    rgba[..., 3] = 7
+    rgba[..., 3] = 255
+    rgba[: R_RES // 2, :, 3] = 51
     Image.fromarray(rgba, mode="RGBA").save(root / f"2_sr_{L_RES}_{R_RES}" / "case_a.png")
     src2 = FusionDataset(root, L_RES, R_RES)[0]["src2"]
-    assert torch.all(src2[:, :, : R_RES // 2] == -1.0) and torch.all(src2[:, :, R_RES // 2 :] == 1.0)
+    assert torch.all(src2[:, :, : R_RES // 2] == -1.0)
+    assert torch.all(src2[:, R_RES // 2 :, R_RES // 2 :] == 1.0)
+    assert torch.all(src2[:, : R_RES // 2, R_RES // 2 :] == 51 / 255 * 2 - 1)
 
 
 def test_condition_order_and_collate(layout: Path) -> None:
@@ -105,20 +108,22 @@ def test_condition_order_and_collate(layout: Path) -> None:
     assert torch.equal(moved.src3, batch.src3) and moved.case_ids == batch.case_ids
 
 
-def test_pairing_error_lists_missing_and_extra_ids(layout: Path) -> None:
+def test_pairing_error_lists_the_ids_each_folder_lacks(layout: Path) -> None:
     (layout / f"2_sr_{L_RES}_{R_RES}" / "case_c.png").unlink()
     _save(layout / f"hr_{R_RES}" / "case_zz.png", R_RES, 9, "RGB")
     with pytest.raises(DatasetError) as info:
         FusionDataset(layout, L_RES, R_RES)
     message = str(info.value)
-    assert f"2_sr_{L_RES}_{R_RES}: missing case_c" in message
-    assert f"hr_{R_RES}: extra case_zz" in message
+    assert f"Files in {layout} are not paired by name" in message
+    assert f"  2_sr_{L_RES}_{R_RES}: missing case_c, case_zz\n" in message
+    assert f"  1_sr_{L_RES}_{R_RES}: missing case_zz\n" in message
+    assert f"hr_{R_RES}: missing" not in message
 
 
 def test_pairing_error_truncates_long_id_lists(layout: Path) -> None:
     for i in range(15):
         _save(layout / f"3_sr_{L_RES}_{R_RES}" / f"extra_{i:02d}.png", R_RES, i, "RGB")
-    with pytest.raises(DatasetError, match=r"extra extra_00, .*extra_09, \.\.\. \(15 in total\)") as info:
+    with pytest.raises(DatasetError, match=r"missing extra_00, .*extra_09, \.\.\. \(15 in total\)") as info:
         FusionDataset(layout, L_RES, R_RES)
     assert "extra_10" not in str(info.value)
 
@@ -161,9 +166,19 @@ def test_upper_case_extension_and_other_formats(layout: Path) -> None:
     (folder / "case_a.png").rename(folder / "case_a.PNG")
     (folder / "case_b.png").unlink()
     Image.fromarray(_pixels(R_RES, 3)).save(folder / "case_b.bmp")
+    (folder / "case_c.png").unlink()
+    Image.fromarray(_pixels(R_RES, 4)).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "case_c.gif")
     ds = FusionDataset(layout, L_RES, R_RES)
     assert ds.case_ids == CASES
     np.testing.assert_allclose(ds[1]["src2"].numpy(), _expected(folder / "case_b.bmp"), atol=1e-6)
+    np.testing.assert_allclose(ds[2]["src2"].numpy(), _expected(folder / "case_c.gif"), atol=1e-6)
+
+
+def test_sixteen_bit_images_are_scaled_by_min_max(layout: Path) -> None:
+    deep = np.arange(R_RES * R_RES, dtype=np.uint16).reshape(R_RES, R_RES) * 40 + 1000
+    Image.fromarray(deep).save(layout / f"hr_{R_RES}" / "case_a.png")
+    target = FusionDataset(layout, L_RES, R_RES)[0]["target"]
+    assert target[:, 0, 0].tolist() == [-1.0] * 3 and target[:, -1, -1].tolist() == [1.0] * 3
 
 
 def test_wrong_size_names_file_lazily(layout: Path) -> None:

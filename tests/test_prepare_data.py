@@ -15,7 +15,8 @@ from PIL import Image
 
 import sr
 from data.fusion_rules import fuse
-from data.prepare_data import main, read_image
+from data.images import read_image
+from data.prepare_data import main
 from data.resample import degrade
 from data.splits import allocate_counts, slab_split
 
@@ -60,23 +61,7 @@ def _no_output(out: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
-# ------------------------------------------------------------------------------------------------ reading
-
-
-def test_read_image_modes(tmp_path: Path) -> None:
-    rgba = np.zeros((4, 4, 4), np.uint8)
-    rgba[...] = (200, 100, 50, 128)
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    assert read_image(tmp_path / "a.png")[0, 0].tolist() == [100, 50, 25]
-    Image.fromarray(np.array([[0, 1000], [2000, 4000]], np.uint16)).save(tmp_path / "b.png")
-    assert read_image(tmp_path / "b.png")[..., 0].tolist() == [[0, 64], [128, 255]]
-    palette = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
-    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
-    palette.save(tmp_path / "c.gif")
-    assert read_image(tmp_path / "c.gif")[0, 1].tolist() == [255, 0, 0]
-    Image.fromarray(np.full((3, 3), 77, np.uint8)).save(tmp_path / "d.jpg", quality=100)
-    grey = read_image(tmp_path / "d.jpg")
-    assert grey.shape == (3, 3, 3) and (grey[..., 0] == grey[..., 2]).all()
+# ------------------------------------------------------------------------------------------------ splits
 
 
 def test_allocate_and_slabs() -> None:
@@ -168,7 +153,7 @@ def _break_missing_folder(inp: Path) -> str:
 def _break_unpaired(inp: Path) -> str:
     (inp / "T1" / "case 01.v1.png").unlink()
     (inp / "SPECT" / "case 02.v1.bmp").unlink()
-    return "T1 lacks case 01.v1"
+    return "T1: missing case 01.v1"
 
 
 def _break_size(inp: Path) -> str:
