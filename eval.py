@@ -1,7 +1,7 @@
 """Score fused images with the paper's metrics; write Markdown / CSV / LaTeX tables and a comparison figure.
 
-    python eval.py RESULT_DIR... [--reference gt|sources] [--suite paper|all] [--out PREFIX]
-                   [--figure fig.png [--cases ID ...]]
+    python eval.py RESULT_DIR... [--reference gt|sources] [--suite paper|all] [--convention paper|cddfuse]
+                   [--out PREFIX] [--figure fig.png [--cases ID ...]]
 
 Each RESULT_DIR is a method folder (per case id `<id>_fused.png`, `<id>_src{1,2,3}.png` and `<id>_hr.png`: the
 results layout of `core.results_layout`, as `infer.py` writes it), a folder of method folders (e.g.
@@ -9,17 +9,22 @@ results layout of `core.results_layout`, as `infer.py` writes it), a folder of m
 folder name; the scale is the name of the folder holding it when that is `x<digits>` (one table section per scale).
 Runs named `wo_tmfa` / `wo_psf` form an ablation table next to `tfsdiff`.
 
-Metrics and their aggregation over the three sources: see `core.fusion_metrics`; layout: see `core.tables`.
-`--reference gt` compares with the ground truth, `--reference sources` with the three sources (mean over them).
-`--suite paper` gives MSE VIF SSIM PSNR LPIPS MAE RMSE AG; `--suite all` adds EN SD SF MI Qabf SCD CC.
+Metrics, conventions and the aggregation over the three sources: `docs/metrics.md` (code: `core.fusion_metrics`,
+`core.scoring`); layout: see `core.tables`. `--reference gt` compares with the ground truth, `--reference sources`
+with the three sources. `--suite paper` gives MSE VIF SSIM PSNR LPIPS MAE RMSE AG; `--suite all` adds EN SD SF MI
+Qabf SCD CC. `--convention paper` (the default) uses PSNR with peak 255, SSIM with data_range 255 and the mean over
+the sources; `--convention cddfuse` reproduces the CDDFuse evaluator (PSNR with peak max(F), its scikit-image 0.19
+SSIM, its Qabf edge case; with `--reference sources` its dual-modal values, SSIM and VIF summed over a pair of
+sources, averaged over the three pairs). Every column names its colour space and convention.
 
 Pairing is by case id: within a scale all methods must have the same ids, and every case needs its sources (and
 its ground truth with `--reference gt`); otherwise the error lists the ids and the exit status is 2.
-LPIPS needs torchvision's AlexNet weights in the torch hub cache; without them the column shows n/a and the command
-says where to put the file (nothing is downloaded).
+LPIPS needs torchvision's AlexNet weights (`alexnet-owt-7be5be79.pth`, checked by SHA-256) in the torch hub cache;
+without them the column shows n/a and the command says where to put the file (nothing is downloaded).
 
 Writes PREFIX.md, PREFIX.csv (mean and std per method and metric), PREFIX_per_image.csv and PREFIX.tex; the default
-PREFIX is `<first RESULT_DIR>/metrics_<reference>`. The Markdown is also printed.
+PREFIX is `<first RESULT_DIR>/metrics_<reference>` (`metrics_<reference>_cddfuse` with `--convention cddfuse`).
+The Markdown is also printed.
 """
 from __future__ import annotations
 
@@ -32,8 +37,10 @@ import numpy as np
 from tqdm import tqdm
 
 from core.figure import FigureSection, comparison_figure
-from core.fusion_metrics import Lpips, alexnet_weights_path, load_lpips, metric_names, score_case
+from core.fusion_metrics import CONVENTIONS
+from core.lpips import Lpips, alexnet_weights_path, load_lpips, missing_weights_note
 from core.results_layout import fused_case_ids, result_path
+from core.scoring import metric_names, score_case
 from core.tables import ABLATION_RUNS, MODEL_RUN, MethodScores, ScaleSection, to_latex, to_markdown, \
     to_per_image_csv, to_summary_csv
 from data.images import ImageReadError, PairingError, format_ids, pair_by_stem, read_image
@@ -51,7 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reference", choices=("gt", "sources"), default="gt",
                         help="what the full-reference metrics compare the fused images with")
     parser.add_argument("--suite", choices=("paper", "all"), default="paper", help="the paper's metrics or all")
-    parser.add_argument("--out", help="output prefix (default: <first RESULT_DIR>/metrics_<reference>)")
+    parser.add_argument("--convention", choices=CONVENTIONS, default="paper",
+                        help="paper: PSNR peak 255, SSIM data_range 255, mean over sources; cddfuse: the CDDFuse "
+                             "evaluator's conventions (docs/metrics.md)")
+    parser.add_argument("--out", help="output prefix (default: <first RESULT_DIR>/metrics_<reference>, "
+                                      "+ _cddfuse with --convention cddfuse)")
     parser.add_argument("--figure", help="also write the comparison figure to this PNG file")
     parser.add_argument("--cases", nargs="+", metavar="ID", help="case ids of the figure (default: the first three)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -126,7 +137,7 @@ def _read(path: Path) -> np.ndarray:
 
 
 def score_method(folder: Path, ids: list[str], reference: str, suite: str, lpips: Lpips | None,
-                 progress: bool) -> MethodScores:
+                 progress: bool, convention: str = "paper") -> MethodScores:
     """Per-case metrics of one method folder."""
     rows = []
     for case in tqdm(ids, desc=folder.name, disable=not progress, leave=False):
@@ -136,7 +147,7 @@ def score_method(folder: Path, ids: list[str], reference: str, suite: str, lpips
         shapes = {img.shape for img in [fused, *sources] + ([gt] if gt is not None else [])}
         if len(shapes) != 1:
             raise EvalError(f"{folder}: the images of case {case} differ in size: {sorted(shapes)}")
-        rows.append(score_case(fused, sources, gt, reference, suite, lpips))
+        rows.append(score_case(fused, sources, gt, reference, suite, lpips, convention))
     values = {m: np.array([row[m] for row in rows], dtype=np.float64) for m in metric_names(suite)}
     return MethodScores(folder.name, tuple(ids), values)
 
@@ -156,10 +167,8 @@ def _lpips_or_note() -> tuple[Lpips | None, str | None]:
     scorer = load_lpips()
     if scorer is not None:
         return scorer, None
-    path = alexnet_weights_path()
-    print(f"LPIPS: n/a. Its AlexNet backbone weights are not at {path}; copy torchvision's {path.name} there "
-          "(the torch hub cache; TORCH_HOME moves it) to get LPIPS. Nothing is downloaded.", file=sys.stderr)
-    return None, f"AlexNet weights not found at {path}"
+    print(missing_weights_note(), file=sys.stderr)
+    return None, f"AlexNet weights not found at {alexnet_weights_path()}"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -171,14 +180,17 @@ def run(args: argparse.Namespace) -> None:
     figure_cases = _figure_cases(args.cases, ids_per_scale) if args.figure else []
     lpips, lpips_missing = _lpips_or_note()
     sections = [ScaleSection(scale, tuple(score_method(f, ids_per_scale[scale], args.reference, args.suite, lpips,
-                                                       not args.no_progress) for f in methods.values()),
+                                                       not args.no_progress, args.convention)
+                                          for f in methods.values()),
                              metric_names(args.suite))
                 for scale, methods in scales.items()]
-    prefix = Path(args.out) if args.out else Path(args.result_dirs[0]) / f"metrics_{args.reference}"
+    tag = "" if args.convention == "paper" else f"_{args.convention}"
+    prefix = Path(args.out) if args.out else Path(args.result_dirs[0]) / f"metrics_{args.reference}{tag}"
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(sections, args.reference, lpips_missing)
-    outputs = {".md": markdown, ".csv": to_summary_csv(sections), "_per_image.csv": to_per_image_csv(sections),
-               ".tex": to_latex(sections, args.reference, lpips_missing)}
+    markdown = to_markdown(sections, args.reference, args.convention, lpips_missing)
+    outputs = {".md": markdown, ".csv": to_summary_csv(sections, args.reference, args.convention),
+               "_per_image.csv": to_per_image_csv(sections),
+               ".tex": to_latex(sections, args.reference, args.convention, lpips_missing)}
     for suffix, text in outputs.items():
         Path(f"{prefix}{suffix}").write_text(text, encoding="utf-8")
     print(markdown)

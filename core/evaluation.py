@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from core.config import SamplerConfig
-from core.metrics import psnr, ssim, tensor2img
+from core.metrics import psnr_rgb, ssim_rgb, tensor2img
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
 from model.diffusion import GaussianDiffusion, NoiseNet
@@ -59,7 +59,7 @@ def _score(fused: np.ndarray, target: np.ndarray | None, sources: list[np.ndarra
     if target is None:
         return (float("nan"),) * 4
     baseline = fuse(BASELINE_RULE, sources)
-    return psnr(fused, target), ssim(fused, target), psnr(baseline, target), ssim(baseline, target)
+    return psnr_rgb(fused, target), ssim_rgb(fused, target), psnr_rgb(baseline, target), ssim_rgb(baseline, target)
 
 
 def _process_strip(frames: torch.Tensor, index: int) -> np.ndarray:

@@ -1,49 +1,48 @@
-"""The image-fusion metrics of the TFS-Diff tables, as pure functions, and the scoring of one fused case.
+"""The image-fusion metrics of the TFS-Diff tables as pure functions on grey images, in two conventions.
 
-Conventions (those of the CDDFuse evaluator, which many fusion papers use):
+Every metric here works on a **grey** float64 image with values 0..255: an 8-bit RGB image is converted with
+OpenCV's ``COLOR_RGB2GRAY`` applied to the float32 image (``0.299 R + 0.587 G + 0.114 B``) and rounded
+(``numpy.round``), as the CDDFuse evaluator reads images; see :func:`to_grey`. (LPIPS, on RGB, is in
+:mod:`core.lpips`.)
 
-* Every metric except LPIPS works on a **grey** float64 image with values 0..255: an 8-bit RGB image is converted
-  with OpenCV's ``COLOR_RGB2GRAY`` applied to the float32 image (``0.299 R + 0.587 G + 0.114 B``) and rounded
-  (``numpy.round``); see :func:`to_grey`. LPIPS works on the RGB image.
-* Full-reference metrics take ``(ref, img)``: MSE, MAE, RMSE, PSNR (peak 255), SSIM (scikit-image
-  ``structural_similarity``, data_range 255, 7x7 uniform window), VIFF (the fusion VIF of Han et al. 2013,
-  ``viff(ref=source, dist=fused)``, 4 scales, sigma_n^2 = 2), LPIPS (AlexNet, v0.1).
-* No-reference metrics take the fused image: AG (central differences, one-sided at the borders,
-  ``mean(sqrt((Gx^2 + Gy^2) / 2))``), EN (Shannon entropy in bits of the 256-bin histogram), SD (population
-  standard deviation), SF (``sqrt(mean(dx^2) + mean(dy^2))`` of forward differences).
-* Two-source metrics take ``(a, b, fused)`` as in the two-modal literature: MI (``MI(F, A) + MI(F, B)``, in nats,
-  256x256-bin joint histogram of the integer grey levels), Qabf (Xydeas-Petrovic, Sobel edges), SCD (sum of the
-  correlations of differences), CC (mean correlation coefficient).
+Argument order, everywhere: the image under test first. Full-reference metrics take ``(img, ref)`` (the fused image,
+then the ground truth or one source); two-source metrics take ``(fused, a, b)``, as CDDFuse's ``Evaluator`` does;
+no-reference metrics take the fused image.
 
-Tri-modal aggregation (:func:`score_case`):
+Conventions (``convention=``, see ``docs/metrics.md``); only PSNR, SSIM and Qabf differ:
 
-* ``reference="gt"``: full-reference metrics against the ground-truth fused image.
-* ``reference="sources"``: full-reference metrics are the **mean over the three sources** of
-  ``metric(source_i, fused)`` (PSNR: mean of the three PSNRs).
-* Two-source metrics are always computed against the sources: the **mean over the three source pairs** (S1, S2),
-  (S1, S3), (S2, S3) of the two-source definition, so the values stay on the scale of the two-modal literature.
+* ``"paper"`` (the default): PSNR with peak 255; SSIM as scikit-image's ``structural_similarity`` with
+  data_range 255; Qabf with the textbook relative edge strength (1 where gA == gF > 0).
+* ``"cddfuse"``: the CDDFuse evaluator (``utils/Evaluator.py``) exactly as its test script runs it: PSNR with peak
+  max(F); SSIM as scikit-image 0.19.2 computes it for float input without data_range (data_range 2, the float
+  dtype range -1..1), re-implemented in :func:`ssim` since current scikit-image refuses that call; Qabf with
+  GAF = gF where gA == gF.
+
+The two-source (dual-modal) forms of the full-reference metrics, :func:`mse_pair`, :func:`psnr_pair`,
+:func:`ssim_pair` and :func:`viff_pair`, are CDDFuse's: MSE averaged over A and B, PSNR from that mean MSE, SSIM
+and VIFF summed over A and B. Aggregation over three sources: :mod:`core.scoring`.
 """
 from __future__ import annotations
 
-import itertools
 import math
-import pickle
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
-import torch
-from scipy.ndimage import correlate1d
+from scipy.ndimage import correlate1d, uniform_filter
 from scipy.signal import convolve2d
 from skimage.metrics import structural_similarity
 
-Reference = Literal["gt", "sources"]
-Suite = Literal["paper", "all"]
+Convention = Literal["paper", "cddfuse"]
+CONVENTIONS: tuple[Convention, ...] = ("paper", "cddfuse")
 PEAK = 255.0
-ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+
+
+def check_convention(convention: str) -> Convention:
+    """``convention`` itself, or ValueError naming the known conventions."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown metric convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
+    return convention  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------- conversion
@@ -58,41 +57,81 @@ def to_grey(img: np.ndarray) -> np.ndarray:
     return np.round(grey).astype(np.float64)
 
 
-def _pair(ref: np.ndarray, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if ref.shape != img.shape or ref.ndim != 2:
-        raise ValueError(f"metric inputs must be two (H, W) images of one shape, got {ref.shape} and {img.shape}")
-    return ref.astype(np.float64), img.astype(np.float64)
+def _pair(img: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if img.shape != ref.shape or img.ndim != 2:
+        raise ValueError(f"metric inputs must be two (H, W) images of one shape, got {img.shape} and {ref.shape}")
+    return img.astype(np.float64), ref.astype(np.float64)
+
+
+def _triple(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    fused, a = _pair(fused, a)
+    _, b = _pair(fused, b)
+    return fused, a, b
 
 
 # ----------------------------------------------------------------------------------------------- full reference
 
-def mse(ref: np.ndarray, img: np.ndarray) -> float:
+def mse(img: np.ndarray, ref: np.ndarray) -> float:
     """Mean squared error of two (H, W) grey images."""
-    ref, img = _pair(ref, img)
+    img, ref = _pair(img, ref)
     return float(np.mean((ref - img) ** 2))
 
 
-def mae(ref: np.ndarray, img: np.ndarray) -> float:
+def mae(img: np.ndarray, ref: np.ndarray) -> float:
     """Mean absolute error of two (H, W) grey images."""
-    ref, img = _pair(ref, img)
+    img, ref = _pair(img, ref)
     return float(np.mean(np.abs(ref - img)))
 
 
-def rmse(ref: np.ndarray, img: np.ndarray) -> float:
+def rmse(img: np.ndarray, ref: np.ndarray) -> float:
     """Root mean squared error of two (H, W) grey images."""
-    return math.sqrt(mse(ref, img))
+    return math.sqrt(mse(img, ref))
 
 
-def psnr(ref: np.ndarray, img: np.ndarray) -> float:
-    """PSNR in dB with peak 255; ``inf`` for identical images."""
-    error = mse(ref, img)
-    return float("inf") if error == 0 else 10.0 * math.log10(PEAK**2 / error)
+def psnr_from_mse(error: float, peak: float) -> float:
+    """10 log10(peak^2 / error) in dB; ``inf`` when error is 0, ``-inf`` when peak is 0 (and error is not)."""
+    if error == 0:
+        return float("inf")
+    return float("-inf") if peak == 0 else 10.0 * math.log10(peak**2 / error)
 
 
-def ssim(ref: np.ndarray, img: np.ndarray) -> float:
-    """scikit-image SSIM (7x7 uniform window, data_range 255) of two (H, W) grey images."""
-    ref, img = _pair(ref, img)
-    return float(structural_similarity(ref, img, data_range=PEAK))
+def peak(img: np.ndarray, convention: Convention = "paper") -> float:
+    """The PSNR peak of fused image ``img``: 255 (paper) or its maximum grey level (cddfuse)."""
+    return PEAK if check_convention(convention) == "paper" else float(np.max(img))
+
+
+def psnr(img: np.ndarray, ref: np.ndarray, convention: Convention = "paper") -> float:
+    """PSNR in dB of two (H, W) grey images, peak 255 (paper) or max(img) (cddfuse); ``inf`` when identical."""
+    return psnr_from_mse(mse(img, ref), peak(img, convention))
+
+
+def _ssim_skimage_0_19_float(img: np.ndarray, ref: np.ndarray) -> float:
+    """scikit-image 0.19.2 ``structural_similarity(img, ref)`` for float images without data_range.
+
+    That version takes data_range from the float dtype's range -1..1, i.e. 2: C1 = (0.01 * 2)^2,
+    C2 = (0.03 * 2)^2; 7x7 uniform window (``uniform_filter``, mode 'reflect'), sample covariance (49 / 48), mean of
+    the SSIM map without its 3-pixel border.
+    """
+    win, data_range = 7, 2.0
+    cov_norm = win * win / (win * win - 1)
+    ux, uy = uniform_filter(img, size=win), uniform_filter(ref, size=win)
+    uxx, uyy = uniform_filter(img * img, size=win), uniform_filter(ref * ref, size=win)
+    uxy = uniform_filter(img * ref, size=win)
+    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    pad = (win - 1) // 2
+    return float(s[pad:-pad, pad:-pad].mean())
+
+
+def ssim(img: np.ndarray, ref: np.ndarray, convention: Convention = "paper") -> float:
+    """SSIM of two (H, W) grey images (7x7 uniform window): data_range 255 (paper) or 2 (cddfuse, see module doc)."""
+    img, ref = _pair(img, ref)
+    if min(img.shape) < 7:
+        raise ValueError(f"SSIM needs images of at least 7x7 pixels, got {img.shape}")
+    if check_convention(convention) == "paper":
+        return float(structural_similarity(ref, img, data_range=PEAK))
+    return _ssim_skimage_0_19_float(img, ref)
 
 
 def _gaussian_taps(size: int) -> np.ndarray:
@@ -138,13 +177,13 @@ def _viff_scale_terms(ref: np.ndarray, dist: np.ndarray, taps: np.ndarray) -> tu
     return kept, total
 
 
-def viff(ref: np.ndarray, dist: np.ndarray) -> float:
-    """Fusion VIF (Han et al. 2013) of ``dist`` (the fused image) w.r.t. ``ref`` (a source), 4 scales.
+def viff(img: np.ndarray, ref: np.ndarray) -> float:
+    """Fusion VIF (Han et al. 2013) of ``img`` (the fused image) w.r.t. ``ref`` (a source or the ground truth).
 
-    Scale s (1..4) uses a Gaussian window of side 2**(5 - s) + 1, sigma = side / 5; from scale 2 on both images
-    are low-passed with that window ('valid') and subsampled by 2. Returns 1.0 when undefined (0 / 0).
+    4 scales; scale s (1..4) uses a Gaussian window of side 2**(5 - s) + 1, sigma = side / 5; from scale 2 on both
+    images are low-passed with that window ('valid') and subsampled by 2. Returns 1.0 when undefined (0 / 0).
     """
-    ref, dist = _pair(ref, dist)
+    dist, ref = _pair(img, ref)
     kept = total = 0.0
     for scale in range(1, 5):
         taps = _gaussian_taps(2 ** (5 - scale) + 1)
@@ -194,20 +233,40 @@ def spatial_frequency(img: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------------------------- two sources
 
-def mutual_information(a: np.ndarray, b: np.ndarray) -> float:
-    """MI(a, b) in nats from the 256x256-bin joint histogram of the rounded grey levels."""
-    a, b = _pair(a, b)
-    ia = np.clip(np.round(a), 0, 255).astype(np.int64).ravel()
-    ib = np.clip(np.round(b), 0, 255).astype(np.int64).ravel()
+def mutual_information(img: np.ndarray, ref: np.ndarray) -> float:
+    """MI(img, ref) in nats from the 256x256-bin joint histogram of the rounded grey levels."""
+    img, ref = _pair(img, ref)
+    ia = np.clip(np.round(img), 0, 255).astype(np.int64).ravel()
+    ib = np.clip(np.round(ref), 0, 255).astype(np.int64).ravel()
     joint = np.bincount(ia * 256 + ib, minlength=256 * 256).reshape(256, 256) / ia.size
     pa, pb = joint.sum(axis=1), joint.sum(axis=0)
     nz = joint > 0
     return float(np.sum(joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])))
 
 
-def mi_pair(a: np.ndarray, b: np.ndarray, fused: np.ndarray) -> float:
+def mi_pair(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     """Two-source MI: MI(F, A) + MI(F, B), nats."""
     return mutual_information(fused, a) + mutual_information(fused, b)
+
+
+def mse_pair(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """CDDFuse's two-source MSE: (MSE(F, A) + MSE(F, B)) / 2."""
+    return (mse(fused, a) + mse(fused, b)) / 2.0
+
+
+def psnr_pair(fused: np.ndarray, a: np.ndarray, b: np.ndarray, convention: Convention = "paper") -> float:
+    """CDDFuse's two-source PSNR: 10 log10(peak^2 / :func:`mse_pair`), peak as in :func:`peak`."""
+    return psnr_from_mse(mse_pair(fused, a, b), peak(fused, convention))
+
+
+def ssim_pair(fused: np.ndarray, a: np.ndarray, b: np.ndarray, convention: Convention = "paper") -> float:
+    """CDDFuse's two-source SSIM: SSIM(F, A) + SSIM(F, B) (a sum: up to 2)."""
+    return ssim(fused, a, convention) + ssim(fused, b, convention)
+
+
+def viff_pair(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """CDDFuse's two-source VIFF: VIFF(A -> F) + VIFF(B -> F) (a sum: up to about 2)."""
+    return viff(fused, a) + viff(fused, b)
 
 
 def _sobel(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -222,26 +281,43 @@ def _sobel(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return strength, angle
 
 
-def _edge_preservation(g_src: np.ndarray, a_src: np.ndarray, g_f: np.ndarray, a_f: np.ndarray) -> np.ndarray:
-    """Q^{AF} per pixel (Tg 0.9994, kg -15, Dg 0.5; Ta 0.9879, ka -22, Da 0.8).
-
-    Relative strength min(gA, gF) / max(gA, gF); 1 where both are equal and non-zero, 0 where both are 0. (The
-    CDDFuse evaluator puts gF itself where gA == gF; both saturate the sigmoid, the values differ below 1e-6.)
-    """
+def _relative_strength(g_src: np.ndarray, g_f: np.ndarray, convention: Convention) -> np.ndarray:
+    """G^{AF} = min(gA, gF) / max(gA, gF); where gA == gF: 1 (paper; 0 where both are 0) or gF (cddfuse)."""
     low, high = np.minimum(g_src, g_f), np.maximum(g_src, g_f)
     rel = np.divide(low, high, out=np.zeros_like(high), where=high > 0)
+    if convention == "cddfuse":
+        equal = g_src == g_f
+        rel[equal] = g_f[equal]
+    return rel
+
+
+def _edge_preservation(g_src: np.ndarray, a_src: np.ndarray, g_f: np.ndarray, a_f: np.ndarray,
+                       convention: Convention) -> np.ndarray:
+    """Q^{AF} per pixel: Q_g(G^{AF}) * Q_a(A^{AF}) (Tg 0.9994, kg -15, Dg 0.5; Ta 0.9879, ka -22, Da 0.8).
+
+    Where gA == gF > 0 the paper convention's G^{AF} = 1 gives Q_g = 0.99885, while CDDFuse's G^{AF} = gF gives
+    Q_g = 0.99885 for gF = 1 and 0.9994 (to 1e-9) for gF >= 2, the usual case on integer grey images. So Q^{AF}
+    differs by up to 5.5e-4 at such pixels, and Qabf by up to 2.2e-4 on max-rule fusions of real scans, where
+    such pixels are common (1.5e-4 on the three Harvard cases of the tests); see docs/metrics.md.
+    """
+    rel = _relative_strength(g_src, g_f, convention)
     rel_angle = 1.0 - np.abs(a_src - a_f) / (math.pi / 2)
     q_g = 0.9994 / (1.0 + np.exp(-15.0 * (rel - 0.5)))
     q_a = 0.9879 / (1.0 + np.exp(-22.0 * (rel_angle - 0.8)))
     return q_g * q_a
 
 
-def qabf(a: np.ndarray, b: np.ndarray, fused: np.ndarray) -> float:
-    """Xydeas-Petrovic Q^{AB/F}: edge preservation of A and B in F, weighted by the source edge strengths."""
-    a, fused = _pair(a, fused)
-    b, _ = _pair(b, fused)
+def qabf(fused: np.ndarray, a: np.ndarray, b: np.ndarray, convention: Convention = "paper") -> float:
+    """Xydeas-Petrovic Q^{AB/F}: edge preservation of A and B in F, weighted by the source edge strengths.
+
+    The conventions differ only where a source's Sobel magnitude equals the fused image's (see
+    :func:`_edge_preservation`).
+    """
+    convention = check_convention(convention)
+    fused, a, b = _triple(fused, a, b)
     (g_a, t_a), (g_b, t_b), (g_f, t_f) = _sobel(a), _sobel(b), _sobel(fused)
-    num = np.sum(_edge_preservation(g_a, t_a, g_f, t_f) * g_a + _edge_preservation(g_b, t_b, g_f, t_f) * g_b)
+    num = np.sum(_edge_preservation(g_a, t_a, g_f, t_f, convention) * g_a
+                 + _edge_preservation(g_b, t_b, g_f, t_f, convention) * g_b)
     return float(num / np.sum(g_a + g_b))
 
 
@@ -252,150 +328,13 @@ def _corr(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(dx * dy) / norm) if norm > 0 else 0.0
 
 
-def scd(a: np.ndarray, b: np.ndarray, fused: np.ndarray) -> float:
+def scd(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     """Sum of the correlations of differences: corr(A, F - B) + corr(B, F - A)."""
-    a, fused = _pair(a, fused)
-    b, _ = _pair(b, fused)
+    fused, a, b = _triple(fused, a, b)
     return _corr(a, fused - b) + _corr(b, fused - a)
 
 
-def cc(a: np.ndarray, b: np.ndarray, fused: np.ndarray) -> float:
+def cc(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     """Mean correlation coefficient (corr(A, F) + corr(B, F)) / 2."""
-    a, fused = _pair(a, fused)
-    b, _ = _pair(b, fused)
+    fused, a, b = _triple(fused, a, b)
     return (_corr(a, fused) + _corr(b, fused)) / 2.0
-
-
-# ----------------------------------------------------------------------------------------------- LPIPS
-
-def alexnet_weights_path() -> Path:
-    """Where torchvision caches the AlexNet weights LPIPS needs: ``<torch.hub.get_dir()>/checkpoints/<file>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
-
-
-class Lpips:
-    """LPIPS v0.1 (AlexNet) built from local files only: the AlexNet backbone from ``weights`` (torchvision's
-    checkpoint file), the linear layers from inside the ``lpips`` wheel. Nothing is downloaded."""
-
-    def __init__(self, weights: Path) -> None:
-        import lpips
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
-        self._load_backbone(weights)
-        self.model.eval()
-
-    def _load_backbone(self, weights: Path) -> None:
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-            raise ValueError(f"cannot read the AlexNet weights {weights}: {err}") from err
-        mapped = {}
-        for name in self.model.net.state_dict():
-            _, index, param = name.split(".")
-            key = f"features.{index}.{param}"
-            if key not in state:
-                raise ValueError(f"{weights} is not torchvision's AlexNet checkpoint: it has no {key!r}")
-            mapped[name] = state[key]
-        self.model.net.load_state_dict(mapped, strict=True)
-
-    @staticmethod
-    def _tensor(img: np.ndarray) -> torch.Tensor:
-        rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
-        return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
-
-    @torch.no_grad()
-    def __call__(self, ref: np.ndarray, img: np.ndarray) -> float:
-        """LPIPS distance of two (H, W, 3) RGB (or (H, W) grey) 8-bit images; lower is more similar."""
-        if ref.shape != img.shape:
-            raise ValueError(f"LPIPS inputs differ in shape: {ref.shape} vs {img.shape}")
-        return float(self.model(self._tensor(ref), self._tensor(img)).item())
-
-
-def load_lpips() -> Lpips | None:
-    """The LPIPS scorer, or None when the AlexNet weights are not at :func:`alexnet_weights_path`."""
-    path = alexnet_weights_path()
-    return Lpips(path) if path.is_file() else None
-
-
-# ----------------------------------------------------------------------------------------------- the tables' metrics
-
-MetricKind = Literal["full_reference", "lpips", "no_reference", "source_pairs"]
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """One table column: name, direction (as printed in the paper) and how it is computed."""
-
-    name: str
-    higher_is_better: bool
-    kind: MetricKind
-    fn: Callable[..., float] | None
-
-
-METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
-    MetricSpec("MSE", False, "full_reference", mse),
-    MetricSpec("VIF", True, "full_reference", viff),
-    MetricSpec("SSIM", True, "full_reference", ssim),
-    MetricSpec("PSNR", True, "full_reference", psnr),
-    MetricSpec("LPIPS", False, "lpips", None),
-    MetricSpec("MAE", False, "full_reference", mae),
-    MetricSpec("RMSE", False, "full_reference", rmse),
-    MetricSpec("AG", False, "no_reference", average_gradient),  # the paper prints AG with a down arrow
-    MetricSpec("EN", True, "no_reference", entropy),
-    MetricSpec("SD", True, "no_reference", standard_deviation),
-    MetricSpec("SF", True, "no_reference", spatial_frequency),
-    MetricSpec("MI", True, "source_pairs", mi_pair),
-    MetricSpec("Qabf", True, "source_pairs", qabf),
-    MetricSpec("SCD", True, "source_pairs", scd),
-    MetricSpec("CC", True, "source_pairs", cc),
-)}
-PAPER_METRICS: tuple[str, ...] = ("MSE", "VIF", "SSIM", "PSNR", "LPIPS", "MAE", "RMSE", "AG")  # Table 1 order
-ABLATION_METRICS: tuple[str, ...] = ("VIF", "SSIM", "PSNR", "AG", "MSE", "LPIPS", "MAE", "RMSE")  # Table 2 order
-EXTRA_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "Qabf", "SCD", "CC")
-
-
-def metric_names(suite: Suite) -> tuple[str, ...]:
-    """The columns of a suite: ``paper`` (the paper's eight) or ``all`` (plus EN, SD, SF, MI, Qabf, SCD, CC)."""
-    if suite not in ("paper", "all"):
-        raise ValueError(f"unknown metric suite {suite!r}; expected 'paper' or 'all'")
-    return PAPER_METRICS + (EXTRA_METRICS if suite == "all" else ())
-
-
-def score_case(fused: np.ndarray, sources: Sequence[np.ndarray], gt: np.ndarray | None, reference: Reference,
-               suite: Suite, lpips_scorer: Lpips | None) -> dict[str, float]:
-    """All metrics of ``suite`` for one case (see the module docstring for the aggregation over sources).
-
-    Args:
-        fused: (H, W, 3) uint8 RGB fused image.
-        sources: the three (H, W, 3) uint8 RGB source images (bicubic-upsampled inputs).
-        gt: (H, W, 3) uint8 RGB ground truth, needed when ``reference == "gt"``.
-        reference: ``"gt"`` or ``"sources"``; which images the full-reference metrics compare with.
-        suite: ``"paper"`` or ``"all"``.
-        lpips_scorer: the LPIPS network, or None (LPIPS is then NaN, shown as n/a).
-
-    Returns:
-        metric name -> value, in the suite's column order.
-    """
-    if len(sources) != 3:
-        raise ValueError(f"score_case expects 3 sources, got {len(sources)}")
-    if reference == "gt" and gt is None:
-        raise ValueError("reference 'gt' needs the ground-truth image")
-    refs_rgb = [gt] if reference == "gt" else list(sources)
-    fused_grey, refs_grey = to_grey(fused), [to_grey(r) for r in refs_rgb]
-    sources_grey = [to_grey(s) for s in sources]
-    values: dict[str, float] = {}
-    for name in metric_names(suite):
-        spec = METRICS[name]
-        if spec.kind == "full_reference":
-            values[name] = float(np.mean([spec.fn(r, fused_grey) for r in refs_grey]))
-        elif spec.kind == "lpips":
-            values[name] = float("nan") if lpips_scorer is None else float(
-                np.mean([lpips_scorer(r, fused) for r in refs_rgb]))
-        elif spec.kind == "no_reference":
-            values[name] = spec.fn(fused_grey)
-        else:
-            values[name] = float(np.mean([spec.fn(a, b, fused_grey)
-                                          for a, b in itertools.combinations(sources_grey, 2)]))
-    return values

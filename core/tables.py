@@ -5,6 +5,8 @@ cells are ``mean ± std`` over the cases (population std, ddof 0; ``inf`` alone 
 the best mean of each column in bold (ties: all
 bold; n/a cells never win). Runs named ``wo_tmfa`` / ``wo_psf`` go to a separate ablation table (with ``tfsdiff``
 for reference) in the column order of the paper's Table 2; all other runs form the main table (Table 1 order).
+Every column header names the colour space and convention of its metric (e.g. ``PSNR (grey, peak 255)``), and
+the notes on top name the reference, the convention and the aggregation over the sources.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.fusion_metrics import ABLATION_METRICS, METRICS, Reference
+from core.fusion_metrics import Convention
+from core.scoring import ABLATION_METRICS, METRICS, Reference, metric_label
 
 MODEL_RUN = "tfsdiff"
 ABLATION_RUNS: dict[str, str] = {"wo_tmfa": "w/o TMFA", "wo_psf": "w/o PSF"}
@@ -29,11 +32,26 @@ DISPLAY_NAMES: dict[str, str] = {
     "dwt": "Bicubic + DWT",
 }
 DECIMALS: dict[str, int] = {"MSE": 2, "PSNR": 2, "MAE": 2, "RMSE": 2}
-REFERENCE_NOTES: dict[str, str] = {
-    "gt": "Reference: the ground-truth fused image (`<id>_hr.png`); full-reference metrics compare each fused "
-          "image with it.",
-    "sources": "Reference: the three source images (`<id>_src{1,2,3}.png`, the bicubic-upsampled inputs); each "
-               "full-reference metric is the mean over the three sources of metric(source, fused).",
+GT_NOTE = ("Reference: the ground-truth fused image (`<id>_hr.png`); full-reference metrics compare each fused "
+           "image with it.")
+SOURCES_NOTE = "Reference: the three source images (`<id>_src{1,2,3}.png`, the bicubic-upsampled inputs); "
+REFERENCE_NOTES: dict[tuple[str, str], str] = {
+    ("gt", "paper"): GT_NOTE,
+    ("gt", "cddfuse"): GT_NOTE,
+    ("sources", "paper"): SOURCES_NOTE + "each full-reference metric is the mean over the three sources of "
+                                         "metric(fused, source).",
+    ("sources", "cddfuse"): SOURCES_NOTE + "MSE, PSNR, SSIM and VIF are CDDFuse's dual-modal values (PSNR from the "
+                                           "mean MSE of the two sources with peak max(F); SSIM and VIF summed over "
+                                           "the two sources), averaged over the three source pairs; MAE, RMSE and "
+                                           "LPIPS, which CDDFuse does not define, are the mean over the three "
+                                           "sources of metric(fused, source).",
+}
+CONVENTION_NOTES: dict[str, str] = {
+    "paper": "Convention: paper (PSNR with peak 255, SSIM with data_range 255, Qabf with the textbook relative edge "
+             "strength); see docs/metrics.md.",
+    "cddfuse": "Convention: cddfuse (CDDFuse's utils/Evaluator.py as its test script runs it: PSNR with peak max(F), "
+               "SSIM with data_range 2 as scikit-image 0.19.2 sets it for float input, Qabf with GAF = gF where "
+               "gA == gF); see docs/metrics.md.",
 }
 COMMON_NOTES = (
     "All metrics except LPIPS are computed on the 8-bit grey image (OpenCV RGB2GRAY, rounded), as the CDDFuse "
@@ -125,24 +143,30 @@ def _cell(scores: MethodScores, metric: str, bold: bool, latex: bool) -> str:
     return text
 
 
-def _header_lines(reference: Reference, lpips_missing: str | None) -> list[str]:
-    lines = [REFERENCE_NOTES[reference], *COMMON_NOTES]
+def _header_lines(reference: Reference, convention: Convention, lpips_missing: str | None) -> list[str]:
+    lines = [REFERENCE_NOTES[reference, convention], CONVENTION_NOTES[convention], *COMMON_NOTES]
     if lpips_missing:
         lines.append(f"LPIPS: n/a ({lpips_missing}).")
     return lines
 
 
-def to_markdown(sections: list[ScaleSection], reference: Reference, lpips_missing: str | None = None) -> str:
+def _column(metric: str, reference: Reference, convention: Convention, latex: bool) -> str:
+    label = metric_label(metric, convention, reference)
+    return f"{_latex_escape(label) if latex else label} {_arrow(metric, latex)}"
+
+
+def to_markdown(sections: list[ScaleSection], reference: Reference, convention: Convention,
+                lpips_missing: str | None = None) -> str:
     """The Markdown document: header notes, then per scale the comparison (and ablation) table."""
-    out = [f"# TFS-Diff metrics (reference: {reference})", ""]
-    out += [f"- {line}" for line in _header_lines(reference, lpips_missing)]
+    out = [f"# TFS-Diff metrics (reference: {reference}, convention: {convention})", ""]
+    out += [f"- {line}" for line in _header_lines(reference, convention, lpips_missing)]
     for section in sections:
         n = max((len(m.case_ids) for m in section.methods), default=0)
         out += ["", f"## {scale_title(section.scale)} ({n} cases)"]
         for title, rows, columns in split_tables(section):
             best = {c: best_rows(rows, c) for c in columns}
-            out += ["", f"### {title}", "", "| Method | " + " | ".join(f"{c} {_arrow(c, False)}" for c in columns)
-                    + " |", "|---|" + "---|" * len(columns)]
+            header = " | ".join(_column(c, reference, convention, False) for c in columns)
+            out += ["", f"### {title}", "", f"| Method | {header} |", "|---|" + "---|" * len(columns)]
             for row in rows:
                 cells = [_cell(row, c, row.method in best[c], False) for c in columns]
                 out.append(f"| {display_name(row.method)} | " + " | ".join(cells) + " |")
@@ -153,16 +177,18 @@ def _latex_escape(text: str) -> str:
     return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
 
 
-def to_latex(sections: list[ScaleSection], reference: Reference, lpips_missing: str | None = None) -> str:
+def to_latex(sections: list[ScaleSection], reference: Reference, convention: Convention,
+             lpips_missing: str | None = None) -> str:
     """LaTeX tables (booktabs), one per scale and table kind; the notes as a comment block on top."""
-    out = [f"% {line}" for line in _header_lines(reference, lpips_missing)]
+    out = [f"% {line}" for line in _header_lines(reference, convention, lpips_missing)]
     for section in sections:
         for title, rows, columns in split_tables(section):
             best = {c: best_rows(rows, c) for c in columns}
-            caption = _latex_escape(f"{title}, {scale_title(section.scale)}, reference: {reference}")
+            caption = _latex_escape(f"{title}, {scale_title(section.scale)}, reference: {reference}, "
+                                    f"convention: {convention}")
             out += ["", r"\begin{table}[t]", r"\centering", f"\\caption{{{caption}}}",
                     r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
-                    "Method & " + " & ".join(f"{_latex_escape(c)} {_arrow(c, True)}" for c in columns) + r" \\",
+                    "Method & " + " & ".join(_column(c, reference, convention, True) for c in columns) + r" \\",
                     r"\midrule"]
             for row in rows:
                 cells = [_cell(row, c, row.method in best[c], True) for c in columns]
@@ -171,18 +197,21 @@ def to_latex(sections: list[ScaleSection], reference: Reference, lpips_missing: 
     return "\n".join(out) + "\n"
 
 
-def to_summary_csv(sections: list[ScaleSection]) -> str:
-    """CSV rows ``scale,method,metric,higher_is_better,mean,std,n`` (empty mean/std when unavailable)."""
+def to_summary_csv(sections: list[ScaleSection], reference: Reference, convention: Convention) -> str:
+    """CSV rows ``scale,method,metric,higher_is_better,mean,std,n,label`` (empty mean/std when unavailable).
+
+    ``label`` names colour space and convention, e.g. ``PSNR (grey, peak 255)``.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["scale", "method", "metric", "higher_is_better", "mean", "std", "n"])
+    writer.writerow(["scale", "method", "metric", "higher_is_better", "mean", "std", "n", "label"])
     for section in sections:
         for m in section.methods:
             for metric in section.metrics:
                 mean, std = m.mean(metric), m.std(metric)
                 shown = tuple("" if math.isnan(x) else repr(x) for x in (mean, std))
                 writer.writerow([section.scale, m.method, metric, METRICS[metric].higher_is_better, *shown,
-                                 len(m.case_ids)])
+                                 len(m.case_ids), metric_label(metric, convention, reference)])
     return buf.getvalue()
 
 

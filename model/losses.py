@@ -55,9 +55,10 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, window_size: int = 11, max_val: f
     return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, window_size: int = 11, max_val: float = 1.0) -> torch.Tensor:
-    """Mean SSIM of two (B, C, H, W) tensors with values in [0, max_val]."""
-    return ssim_map(a, b, window_size, max_val).mean()
+def ssim_torch(img: torch.Tensor, ref: torch.Tensor, window_size: int = 11, max_val: float = 1.0) -> torch.Tensor:
+    """Differentiable mean SSIM (Gaussian window of side window_size, sigma 1.5) of two (B, C, H, W) tensors in
+    [0, max_val]; the SSIM term of the PSF loss."""
+    return ssim_map(img, ref, window_size, max_val).mean()
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class PSFLoss:
 
     def __call__(self, terms: TrainingTerms, x0: torch.Tensor) -> dict[str, torch.Tensor]:
         mse = F.mse_loss(terms.eps_pred, terms.noise, reduction="mean")
-        ssim_value = ssim((terms.x0_hat + 1) / 2, (x0 + 1) / 2, self.window_size)
+        ssim_value = ssim_torch((terms.x0_hat + 1) / 2, (x0 + 1) / 2, self.window_size)
         total = self.lambda_mse * mse + self.lambda_ssim * (1 - ssim_value)
         return {"loss": total, "mse": mse.detach(), "ssim": ssim_value.detach()}
 

@@ -10,7 +10,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from model.diffusion import GaussianDiffusion, TrainingTerms, make_beta_schedule
-from model.losses import PSFLoss, build_loss, mse_loss, official_loss, ssim, ssim_map
+from model.losses import PSFLoss, build_loss, mse_loss, official_loss, ssim_map, ssim_torch
 from model.unet import UNet
 
 PAPER = SimpleNamespace(schedule="linear", n_timestep=4000, linear_start=1e-6, linear_end=1e-2)
@@ -104,12 +104,12 @@ def test_ssim_matches_scikit_image_gaussian() -> None:
     rng = np.random.default_rng(0)
     a = rng.random((32, 32))
     b = np.clip(a + 0.1 * rng.standard_normal((32, 32)), 0, 1)
-    ours = ssim(torch.tensor(a)[None, None], torch.tensor(b)[None, None]).item()
+    ours = ssim_torch(torch.tensor(a)[None, None], torch.tensor(b)[None, None]).item()
     ref_map = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,
                                     use_sample_covariance=False, full=True)[1]
     assert ours == pytest.approx(ref_map[5:-5, 5:-5].mean(), abs=1e-6)
     x = torch.rand(1, 3, 16, 16)
-    assert ssim(x, x).item() == pytest.approx(1.0)
+    assert ssim_torch(x, x).item() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="larger than the image"):
         ssim_map(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
 
@@ -123,7 +123,7 @@ def test_psf_loss_formula() -> None:
     noise, eps = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
     x0, x0_hat = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
     out = PSFLoss(0.7, 0.4)(terms(eps, noise, x0_hat), x0)
-    expected = 0.7 * ((eps - noise) ** 2).mean() + 0.4 * (1 - ssim((x0_hat + 1) / 2, (x0 + 1) / 2))
+    expected = 0.7 * ((eps - noise) ** 2).mean() + 0.4 * (1 - ssim_torch((x0_hat + 1) / 2, (x0 + 1) / 2))
     torch.testing.assert_close(out["loss"], expected)
     perfect = PSFLoss(1.0, 1.0)(terms(noise, noise, x0), x0)["loss"]
     assert perfect.item() == pytest.approx(0.0, abs=1e-6)

@@ -1,21 +1,23 @@
-"""Tests of core/fusion_metrics.py: closed forms, scikit-image agreement, LPIPS loading, and reference values."""
+"""Tests of core/fusion_metrics.py: closed forms in both conventions, scikit-image agreement, and the reference
+evaluator's per-source values on the real Harvard cases (paper convention). The CDDFuse convention's reference values
+and the hand-derived synthetic fixture: tests/test_metric_conventions.py."""
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
 from core import fusion_metrics as fm
 
-FIXTURE = Path(__file__).parent / "fixtures" / "reference_metrics_harvard.json"
-HARVARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "harvard_trimodal"
+FIXTURES = Path(__file__).parent / "fixtures"
+HARVARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "harvard_trimodal"
+NO_HARVARD = f"the real Harvard images are not at {HARVARD} (CI provides them beside the clone; they may not be " \
+             "copied into the repository)"
 
 
 def _random(seed: int, shape: tuple[int, ...] = (40, 48)) -> np.ndarray:
@@ -37,30 +39,46 @@ def test_to_grey_is_rounded_bt601_luma_and_keeps_grey_images() -> None:
 
 
 def test_error_metrics_closed_form() -> None:
-    ref = _random(1)
+    ref = _random(1) * 0.9  # below 230
     img = ref + 10.0
-    assert fm.mse(ref, img) == pytest.approx(100.0)
-    assert fm.mae(ref, img) == pytest.approx(10.0)
-    assert fm.rmse(ref, img) == pytest.approx(10.0)
-    assert fm.psnr(ref, img) == pytest.approx(10 * math.log10(255**2 / 100))
-    assert fm.psnr(ref, ref) == math.inf
+    img[0, 0], ref[0, 0] = 250.0, 240.0  # max(img) = 250
+    assert fm.mse(img, ref) == pytest.approx(100.0)
+    assert fm.mae(img, ref) == pytest.approx(10.0)
+    assert fm.rmse(img, ref) == pytest.approx(10.0)
+    assert fm.psnr(img, ref) == pytest.approx(10 * math.log10(255**2 / 100))
+    assert fm.psnr(img, ref, "cddfuse") == pytest.approx(10 * math.log10(250**2 / 100))
+    assert fm.psnr(ref, ref) == math.inf and fm.psnr(ref, ref, "cddfuse") == math.inf
+    assert fm.psnr_from_mse(4.0, 0.0) == -math.inf  # an all-black fused image under peak max(F)
     with pytest.raises(ValueError, match="shape"):
         fm.mse(ref, ref[:-1])
+    with pytest.raises(ValueError, match="unknown metric convention 'matlab'"):
+        fm.psnr(img, ref, "matlab")
 
 
 def test_mse_psnr_ssim_agree_with_scikit_image() -> None:
-    ref, img = _random(2), _random(3)
-    assert fm.mse(ref, img) == pytest.approx(mean_squared_error(ref, img), rel=1e-12)
-    assert fm.psnr(ref, img) == pytest.approx(peak_signal_noise_ratio(ref, img, data_range=255), rel=1e-12)
-    assert fm.ssim(ref, img) == pytest.approx(structural_similarity(ref, img, data_range=255), rel=1e-12)
+    img, ref = _random(2), _random(3)
+    assert fm.mse(img, ref) == pytest.approx(mean_squared_error(ref, img), rel=1e-12)
+    assert fm.psnr(img, ref) == pytest.approx(peak_signal_noise_ratio(ref, img, data_range=255), rel=1e-12)
+    assert fm.ssim(img, ref) == pytest.approx(structural_similarity(ref, img, data_range=255), rel=1e-12)
     assert fm.ssim(ref, ref) == pytest.approx(1.0)
+
+
+def test_cddfuse_ssim_is_scikit_image_with_data_range_2() -> None:
+    img, ref = _random(4), _random(5)
+    expected = structural_similarity(img, ref, data_range=2.0)
+    assert fm.ssim(img, ref, "cddfuse") == pytest.approx(expected, rel=1e-12)
+    assert abs(fm.ssim(img, ref, "cddfuse") - fm.ssim(img, ref)) > 1e-3  # the conventions do differ
+    assert fm.ssim_pair(img, ref, img, "cddfuse") == pytest.approx(expected + 1.0, rel=1e-12)
+    with pytest.raises(ValueError, match="7x7"):
+        fm.ssim(img[:6], ref[:6], "cddfuse")
 
 
 def test_viff_identity_is_one_and_flat_fused_is_zero() -> None:
     ref = _random(4, (64, 64))
     assert fm.viff(ref, ref) == pytest.approx(1.0, abs=1e-9)
-    assert fm.viff(ref, np.full_like(ref, 100.0)) == pytest.approx(0.0, abs=1e-12)
-    assert fm.viff(np.full_like(ref, 7.0), ref) == 1.0  # no information in the reference: 0 / 0 -> 1
+    assert fm.viff(np.full_like(ref, 100.0), ref) == pytest.approx(0.0, abs=1e-12)
+    assert fm.viff(ref, np.full_like(ref, 7.0)) == 1.0  # no information in the reference: 0 / 0 -> 1
+    assert fm.viff_pair(ref, ref, ref) == pytest.approx(2.0, abs=1e-9)
 
 
 def test_no_reference_metrics_closed_form() -> None:
@@ -82,96 +100,49 @@ def test_mutual_information_closed_form() -> None:
     a = np.tile([[0.0, 0.0], [9.0, 9.0]], (4, 4))
     b = np.tile([[0.0, 9.0], [0.0, 9.0]], (4, 4))
     assert fm.mutual_information(a, b) == pytest.approx(0.0, abs=1e-12)
-    assert fm.mi_pair(a, b, a) == pytest.approx(math.log(2))
+    assert fm.mi_pair(a, a, b) == pytest.approx(math.log(2))
 
 
-def test_qabf_of_a_perfect_fusion_is_the_saturated_constant() -> None:
+def test_qabf_of_a_perfect_fusion_and_the_cddfuse_edge_case() -> None:
     src = _random(5)
-    expected = 0.9994 / (1 + math.exp(-15 * 0.5)) * 0.9879 / (1 + math.exp(-22 * 0.2))
-    assert fm.qabf(src, src, src) == pytest.approx(expected, rel=1e-12)
-    assert fm.qabf(src, _random(6), src) < expected
+    q_a = 0.9879 / (1 + math.exp(-22 * 0.2))
+    assert fm.qabf(src, src, src) == pytest.approx(0.9994 / (1 + math.exp(-15 * 0.5)) * q_a, rel=1e-12)
+    assert fm.qabf(src, src, _random(6)) < fm.qabf(src, src, src)
+    # CDDFuse puts G = gF where gA == gF (here everywhere): Q_g(gF), which saturates at 0.9994 for gF >= 2
+    g_f, _ = fm._sobel(src)
+    expected = float(np.sum(0.9994 / (1 + np.exp(-15 * (g_f - 0.5))) * q_a * g_f) / np.sum(g_f))
+    assert fm.qabf(src, src, src, "cddfuse") == pytest.approx(expected, rel=1e-12)
 
 
 def test_scd_and_cc_closed_form() -> None:
     a, b = _random(7), _random(8)
-    assert fm.scd(a, b, a + b) == pytest.approx(2.0)
-    assert fm.cc(a, a, 2 * a + 3) == pytest.approx(1.0)
-    assert fm.cc(a, -a, a) == pytest.approx(0.0, abs=1e-12)
+    assert fm.scd(a + b, a, b) == pytest.approx(2.0)
+    assert fm.cc(2 * a + 3, a, a) == pytest.approx(1.0)
+    assert fm.cc(a, a, -a) == pytest.approx(0.0, abs=1e-12)
 
 
-def _rgb(seed: int, shape: tuple[int, int] = (32, 32)) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+def _grey(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return fm.to_grey(np.asarray(img.convert("RGB")))
 
 
-def test_score_case_aggregates_over_sources_and_pairs() -> None:
-    sources, gt = [_rgb(10), _rgb(11), _rgb(12)], _rgb(13)
-    fused = sources[0]
-    grey = [fm.to_grey(s) for s in sources]
-    scores = fm.score_case(fused, sources, gt, "sources", "all", None)
-    assert list(scores) == list(fm.metric_names("all"))
-    assert scores["MSE"] == pytest.approx(np.mean([fm.mse(g, grey[0]) for g in grey]))
-    assert scores["PSNR"] == math.inf  # one source equals the fused image
-    pairs = list(itertools.combinations(grey, 2))
-    assert scores["Qabf"] == pytest.approx(np.mean([fm.qabf(a, b, grey[0]) for a, b in pairs]))
-    assert scores["MI"] == pytest.approx(np.mean([fm.mi_pair(a, b, grey[0]) for a, b in pairs]))
-    assert math.isnan(scores["LPIPS"])
-    by_gt = fm.score_case(fused, sources, gt, "gt", "paper", None)
-    assert list(by_gt) == list(fm.PAPER_METRICS)
-    assert by_gt["SSIM"] == pytest.approx(fm.ssim(fm.to_grey(gt), grey[0]))
-    assert by_gt["AG"] == scores["AG"]
-    with pytest.raises(ValueError, match="ground-truth"):
-        fm.score_case(fused, sources, None, "gt", "paper", None)
-
-
-def test_lpips_is_unavailable_without_weights_and_never_downloads(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError("a download was attempted")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    assert fm.alexnet_weights_path() == tmp_path / "hub" / "checkpoints" / fm.ALEXNET_FILE
-    assert fm.load_lpips() is None
-
-
-def test_lpips_loads_the_cached_alexnet_file(tmp_path: Path, monkeypatch) -> None:
-    import torchvision
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path = fm.alexnet_weights_path()
-    path.parent.mkdir(parents=True)
-    alexnet = torchvision.models.alexnet(weights=None)
-    torch.save({k: v for k, v in alexnet.state_dict().items() if k.startswith("features.")}, path)
-    scorer = fm.load_lpips()
-    assert scorer is not None
-    torch.testing.assert_close(scorer.model.net.slice1[0].weight, alexnet.features[0].weight)
-    a, b = _rgb(20, (64, 64)), _rgb(21, (64, 64))
-    assert scorer(a, a) == pytest.approx(0.0, abs=1e-6)
-    assert scorer(a, b) > 0.0
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="alexnet-owt"):
-        fm.load_lpips()
-
-
-@pytest.mark.skipif(not HARVARD.is_dir(), reason=f"the real Harvard images are not at {HARVARD} (CI provides them "
-                                                  "beside the clone; they may not be copied into the repository)")
+@pytest.mark.skipif(not HARVARD.is_dir(), reason=NO_HARVARD)
 def test_reference_values_on_real_harvard_cases() -> None:
-    reference = json.loads(FIXTURE.read_text(encoding="utf-8"))
+    reference = json.loads((FIXTURES / "reference_metrics_harvard.json").read_text(encoding="utf-8"))
     per_source = {"VIFF(source->fused)": fm.viff, "SSIM(skimage, data_range=255)": fm.ssim, "MSE": fm.mse,
                   "MAE": fm.mae, "RMSE": fm.rmse, "PSNR(peak 255)": fm.psnr}
     no_ref = {"EN": fm.entropy, "SD": fm.standard_deviation, "SF": fm.spatial_frequency, "AG": fm.average_gradient}
     pair = {"Qabf": fm.qabf, "MI": fm.mi_pair, "SCD": fm.scd, "CC": fm.cc}
     for case, expected in reference.items():
         names = list(expected["per_source"])
-        srcs = [fm.to_grey(np.asarray(Image.open(HARVARD / n).convert("RGB"))) for n in names]
+        srcs = [_grey(HARVARD / n) for n in names]
         fused = np.round((srcs[0] + srcs[1] + srcs[2]) / 3)
         for name, fn in no_ref.items():
             assert fn(fused) == pytest.approx(expected["no_reference"][name], rel=1e-4), (case, name)
         for src_name, src in zip(names, srcs):
             for name, fn in per_source.items():
-                assert fn(src, fused) == pytest.approx(expected["per_source"][src_name][name], rel=1e-4), (
+                assert fn(fused, src) == pytest.approx(expected["per_source"][src_name][name], rel=1e-4), (
                     case, src_name, name)
         for name, fn in pair.items():
-            value = fn(srcs[0], srcs[1], fused)
+            value = fn(fused, srcs[0], srcs[1])
             assert value == pytest.approx(expected["pair_first_two_sources"][name], rel=1e-4), (case, name)

@@ -100,7 +100,8 @@ def test_eval_writes_tables_per_scale_with_ablation_and_figure(tmp_path: Path, c
     markdown = Path(f"{prefix}.md").read_text(encoding="utf-8")
     assert "## Scale ×2 (3 cases)" in markdown and "## Scale ×4 (3 cases)" in markdown
     assert markdown.count("### Ablation") == 2 and "| w/o TMFA |" in markdown
-    assert "MSE ↓ | VIF ↑ | SSIM ↑ | PSNR ↑ | LPIPS ↓ | MAE ↓ | RMSE ↓ | AG ↓" in markdown
+    assert ("| Method | MSE (grey) ↓ | VIF (grey, VIFF) ↑ | SSIM (grey, data_range 255) ↑ | PSNR (grey, peak 255) ↑ | "
+            "LPIPS (RGB, AlexNet) ↓ | MAE (grey) ↓ | RMSE (grey) ↓ | AG (grey) ↓ |") in markdown
     assert "| TFS-Diff (ours) | **0.00 ± 0.00** |" in markdown  # perfect fusion wins MSE, in bold
     assert markdown == capsys.readouterr().out.rstrip("\n") + "\n"
     with open(f"{prefix}_per_image.csv", newline="", encoding="utf-8") as f:
@@ -122,7 +123,7 @@ def test_eval_sources_reference_and_missing_lpips_weights(tmp_path: Path, monkey
     captured = capsys.readouterr()
     assert "alexnet-owt-7be5be79.pth" in captured.err
     markdown = (tmp_path / "res" / "dwt" / "metrics_sources.md").read_text(encoding="utf-8")
-    assert "mean over the three sources" in markdown and "| Qabf ↑ |" in markdown
+    assert "mean over the three sources" in markdown and "| Qabf (grey) ↑ |" in markdown
     assert markdown.count("n/a") >= 1
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import sr
-from core.metrics import psnr
+from core.metrics import psnr_rgb
 from data.embedded import build_embedded_dataset
 from model import model as model_module
 
@@ -101,7 +101,7 @@ def test_validation_samples_with_finite_psnr(tmp_path: Path, dataset: Path) -> N
         case = path.name.removesuffix("_fused.png")
         for suffix in ("src1", "src2", "src3", "hr"):
             assert (results / f"{case}_{suffix}.png").is_file()
-        value = psnr(np.asarray(Image.open(path)), np.asarray(Image.open(results / f"{case}_hr.png")))
+        value = psnr_rgb(np.asarray(Image.open(path)), np.asarray(Image.open(results / f"{case}_hr.png")))
         assert np.isfinite(value) and value > 0
 
 
