@@ -26,7 +26,8 @@ from core.evaluation import Evaluation, evaluate
 from core.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown_distributed
 from core.logger import RunDirs, make_run_dirs, setup_logger
 from data.embedded import ensure_embedded_dataset
-from data.fusion_dataset import DatasetError, EpochSampler, FusionDataset, ShardedEpochSampler, create_dataloader
+from data.epoch_sampler import EpochSampler, ShardedEpochSampler
+from data.fusion_dataset import DatasetError, FusionDataset, create_dataloader
 from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel, select_device
 from model.samplers import add_sampler_args, sampler_from_args
 

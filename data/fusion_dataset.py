@@ -5,7 +5,8 @@ Layout of a split folder ``dataroot`` for LR size ``l`` and HR size ``r`` (``dat
 
     dataroot/1_sr_{l}_{r}/  2_sr_{l}_{r}/  3_sr_{l}_{r}/   three sources, bicubic-upsampled to r x r (model input)
     dataroot/hr_{r}/                                      ground-truth fused image (optional if require_target=False)
-    dataroot/1_lr_{l}/  2_lr_{l}/  3_lr_{l}/              low-res sources, l x l (read only when need_lr=True)
+
+(the LR folders ``{k}_lr_{l}/`` of the layout are not read: the model's inputs are the bicubic-upsampled sources).
 
 Files whose extension is not an image extension, hidden files (name starting with ".") and sub-folders are
 ignored. Images are read by ``data.images.read_image`` (its rules for 16-bit, alpha, palette and EXIF orientation)
@@ -16,18 +17,19 @@ checked lazily in ``__getitem__`` (no full decode up front).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from data.images import IMAGE_EXTENSIONS, ImageReadError, PairingError, list_by_stem, pair_by_stem, read_image, \
     to_tensor
-from data.layout import SOURCES, hr_dir, lr_dir, sr_dir
+from data.epoch_sampler import EpochSampler
+from data.layout import SOURCES, hr_dir, sr_dir
 
 
 class DatasetError(ValueError):
@@ -43,7 +45,6 @@ class FusionBatch:
     src3: torch.Tensor  # (B, 3, H, W) modality 3 (e.g. SPECT)
     target: torch.Tensor | None  # (B, 3, H, W) ground-truth fused HR image, None without an hr_ folder
     case_ids: tuple[str, ...]
-    lr: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (B, 3, l, l) each, when need_lr
 
     @property
     def condition(self) -> torch.Tensor:
@@ -65,7 +66,6 @@ class FusionBatch:
             src3=fn(self.src3),
             target=None if self.target is None else fn(self.target),
             case_ids=self.case_ids,
-            lr=None if self.lr is None else (fn(self.lr[0]), fn(self.lr[1]), fn(self.lr[2])),
         )
 
     def __len__(self) -> int:
@@ -111,8 +111,8 @@ class FusionDataset(Dataset[dict[str, Any]]):
     """Tri-modal fusion dataset over the official TFS-Diff folder layout (see module docstring).
 
     Items are ``(index, flip)`` pairs as yielded by EpochSampler, or a plain int (no flip). An item is a dict
-    ``{"src1", "src2", "src3": (3, r, r), "target": (3, r, r) or None, "case_id": str,
-    "lr": three (3, l, l) tensors or None}``, all float32 in [-1, 1]; ``flip`` flips every image of the case.
+    ``{"src1", "src2", "src3": (3, r, r), "target": (3, r, r) or None, "case_id": str}``, all float32 in [-1, 1];
+    ``flip`` flips every image of the case.
     """
 
     def __init__(
@@ -121,7 +121,6 @@ class FusionDataset(Dataset[dict[str, Any]]):
         l_resolution: int,
         r_resolution: int,
         data_len: int = -1,
-        need_lr: bool = False,
         require_target: bool = True,
     ) -> None:
         self.dataroot = Path(dataroot)
@@ -134,9 +133,8 @@ class FusionDataset(Dataset[dict[str, Any]]):
 
         sr_names = [sr_dir(self.dataroot, k, l_resolution, r_resolution).name for k in SOURCES]
         hr_name = hr_dir(self.dataroot, r_resolution).name
-        lr_names = [lr_dir(self.dataroot, k, l_resolution).name for k in SOURCES]
         has_target = require_target or (self.dataroot / hr_name).is_dir()
-        required = sr_names + ([hr_name] if has_target else []) + (lr_names if need_lr else [])
+        required = sr_names + ([hr_name] if has_target else [])
         self._check_folders_exist(required)
 
         folders = {name: _list_images(self.dataroot / name) for name in required}
@@ -148,7 +146,6 @@ class FusionDataset(Dataset[dict[str, Any]]):
         self.case_ids: tuple[str, ...] = tuple(ids)
         self._sr_paths = [folders[name] for name in sr_names]
         self._hr_paths = folders[hr_name] if has_target else None
-        self._lr_paths = [folders[name] for name in lr_names] if need_lr else None
 
     def _check_folders_exist(self, required: list[str]) -> None:
         missing = [name for name in required if not (self.dataroot / name).is_dir()]
@@ -169,14 +166,10 @@ class FusionDataset(Dataset[dict[str, Any]]):
         else:
             index, flip = operator.index(item), False
         case_id = self.case_ids[index]
-        r, l = self.r_resolution, self.l_resolution
+        r = self.r_resolution
         src1, src2, src3 = (_load_image(paths[case_id], r, flip) for paths in self._sr_paths)
         target = None if self._hr_paths is None else _load_image(self._hr_paths[case_id], r, flip)
-        lr = None
-        if self._lr_paths is not None:
-            lr1, lr2, lr3 = (_load_image(paths[case_id], l, flip) for paths in self._lr_paths)
-            lr = (lr1, lr2, lr3)
-        return {"src1": src1, "src2": src2, "src3": src3, "target": target, "case_id": case_id, "lr": lr}
+        return {"src1": src1, "src2": src2, "src3": src3, "target": target, "case_id": case_id}
 
 
 def _stack_optional(items: list[dict[str, Any]], key: str) -> list[Any] | None:
@@ -194,95 +187,13 @@ def collate_fusion(items: list[dict[str, Any]]) -> FusionBatch:
     if not items:
         raise DatasetError("Cannot collate an empty list of items")
     targets = _stack_optional(items, "target")
-    lrs = _stack_optional(items, "lr")
     return FusionBatch(
         src1=torch.stack([item["src1"] for item in items]),
         src2=torch.stack([item["src2"] for item in items]),
         src3=torch.stack([item["src3"] for item in items]),
         target=None if targets is None else torch.stack(targets),
         case_ids=tuple(item["case_id"] for item in items),
-        lr=None if lrs is None else (
-            torch.stack([lr[0] for lr in lrs]),
-            torch.stack([lr[1] for lr in lrs]),
-            torch.stack([lr[2] for lr in lrs]),
-        ),
     )
-
-
-class EpochSampler(Sampler[tuple[int, bool]]):
-    """Deterministic, resumable order: epoch e's permutation and flips come from torch.Generator seeded with (seed, e) only.
-
-    The generator seed is a mix of (seed, epoch) via numpy's SeedSequence; the permutation (torch.randperm, or
-    identity when shuffle=False) is drawn first, then one flip coin per position (all False when flip=False).
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool, flip: bool) -> None:
-        if n < 0 or seed < 0:
-            raise ValueError(f"EpochSampler needs n >= 0 and seed >= 0, got n={n}, seed={seed}")
-        self.n = n
-        self.seed = seed
-        self.shuffle = shuffle
-        self.flip = flip
-        self.epoch = 0
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select ``epoch``; ``start`` samples of it were already consumed (resume mid-epoch)."""
-        if epoch < 0 or not 0 <= start <= self.n:
-            raise ValueError(
-                f"EpochSampler.set_epoch needs epoch >= 0 and 0 <= start <= {self.n}, got epoch={epoch}, start={start}"
-            )
-        self.epoch = epoch
-        self.start = start
-
-    def epoch_order(self, epoch: int) -> list[tuple[int, bool]]:
-        """The full (index, flip) order of ``epoch``, a pure function of (n, seed, shuffle, flip, epoch)."""
-        state = np.random.SeedSequence([self.seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-        generator = torch.Generator().manual_seed(int(state))
-        order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
-        flips = torch.rand(self.n, generator=generator) < 0.5 if self.flip else torch.zeros(self.n, dtype=torch.bool)
-        return list(zip(order.tolist(), flips.tolist()))
-
-    def __iter__(self) -> Iterator[tuple[int, bool]]:
-        return iter(self.epoch_order(self.epoch)[self.start :])
-
-    def __len__(self) -> int:
-        return self.n - self.start
-
-
-class ShardedEpochSampler(EpochSampler):
-    """One process's part of every global batch of EpochSampler's order, for DistributedDataParallel.
-
-    The epoch order is padded by wrapping around to a whole number of global batches (as DistributedSampler pads),
-    so each of the `world_size` processes gets `global_batch / world_size` items of every global batch: rank r
-    takes the r-th contiguous block. `start` (see `set_epoch`) counts global samples already consumed.
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool, flip: bool, *, global_batch: int, rank: int,
-                 world_size: int) -> None:
-        super().__init__(n, seed, shuffle, flip)
-        if global_batch % world_size or not 0 <= rank < world_size:
-            raise ValueError(f"ShardedEpochSampler: global batch {global_batch} must split evenly over {world_size} "
-                             f"processes and 0 <= rank {rank} < {world_size}")
-        self.global_batch = global_batch
-        self.rank = rank
-        self.local = global_batch // world_size
-
-    def _batches(self) -> int:
-        return -(-self.n // self.global_batch)
-
-    def __iter__(self) -> Iterator[tuple[int, bool]]:
-        order = self.epoch_order(self.epoch)
-        total = self._batches() * self.global_batch
-        padded = (order * (total // max(len(order), 1) + 1))[:total]
-        mine: list[tuple[int, bool]] = []
-        for b in range(self.start // self.global_batch, self._batches()):
-            offset = b * self.global_batch + self.rank * self.local
-            mine.extend(padded[offset:offset + self.local])
-        return iter(mine)
-
-    def __len__(self) -> int:
-        return (self._batches() - self.start // self.global_batch) * self.local
 
 
 def create_dataloader(

@@ -1,4 +1,4 @@
-"""Tests for data/fusion_dataset.py: layout validation, image loading, flips, sampler order and dataloader."""
+"""Tests for data/fusion_dataset.py: layout validation, image loading, flips and the dataloader."""
 
 from __future__ import annotations
 
@@ -9,14 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data.fusion_dataset import (
-    DatasetError,
-    EpochSampler,
-    FusionBatch,
-    FusionDataset,
-    collate_fusion,
-    create_dataloader,
-)
+from data.epoch_sampler import EpochSampler
+from data.fusion_dataset import DatasetError, FusionBatch, FusionDataset, collate_fusion, create_dataloader
 
 L_RES, R_RES = 8, 16
 CASES = ("case_a", "case_b", "case_c", "case_d", "case_e")
@@ -62,7 +56,7 @@ def _expected(path: Path) -> np.ndarray:
 
 
 def test_item_values_shapes_and_ranges(layout: Path) -> None:
-    ds = FusionDataset(layout, L_RES, R_RES, need_lr=True)
+    ds = FusionDataset(layout, L_RES, R_RES)
     assert ds.case_ids == CASES and len(ds) == 5
     item = ds[1]
     assert item["case_id"] == "case_b"
@@ -74,8 +68,7 @@ def test_item_values_shapes_and_ranges(layout: Path) -> None:
         np.testing.assert_allclose(tensor.numpy(), _expected(layout / folder / "case_b.png"), atol=1e-6)
     grey = item["src1"]
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
-    assert len(item["lr"]) == 3 and all(t.shape == (3, L_RES, L_RES) for t in item["lr"])
-    np.testing.assert_allclose(item["lr"][1].numpy(), _expected(layout / f"2_lr_{L_RES}" / "case_b.png"), atol=1e-6)
+    assert set(item) == {"src1", "src2", "src3", "target", "case_id"}
 
 
 def test_rgba_is_composited_on_black_and_extremes_map_to_minus_one_and_one(tmp_path: Path) -> None:
@@ -103,7 +96,6 @@ def test_condition_order_and_collate(layout: Path) -> None:
     assert torch.equal(cond[:, 6:9], batch.src3)
     assert torch.equal(batch.src2[1], ds[2]["src2"])
     assert batch.target is not None and batch.target.shape == (2, 3, R_RES, R_RES)
-    assert batch.lr is None
     moved = batch.to("cpu")
     assert torch.equal(moved.src3, batch.src3) and moved.case_ids == batch.case_ids
 
@@ -141,11 +133,9 @@ def test_missing_dataroot(tmp_path: Path) -> None:
         FusionDataset(tmp_path / "nowhere", L_RES, R_RES)
 
 
-def test_missing_lr_folder_only_required_with_need_lr(tmp_path: Path) -> None:
+def test_lr_folders_are_not_needed(tmp_path: Path) -> None:
     root = _make_layout(tmp_path / "split", with_lr=False)
-    assert FusionDataset(root, L_RES, R_RES)[0]["lr"] is None
-    with pytest.raises(DatasetError, match=f"1_lr_{L_RES}"):
-        FusionDataset(root, L_RES, R_RES, need_lr=True)
+    assert FusionDataset(root, L_RES, R_RES)[0]["case_id"] == "case_a"
 
 
 def test_empty_folder_and_ignored_files(layout: Path) -> None:
@@ -190,13 +180,6 @@ def test_wrong_size_names_file_lazily(layout: Path) -> None:
         ds[3]
 
 
-def test_wrong_lr_size_names_file(layout: Path) -> None:
-    bad = layout / f"1_lr_{L_RES}" / "case_a.png"
-    _save(bad, R_RES, 1, "L")
-    with pytest.raises(DatasetError, match=rf"{bad}.*16x16, expected 8x8"):
-        FusionDataset(layout, L_RES, R_RES, need_lr=True)[0]
-
-
 def test_corrupt_file_names_file(layout: Path) -> None:
     bad = layout / f"hr_{R_RES}" / "case_e.png"
     data = bad.read_bytes()
@@ -215,57 +198,13 @@ def test_garbage_file_names_file(layout: Path) -> None:
 
 
 def test_flip_flips_all_images_identically(layout: Path) -> None:
-    ds = FusionDataset(layout, L_RES, R_RES, need_lr=True)
+    ds = FusionDataset(layout, L_RES, R_RES)
     plain, flipped = ds[(2, False)], ds[(2, True)]
     assert torch.equal(ds[2]["src1"], plain["src1"])
     for key in ("src1", "src2", "src3", "target"):
         expected = np.fliplr(plain[key].numpy().transpose(1, 2, 0)).transpose(2, 0, 1)
         np.testing.assert_array_equal(flipped[key].numpy(), expected)
         assert not torch.equal(flipped[key], plain[key])
-    for plain_lr, flipped_lr in zip(plain["lr"], flipped["lr"]):
-        assert torch.equal(flipped_lr, torch.flip(plain_lr, dims=[-1]))
-
-
-def test_sampler_is_deterministic_per_seed_and_epoch() -> None:
-    a, b = EpochSampler(50, seed=3, shuffle=True, flip=True), EpochSampler(50, seed=3, shuffle=True, flip=True)
-    a.set_epoch(4)
-    b.set_epoch(4)
-    order = list(a)
-    assert order == list(b) and order == list(a)
-    assert sorted(i for i, _ in order) == list(range(50))
-    assert {f for _, f in order} == {True, False}
-    b.set_epoch(5)
-    assert list(b) != order
-    other_seed = EpochSampler(50, seed=4, shuffle=True, flip=True)
-    other_seed.set_epoch(4)
-    assert list(other_seed) != order
-
-
-def test_sampler_resume_yields_tail() -> None:
-    sampler = EpochSampler(20, seed=0, shuffle=True, flip=True)
-    sampler.set_epoch(2)
-    full = list(sampler)
-    sampler.set_epoch(2, start=7)
-    assert len(sampler) == 13
-    assert list(sampler) == full[7:]
-    sampler.set_epoch(2, start=20)
-    assert list(sampler) == [] and len(sampler) == 0
-    with pytest.raises(ValueError):
-        sampler.set_epoch(2, start=21)
-
-
-def test_sampler_no_shuffle_no_flip_is_identity() -> None:
-    sampler = EpochSampler(6, seed=9, shuffle=False, flip=False)
-    sampler.set_epoch(3)
-    assert list(sampler) == [(i, False) for i in range(6)]
-    flipping = EpochSampler(64, seed=9, shuffle=False, flip=True)
-    assert [i for i, _ in flipping] == list(range(64))
-
-
-def test_sampler_does_not_touch_global_rng() -> None:
-    state = torch.get_rng_state()
-    list(EpochSampler(30, seed=1, shuffle=True, flip=True))
-    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_dataloader_yields_batches_in_order(layout: Path) -> None:
