@@ -1,0 +1,42 @@
+"""One way from a config's dataset section to a dataset, its resumable sampler and its DataLoader.
+
+Used by training and validation (``sr.py``), split inference (``infer.py``) and the benchmark (``bench/``); the
+embedded dataset is built by the caller first (``data.embedded.ensure_embedded_dataset``) when the config has one.
+"""
+from __future__ import annotations
+
+from torch.utils.data import DataLoader
+
+from core.config import DatasetConfig
+from core.distributed import DistInfo
+from data.epoch_sampler import EpochSampler, ShardedEpochSampler
+from data.fusion_dataset import FusionDataset, create_dataloader
+
+__all__ = ["dataset_from_config"]
+
+
+def dataset_from_config(ds_cfg: DatasetConfig, *, seed: int, train: bool, dist: DistInfo | None = None,
+                        require_target: bool = True) -> tuple[FusionDataset, EpochSampler, DataLoader]:
+    """The dataset of ``ds_cfg``, its epoch sampler and a loader yielding ``FusionBatch``.
+
+    ``train``: the order is shuffled when ``use_shuffle`` is set and every case is flipped at random (drawn by the
+    sampler from ``seed`` and the epoch, so a resumed run continues exactly); otherwise the cases come in order,
+    unflipped. Under DDP (``dist`` with more than one process) training loads this process's contiguous shard of
+    every global batch of ``batch_size``; evaluation loads every case in every process. ``require_target=False``
+    accepts a split without an ``hr_`` folder (the batches' target is then None).
+    """
+    dist = dist or DistInfo()
+    dataset = FusionDataset(ds_cfg.dataroot, ds_cfg.l_resolution, ds_cfg.r_resolution, data_len=ds_cfg.data_len,
+                            require_target=require_target)
+    shuffle = ds_cfg.use_shuffle and train
+    batch = ds_cfg.batch_size
+    if train and dist.enabled:
+        part = dist.shard(batch)
+        sampler: EpochSampler = ShardedEpochSampler(len(dataset), seed, shuffle, flip=True, global_batch=batch,
+                                                    rank=dist.rank, world_size=dist.world_size)
+        batch = part.stop - part.start
+    else:
+        sampler = EpochSampler(len(dataset), seed, shuffle=shuffle, flip=train)
+    loader = create_dataloader(dataset, batch, shuffle=shuffle, flip=train, num_workers=ds_cfg.num_workers, seed=seed,
+                               sampler=sampler)
+    return dataset, sampler, loader
