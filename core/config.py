@@ -68,6 +68,7 @@ class DatasetConfig:
     num_workers: int = 0  # >= 0
     use_shuffle: bool = True
     data_len: int = -1  # -1: all; else >= 1
+    patch_size: int | None = None  # train only: side of aligned random HR crops, a multiple of r / l; None: whole
 
     def __post_init__(self) -> None:
         low, high = self.l_resolution, self.r_resolution
@@ -78,6 +79,10 @@ class DatasetConfig:
         _check_min(self.num_workers, 0, "num_workers")
         _check(self.data_len == -1 or self.data_len >= 1, "data_len",
                f"expected -1 (all) or an integer >= 1, got {self.data_len}")
+        scale, patch = high // low, self.patch_size
+        _check(patch is None or 1 <= patch <= high and patch % scale == 0, "patch_size",
+               f"expected null or a multiple of the scale r_resolution / l_resolution = {scale} from {scale} to "
+               f"r_resolution {high}, got {patch}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +93,12 @@ class DatasetsConfig:
     train: DatasetConfig
     val: DatasetConfig
     test: DatasetConfig | None = None
+
+    def __post_init__(self) -> None:
+        for split in ("val", "test"):
+            section = getattr(self, split)
+            _check(section is None or section.patch_size is None, f"{split}.patch_size",
+                   "only datasets.train crops patches (validation and test run on whole images); remove it")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -326,6 +337,9 @@ class TFSDiffConfig:
         levels = len(unet.channel_multiplier)
         _check(size % 2 ** (levels - 1) == 0, "model.diffusion.image_size",
                f"{size} is not divisible by 2**{levels - 1} (the U-Net downsamples len(channel_multiplier) - 1 times)")
+        patch = self.datasets.train.patch_size
+        _check(patch is None or patch % 2 ** (levels - 1) == 0, "datasets.train.patch_size",
+               f"{patch} is not divisible by 2**{levels - 1} (the U-Net downsamples len(channel_multiplier) - 1 times)")
         resolutions = [size // 2**k for k in range(levels)]
         for i, res in enumerate(unet.attn_res):
             _check(res in resolutions, f"model.unet.attn_res[{i}]",

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.images import IMAGE_EXTENSIONS, ImageReadError, PairingError, list_by_stem, pair_by_stem, read_image, \
     to_tensor
-from data.epoch_sampler import EpochSampler
+from data.epoch_sampler import Crop, EpochSampler, Item
 from data.layout import SOURCES, hr_dir, sr_dir
 
 
@@ -38,7 +38,8 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class FusionBatch:
-    """One batch. B = batch size, H = W = r_resolution; all image tensors float32 in [-1, 1]."""
+    """One batch. B = batch size, H = W = r_resolution (the patch side when training on patches); all image
+    tensors float32 in [-1, 1]."""
 
     src1: torch.Tensor  # (B, 3, H, W) modality 1 (e.g. MR-T1), bicubic-upsampled
     src2: torch.Tensor  # (B, 3, H, W) modality 2 (e.g. MR-T2)
@@ -91,10 +92,11 @@ def _check_pairing(folders: dict[str, dict[str, Path]], dataroot: Path) -> None:
         raise DatasetError(f"Files in {dataroot} are not paired by name:\n{err}") from err
 
 
-def _load_image(path: Path, size: int, flip: bool) -> torch.Tensor:
-    """Read ``path`` (``data.images.read_image``), check it is size x size, optionally flip horizontally.
+def _load_image(path: Path, size: int, flip: bool, crop: Crop | None) -> torch.Tensor:
+    """Read ``path`` (``data.images.read_image``), check it is size x size, cut ``crop`` out of it (when given),
+    then optionally flip horizontally.
 
-    Returns a (3, size, size) float32 tensor in [-1, 1].
+    Returns a (3, S, S) float32 tensor in [-1, 1], S = ``crop.size`` or ``size``.
     """
     try:
         array = read_image(path)
@@ -102,6 +104,8 @@ def _load_image(path: Path, size: int, flip: bool) -> torch.Tensor:
         raise DatasetError(str(err)) from err
     if array.shape[:2] != (size, size):
         raise DatasetError(f"Image {path} has size {array.shape[1]}x{array.shape[0]}, expected {size}x{size}")
+    if crop is not None:
+        array = array[crop.box()]
     if flip:
         array = np.fliplr(array)
     return to_tensor(array)
@@ -110,9 +114,10 @@ def _load_image(path: Path, size: int, flip: bool) -> torch.Tensor:
 class FusionDataset(Dataset[dict[str, Any]]):
     """Tri-modal fusion dataset over the official TFS-Diff folder layout (see module docstring).
 
-    Items are ``(index, flip)`` pairs as yielded by EpochSampler, or a plain int (no flip). An item is a dict
-    ``{"src1", "src2", "src3": (3, r, r), "target": (3, r, r) or None, "case_id": str}``, all float32 in [-1, 1];
-    ``flip`` flips every image of the case.
+    Items are ``(index, flip)`` or ``(index, flip, crop)`` as yielded by EpochSampler, or a plain int (no flip, no
+    crop). An item is a dict ``{"src1", "src2", "src3": (3, S, S), "target": (3, S, S) or None, "case_id": str}``,
+    all float32 in [-1, 1], S = r or the crop side; every image of the case is cut at the same ``crop`` (HR / SR
+    pixels, ``data.epoch_sampler.Crop``) and then flipped when ``flip``.
     """
 
     def __init__(
@@ -160,15 +165,16 @@ class FusionDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.case_ids)
 
-    def __getitem__(self, item: int | tuple[int, bool]) -> dict[str, Any]:
+    def __getitem__(self, item: int | Item) -> dict[str, Any]:
         if isinstance(item, tuple):
             index, flip = operator.index(item[0]), bool(item[1])
+            crop = item[2] if len(item) == 3 else None
         else:
-            index, flip = operator.index(item), False
+            index, flip, crop = operator.index(item), False, None
         case_id = self.case_ids[index]
         r = self.r_resolution
-        src1, src2, src3 = (_load_image(paths[case_id], r, flip) for paths in self._sr_paths)
-        target = None if self._hr_paths is None else _load_image(self._hr_paths[case_id], r, flip)
+        src1, src2, src3 = (_load_image(paths[case_id], r, flip, crop) for paths in self._sr_paths)
+        target = None if self._hr_paths is None else _load_image(self._hr_paths[case_id], r, flip, crop)
         return {"src1": src1, "src2": src2, "src3": src3, "target": target, "case_id": case_id}
 
 

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from core.config import DatasetConfig
 from core.distributed import DistInfo
-from data.epoch_sampler import EpochSampler, ShardedEpochSampler
+from data.epoch_sampler import EpochSampler, PatchGrid, ShardedEpochSampler
 from data.fusion_dataset import FusionDataset, create_dataloader
 
 __all__ = ["dataset_from_config"]
@@ -19,8 +19,9 @@ def dataset_from_config(ds_cfg: DatasetConfig, *, seed: int, train: bool, dist: 
                         require_target: bool = True) -> tuple[FusionDataset, EpochSampler, DataLoader]:
     """The dataset of ``ds_cfg``, its epoch sampler and a loader yielding ``FusionBatch``.
 
-    ``train``: the order is shuffled when ``use_shuffle`` is set and every case is flipped at random (drawn by the
-    sampler from ``seed`` and the epoch, so a resumed run continues exactly); otherwise the cases come in order,
+    ``train``: the order is shuffled when ``use_shuffle`` is set, every case is flipped at random and, with
+    ``patch_size``, cut to an aligned random crop of that side (all drawn by the sampler from ``seed`` and the epoch,
+    so a resumed run continues exactly; see ``data.epoch_sampler``); otherwise the cases come whole, in order,
     unflipped. Under DDP (``dist`` with more than one process) training loads this process's contiguous shard of
     every global batch of ``batch_size``; evaluation loads every case in every process. ``require_target=False``
     accepts a split without an ``hr_`` folder (the batches' target is then None).
@@ -30,13 +31,16 @@ def dataset_from_config(ds_cfg: DatasetConfig, *, seed: int, train: bool, dist: 
                             require_target=require_target)
     shuffle = ds_cfg.use_shuffle and train
     batch = ds_cfg.batch_size
+    patches = None
+    if train and ds_cfg.patch_size is not None:
+        patches = PatchGrid(ds_cfg.r_resolution, ds_cfg.patch_size, ds_cfg.r_resolution // ds_cfg.l_resolution)
     if train and dist.enabled:
         part = dist.shard(batch)
         sampler: EpochSampler = ShardedEpochSampler(len(dataset), seed, shuffle, flip=True, global_batch=batch,
-                                                    rank=dist.rank, world_size=dist.world_size)
+                                                    rank=dist.rank, world_size=dist.world_size, patches=patches)
         batch = part.stop - part.start
     else:
-        sampler = EpochSampler(len(dataset), seed, shuffle=shuffle, flip=train)
+        sampler = EpochSampler(len(dataset), seed, shuffle=shuffle, flip=train, patches=patches)
     loader = create_dataloader(dataset, batch, shuffle=shuffle, flip=train, num_workers=ds_cfg.num_workers, seed=seed,
                                sampler=sampler)
     return dataset, sampler, loader

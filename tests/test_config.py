@@ -188,6 +188,12 @@ def test_sr3_null_gpu_ids_and_empty_resume_state() -> None:
     ("datasets.train.batch_size", 0, "datasets.train.batch_size: expected an integer >= 1, got 0"),
     ("datasets.train.num_workers", -1, "datasets.train.num_workers: expected an integer >= 0, got -1"),
     ("datasets.train.data_len", 0, "datasets.train.data_len: expected -1 (all) or an integer >= 1, got 0"),
+    ("datasets.train.patch_size", 0, "datasets.train.patch_size: expected null or a multiple of the scale "
+                                     "r_resolution / l_resolution = 4 from 4 to r_resolution 32, got 0"),
+    ("datasets.train.patch_size", 18, "datasets.train.patch_size: expected null or a multiple of the scale"),
+    ("datasets.train.patch_size", 36, "datasets.train.patch_size: expected null or a multiple of the scale"),
+    ("datasets.train.patch_size", True, "datasets.train.patch_size: expected an integer, got True"),
+    ("datasets.val.patch_size", 16, "datasets.val.patch_size: only datasets.train crops patches"),
     ("datasets.embedded", {"root": "e", "r_resolution": 24}, "datasets.embedded.r_resolution: expected a power"),
     ("datasets.embedded", {"root": "e", "r_resolution": 8}, "datasets.embedded.r_resolution: expected a power"),
     ("datasets.embedded", {"root": "e", "r_resolution": 32, "scales": [3]}, "datasets.embedded.scales[0]: expected"),
@@ -226,6 +232,14 @@ def test_image_size_must_match_train_and_val_r_resolution() -> None:
     data = valid_dict()
     data["datasets"]["val"]["r_resolution"] = 64
     assert "model.diffusion.image_size: 32 differs from datasets.val.r_resolution 64" in error_of(data)
+
+
+def test_patch_size_is_optional_and_must_suit_the_unet() -> None:
+    assert parse_config(valid_dict()).datasets.train.patch_size is None
+    assert parse_config(with_value("datasets.train.patch_size", 16)).datasets.train.patch_size == 16
+    data = with_value("datasets.train.patch_size", 6)
+    data["datasets"]["train"]["l_resolution"] = 16
+    assert "datasets.train.patch_size: 6 is not divisible by 2**2" in error_of(data)
 
 
 def test_channels_must_match_out_channel() -> None:
