@@ -41,7 +41,7 @@ def _build(cfg: TFSDiffConfig, perf: PerformanceConfig, device: torch.device) ->
 
 def _sampling_step(model: TFSDiffModel, condition: torch.Tensor) -> Callable[[], Any]:
     """One mid-chain step of the full-chain sampler: network call plus the ancestral update."""
-    sampler = AncestralSampler.full_chain(model.diffusion)
+    sampler = AncestralSampler.full_chain(model.diffusion.schedule, model.diffusion.clip_denoised)
     i = len(sampler.timesteps) // 2
     x_t = torch.randn((1, model.diffusion.channels, *condition.shape[2:]), device=condition.device)
     level = torch.full((1,), sampler.noise_levels[i], device=condition.device)

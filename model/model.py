@@ -8,8 +8,9 @@ without `train.ema_scheduler`), `scaler` the fp16 gradient scaler, and `rng` the
 resumption needs. A `latest` text file in the same folder names the newest complete checkpoint; it is replaced
 atomically after the checkpoint is on disk. Sampling uses the EMA weights when a checkpoint has them.
 
-`performance` switches (channels_last, autocast, compile) act through `NetRunner`, which the training step and
-the sampling loop call instead of the bare network; with all switches off it is the plain fp32 network.
+`performance` switches (channels_last, autocast, compile) act through `model.net_runner.NetRunner`, which the
+training step and the sampling loop call instead of the bare network; with all switches off it is the plain fp32
+network.
 
 Official checkpoints (`<prefix>_gen.pth`, optionally `<prefix>_opt.pth`) load strictly in the official-compatible
 configuration (`model.tmfa.placement: "all_channels"`, official U-Net sizes).
@@ -18,41 +19,28 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from core.config import EMASchedulerConfig, ModelConfig, PerformanceConfig, TFSDiffConfig, config_to_dict
+from core.config import EMASchedulerConfig, ModelConfig, TFSDiffConfig, config_to_dict
 from core.distributed import DistInfo, any_rank, gather_objects
 from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, atomic_save, read_checkpoint,
                                  resolve_checkpoint, write_text_atomic)
 from model.diffusion import GaussianDiffusion
 from model.losses import build_loss
+from model.net_runner import NetRunner, prepare_net
+from model.schedule import NoiseSchedule
 from model.unet import UNet, init_weights
 
-_AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("tfsdiff")
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-def select_device(gpu_ids: tuple[int, ...]) -> tuple[torch.device, list[int], str]:
-    """(device, DataParallel device ids, a sentence for the log). No visible GPU -> CPU."""
-    if not gpu_ids:
-        return torch.device("cpu"), [], "gpu_ids is empty: running on CPU"
-    if not torch.cuda.is_available():
-        return torch.device("cpu"), [], f"gpu_ids {list(gpu_ids)} requested but no CUDA device is visible: running on CPU"
-    visible = [i for i in gpu_ids if i < torch.cuda.device_count()]
-    if not visible:
-        raise RuntimeError(f"gpu_ids {list(gpu_ids)}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    device = torch.device(f"cuda:{visible[0]}")
-    ids = visible if len(visible) > 1 else []
-    mode = f"DataParallel over cuda:{visible}" if ids else f"single GPU {device}"
-    return device, ids, f"running on {mode}"
 
 
 def build_diffusion(cfg: ModelConfig) -> GaussianDiffusion:
@@ -64,39 +52,9 @@ def build_diffusion(cfg: ModelConfig) -> GaussianDiffusion:
                use_affine_level=u.use_affine_level, tmfa_placement=cfg.tmfa.placement,
                tmfa_reduction=cfg.tmfa.reduction)
     init_weights(net, cfg.init)
-    return GaussianDiffusion(net, cfg.beta_schedule.train, channels=cfg.diffusion.channels,
+    return GaussianDiffusion(net, NoiseSchedule.from_spec(cfg.beta_schedule.train), channels=cfg.diffusion.channels,
                              clip_denoised=cfg.diffusion.clip_denoised,
                              timestep_sampling=cfg.diffusion.timestep_sampling)
-
-
-class NetRunner:
-    """Calls a noise network with the performance switches: NHWC inputs, autocast, torch.compile.
-
-    Same signature as the network, eps(condition, x_t, noise_level); always returns float32 noise. The wrapped
-    module's parameters must already be in channels_last format when `channels_last` is set (`prepare_net`).
-    """
-
-    def __init__(self, net: nn.Module, perf: PerformanceConfig, device: torch.device) -> None:
-        if perf.autocast == "fp16" and device.type != "cuda":
-            raise ValueError(f"performance.autocast 'fp16' needs a CUDA device, but the model runs on {device}")
-        self.module = net
-        self.device_type = device.type
-        self.channels_last = perf.channels_last
-        self.dtype = _AUTOCAST_DTYPES[perf.autocast]
-        self._call = torch.compile(net) if perf.compile else net
-
-    def __call__(self, condition: torch.Tensor, x_t: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            condition = condition.contiguous(memory_format=torch.channels_last)
-            x_t = x_t.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            eps = self._call(condition, x_t, noise_level)
-        return eps.float()
-
-
-def prepare_net(net: nn.Module, perf: PerformanceConfig) -> nn.Module:
-    """Put the parameters in the memory format the switches ask for (in place); returns `net`."""
-    return net.to(memory_format=torch.channels_last) if perf.channels_last else net
 
 
 class WeightEMA:
@@ -164,6 +122,11 @@ class TFSDiffModel:
         return sum(p.numel() for p in self.diffusion.denoise_fn.parameters())
 
     @property
+    def size_multiple(self) -> int:
+        """Image sides the U-Net takes without padding are multiples of this (2 per downsampling level)."""
+        return 2 ** (len(self.cfg.model.unet.channel_multiplier) - 1)
+
+    @property
     def sampling_net(self) -> NetRunner:
         """What sampling calls: the EMA network when there is one, else the trained one, with the switches."""
         module = self.ema.net if self.ema is not None else self.diffusion.denoise_fn
@@ -184,7 +147,7 @@ class TFSDiffModel:
         terms = self.diffusion.training_terms(x0, condition, self.generator, self.train_runner, shard)
         losses = self.loss_fn(terms, x0)
         values = {name: float(v.detach()) for name, v in losses.items()}
-        finite = all(map(lambda v: v == v and abs(v) != float("inf"), values.values()))
+        finite = all(math.isfinite(v) for v in values.values())
         if any_rank(not finite, self.dist, self.device):
             raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {values}"
                                      + (f" (rank {self.dist.rank})" if self.dist.enabled else ""))

@@ -1,6 +1,7 @@
 """Reverse-diffusion samplers behind one contract, and the one generic sampling loop.
 
-A sampler holds `timesteps`, the kept indices 0..T-1 of the full chain in descending order, the noise level
+Every sampler is built from a `model.schedule.NoiseSchedule` table (never from the diffusion module or the
+network). A sampler holds `timesteps`, the kept indices 0..T-1 of the full chain in descending order, the noise level
 gamma = sqrt(alpha_bar) fed to the network at each of them, and `step(eps, i, x_t, generator) -> (x_prev, x0_hat)`
 for the i-th kept step. The step before `timesteps[i]` is always read from the list (`timesteps[i + 1]`, or "none"
 after the last one, where alpha_bar_prev = 1); it is never computed by arithmetic. Every per-step coefficient is a
@@ -15,17 +16,14 @@ Images are (B, C, H, W) in [-1, 1]; noise levels are in (0, 1].
 """
 from __future__ import annotations
 
-import argparse
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.config import ConfigError, SamplerConfig, TFSDiffConfig
-
-if TYPE_CHECKING:
-    from model.diffusion import GaussianDiffusion
+from core.config import SamplerConfig
+from model.schedule import NoiseSchedule
 
 NoiseNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -83,26 +81,26 @@ class AncestralSampler:
         self.clip_denoised = clip_denoised
 
     @classmethod
-    def full_chain(cls, diffusion: GaussianDiffusion) -> AncestralSampler:
-        """Every step T-1..0 with the float32 schedule buffers (SR3's `p_sample_loop`)."""
-        d = diffusion
-        t = torch.arange(d.num_timesteps - 1, -1, -1)
-        sigma = (0.5 * d.posterior_log_variance_clipped).exp()  # sigma_t^2 = beta~_t, the posterior variance (Eq. 7)
-        return cls(t, d.sqrt_alphas_cumprod_prev[t.numpy() + 1], d.sqrt_recip_alphas_cumprod[t],
-                   d.sqrt_recipm1_alphas_cumprod[t], d.posterior_mean_coef1[t], d.posterior_mean_coef2[t], sigma[t],
-                   d.clip_denoised)
+    def full_chain(cls, schedule: NoiseSchedule, clip_denoised: bool = True) -> AncestralSampler:
+        """Every step T-1..0 with the schedule cast to float32 (SR3's `p_sample_loop` on its float32 buffers)."""
+        b = schedule.float32_buffers()
+        t = torch.arange(schedule.num_timesteps - 1, -1, -1)
+        sigma = (0.5 * b["posterior_log_variance_clipped"]).exp()  # sigma_t^2 = beta~_t, the posterior variance (Eq. 7)
+        return cls(t, schedule.sqrt_alphas_cumprod_prev[t.numpy() + 1], b["sqrt_recip_alphas_cumprod"][t],
+                   b["sqrt_recipm1_alphas_cumprod"][t], b["posterior_mean_coef1"][t], b["posterior_mean_coef2"][t],
+                   sigma[t], clip_denoised)
 
     @classmethod
-    def respaced(cls, diffusion: GaussianDiffusion, steps: int) -> AncestralSampler:
+    def respaced(cls, schedule: NoiseSchedule, steps: int, clip_denoised: bool = True) -> AncestralSampler:
         """DDPM over `steps` kept steps: beta_k = 1 - alpha_bar_k / alpha_bar_prev(k), in float64."""
-        kept = spaced_timesteps(diffusion.num_timesteps, steps)
-        ab = diffusion.alphas_cumprod_f64[list(kept)]
+        kept = spaced_timesteps(schedule.num_timesteps, steps)
+        ab = schedule.alphas_cumprod[list(kept)]
         ab_prev = np.append(ab[1:], 1.0)  # alpha_bar of the next kept step in sampling order; 1 after the last
         betas = 1.0 - ab / ab_prev
         variance = betas * (1.0 - ab_prev) / (1.0 - ab)  # posterior variance beta~ (Eq. 7)
         return cls(kept, np.sqrt(ab), np.sqrt(1.0 / ab), np.sqrt(1.0 / ab - 1.0),
                    betas * np.sqrt(ab_prev) / (1.0 - ab), (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab),
-                   np.sqrt(np.maximum(variance, 1e-20)), diffusion.clip_denoised)
+                   np.sqrt(np.maximum(variance, 1e-20)), clip_denoised)
 
     def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,16 +116,16 @@ class AncestralSampler:
 class DDIMSampler:
     """DDIM (Song et al., 2021): Eq. 12 with sigma_t(eta) of Eq. 16; eta = 0 is deterministic."""
 
-    def __init__(self, diffusion: GaussianDiffusion, steps: int, eta: float) -> None:
+    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float, clip_denoised: bool = True) -> None:
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
-        self.timesteps = spaced_timesteps(diffusion.num_timesteps, steps)
-        ab = diffusion.alphas_cumprod_f64[list(self.timesteps)]
+        self.timesteps = spaced_timesteps(schedule.num_timesteps, steps)
+        ab = schedule.alphas_cumprod[list(self.timesteps)]
         ab_prev = np.append(ab[1:], 1.0)
         sigma = eta * np.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))  # Eq. 16 times eta
         self.noise_levels = _floats(np.sqrt(ab))
         self.eta = eta
-        self.clip_denoised = diffusion.clip_denoised
+        self.clip_denoised = clip_denoised
         self._recip, self._recipm1 = _floats(np.sqrt(1.0 / ab)), _floats(np.sqrt(1.0 / ab - 1.0))
         self._sqrt_ab_prev = _floats(np.sqrt(ab_prev))
         self._dir = _floats(np.sqrt(np.maximum(1.0 - ab_prev - sigma ** 2, 0.0)))
@@ -145,15 +143,16 @@ class DDIMSampler:
         return x_prev + self._sigma[i] * _noise(x_t.shape, x_t, generator), x0_hat  # Eq. 12: random noise sigma_t eps_t
 
 
-def build_sampler(diffusion: GaussianDiffusion, cfg: SamplerConfig) -> AncestralSampler | DDIMSampler:
-    """The sampler of `cfg` on the diffusion's current schedule."""
+def build_sampler(schedule: NoiseSchedule, cfg: SamplerConfig,
+                  clip_denoised: bool = True) -> AncestralSampler | DDIMSampler:
+    """The sampler of `cfg` on `schedule` (for sampling: the table of `model.beta_schedule.val`)."""
     if cfg.type == "ddpm":
-        return AncestralSampler.full_chain(diffusion)
+        return AncestralSampler.full_chain(schedule, clip_denoised)
     if cfg.steps is None:
         raise ValueError(f"sampler type {cfg.type!r} needs steps")
     if cfg.type == "respaced":
-        return AncestralSampler.respaced(diffusion, cfg.steps)
-    return DDIMSampler(diffusion, cfg.steps, cfg.eta)
+        return AncestralSampler.respaced(schedule, cfg.steps, clip_denoised)
+    return DDIMSampler(schedule, cfg.steps, cfg.eta, clip_denoised)
 
 
 @torch.no_grad()
@@ -177,29 +176,3 @@ def sample_loop(net: NoiseNet, sampler: Sampler, condition: torch.Tensor, genera
         if continuous and (n - 1 - i) % every == 0:
             frames.append(x)
     return torch.stack(frames) if continuous else x
-
-
-def add_sampler_args(parser: argparse.ArgumentParser) -> None:
-    """Add --sampler, --steps and --eta (each overrides model.sampler of the config)."""
-    group = parser.add_argument_group("sampler (overrides model.sampler)")
-    group.add_argument("--sampler", choices=("ddpm", "respaced", "ddim"),
-                       help="ddpm = full chain (reference), respaced = DDPM over --steps steps, ddim = DDIM")
-    group.add_argument("--steps", type=int, help="kept steps for respaced/ddim (1..n_timestep of the val schedule)")
-    group.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (0 = deterministic)")
-
-
-def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerConfig:
-    """model.sampler with the command-line overrides applied; raises ConfigError naming the flag."""
-    base = cfg.model.sampler
-    kind = args.sampler or base.type
-    same = kind == base.type
-    steps = args.steps if args.steps is not None else (base.steps if same else None)
-    eta = args.eta if args.eta is not None else (base.eta if same else 0.0)
-    try:
-        sampler = SamplerConfig(type=kind, steps=steps, eta=eta)
-    except ConfigError as err:
-        raise ConfigError(f"--{err.key}", f"{err.reason} (with --sampler {kind})") from None
-    n_timestep = cfg.model.beta_schedule.val.n_timestep
-    if sampler.steps is not None and sampler.steps > n_timestep:
-        raise ConfigError("--steps", f"{sampler.steps} exceeds model.beta_schedule.val.n_timestep {n_timestep}")
-    return sampler

@@ -9,8 +9,10 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from model.diffusion import GaussianDiffusion, TrainingTerms, make_beta_schedule
+from model.diffusion import GaussianDiffusion, TrainingTerms
 from model.losses import PSFLoss, build_loss, mse_loss, official_loss, ssim_map, ssim_torch
+from model.samplers import AncestralSampler, sample_loop
+from model.schedule import NoiseSchedule, make_beta_schedule
 from model.unet import UNet
 
 PAPER = SimpleNamespace(schedule="linear", n_timestep=4000, linear_start=1e-6, linear_end=1e-2)
@@ -41,14 +43,14 @@ def test_other_schedules_closed_forms() -> None:
 @pytest.fixture(scope="module")
 def diffusion() -> GaussianDiffusion:
     net = UNet(inner_channel=16, norm_groups=8, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16)
-    return GaussianDiffusion(net, PAPER)
+    return GaussianDiffusion(net, NoiseSchedule.from_spec(PAPER))
 
 
 def test_buffers_match_closed_forms(diffusion: GaussianDiffusion) -> None:
     betas = np.linspace(1e-6, 1e-2, 4000)
     alpha_bar = np.cumprod(1 - betas)
     assert np.allclose(diffusion.alphas_cumprod.numpy(), alpha_bar, rtol=1e-5)
-    assert np.allclose(diffusion.sqrt_alphas_cumprod_prev, np.sqrt(np.append(1.0, alpha_bar)))
+    assert np.allclose(diffusion.schedule.sqrt_alphas_cumprod_prev, np.sqrt(np.append(1.0, alpha_bar)))
     var = betas[1:] * (1 - alpha_bar[:-1]) / (1 - alpha_bar[1:])
     assert np.allclose(diffusion.posterior_variance.numpy()[1:], var, rtol=1e-5)
     assert diffusion.posterior_variance[0].item() == 0.0
@@ -59,7 +61,7 @@ def test_training_noise_levels(diffusion: GaussianDiffusion) -> None:
     levels = diffusion.sample_noise_levels(4096, g1)
     assert torch.equal(levels, diffusion.sample_noise_levels(4096, g2))
     assert levels.dtype == torch.float32 and levels.shape == (4096,)
-    low = diffusion.sqrt_alphas_cumprod_prev[-1]
+    low = diffusion.schedule.sqrt_alphas_cumprod_prev[-1]
     assert levels.min().item() >= low - 1e-7 and levels.max().item() <= 1.0
     assert len(torch.unique(levels)) == 4096  # per sample, continuous
     diffusion.timestep_sampling = "per_batch"
@@ -67,7 +69,7 @@ def test_training_noise_levels(diffusion: GaussianDiffusion) -> None:
         batch = diffusion.sample_noise_levels(64, torch.Generator().manual_seed(1)).double().numpy()
     finally:
         diffusion.timestep_sampling = "per_sample"
-    t = np.searchsorted(-diffusion.sqrt_alphas_cumprod_prev, -batch)  # all in one interval
+    t = np.searchsorted(-diffusion.schedule.sqrt_alphas_cumprod_prev, -batch)  # all in one interval
     assert len(set(t.tolist())) == 1
 
 
@@ -91,11 +93,14 @@ def test_training_terms_are_reproducible(diffusion: GaussianDiffusion) -> None:
 def test_sampling_is_seeded() -> None:
     net = UNet(inner_channel=16, norm_groups=8, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16)
     short = SimpleNamespace(schedule="linear", n_timestep=20, linear_start=1e-4, linear_end=0.1)
-    diff = GaussianDiffusion(net, short).eval()
+    diff = GaussianDiffusion(net, NoiseSchedule.from_spec(short)).eval()
     cond = torch.rand(1, 9, 16, 16)
-    a = diff.p_sample_loop(cond, torch.Generator().manual_seed(1), progress=False)
-    b = diff.p_sample_loop(cond, torch.Generator().manual_seed(1), progress=False)
-    strip = diff.p_sample_loop(cond, torch.Generator().manual_seed(1), continuous=True, progress=False)
+    sampler = AncestralSampler.full_chain(diff.schedule)
+
+    def run(continuous: bool = False) -> torch.Tensor:
+        return sample_loop(diff.denoise_fn, sampler, cond, torch.Generator().manual_seed(1), 3,
+                           continuous=continuous, progress=False)
+    a, b, strip = run(), run(), run(continuous=True)
     assert torch.equal(a, b) and torch.equal(strip[-1], a)
     assert a.shape == (1, 3, 16, 16) and a.abs().max() < 10
 

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from core.config import ConfigError, PerformanceConfig, SamplerConfig, config_to_dict, load_config, parse_config
+from core.cli import add_sampler_args, sampler_from_args
 from model.diffusion import GaussianDiffusion
-from model.model import NetRunner, prepare_net
-from model.samplers import (AncestralSampler, DDIMSampler, add_sampler_args, build_sampler, sample_loop,
-                            sampler_from_args, spaced_timesteps)
+from model.net_runner import NetRunner, prepare_net
+from model.samplers import AncestralSampler, DDIMSampler, build_sampler, sample_loop, spaced_timesteps
+from model.schedule import NoiseSchedule
 from model.unet import UNet
+from tests.sr3_reference import p_sample_loop
 
 T = 20
 SAMPLERS = [SamplerConfig(), SamplerConfig(type="respaced", steps=7), SamplerConfig(type="ddim", steps=7),
@@ -25,7 +27,7 @@ def diffusion() -> GaussianDiffusion:
     torch.manual_seed(0)
     net = UNet(inner_channel=16, norm_groups=8, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16)
     schedule = SimpleNamespace(schedule="linear", n_timestep=T, linear_start=1e-4, linear_end=0.1)
-    return GaussianDiffusion(net, schedule).eval()
+    return GaussianDiffusion(net, NoiseSchedule.from_spec(schedule)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +36,13 @@ def condition() -> torch.Tensor:
 
 
 def run(diffusion: GaussianDiffusion, sampler, condition: torch.Tensor, seed: int = 1) -> torch.Tensor:
-    return diffusion.p_sample_loop(condition, torch.Generator().manual_seed(seed), progress=False, sampler=sampler)
+    return sample_loop(diffusion.denoise_fn, sampler, condition, torch.Generator().manual_seed(seed), 3,
+                       progress=False)
 
 
 @pytest.mark.parametrize("cfg", SAMPLERS, ids=lambda c: f"{c.type}-{c.steps}-{c.eta}")
 def test_sampler_contract(diffusion: GaussianDiffusion, condition: torch.Tensor, cfg: SamplerConfig) -> None:
-    sampler = build_sampler(diffusion, cfg)
+    sampler = build_sampler(diffusion.schedule, cfg)
     n = cfg.steps or T
     assert len(sampler.timesteps) == len(sampler.noise_levels) == n
     assert sampler.timesteps[0] == T - 1 and sampler.timesteps[-1] == 0
@@ -53,34 +56,27 @@ def test_sampler_contract(diffusion: GaussianDiffusion, condition: torch.Tensor,
     assert not torch.equal(a, run(diffusion, sampler, condition, seed=2))
 
 
-def reference_loop(diffusion: GaussianDiffusion, condition: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The original SR3 loop: T calls of `p_sample` (whose `p_mean_variance` is golden-tested)."""
-    img = torch.randn((condition.shape[0], 3, 16, 16), generator=generator)
-    for t in reversed(range(diffusion.num_timesteps)):
-        img = diffusion.p_sample(img, t, condition, generator)
-    return img
-
-
 def test_full_chain_is_bit_identical_to_reference(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
-    expected = reference_loop(diffusion, condition, torch.Generator().manual_seed(1))
-    assert torch.equal(run(diffusion, None, condition), expected)
+    """The full-chain sampler reproduces SR3's loop (T calls of `p_sample`, golden-tested) bit for bit."""
+    expected = p_sample_loop(diffusion, condition, torch.Generator().manual_seed(1))
+    assert torch.equal(run(diffusion, AncestralSampler.full_chain(diffusion.schedule), condition), expected)
 
 
 def test_respaced_with_all_steps_equals_full_chain(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
-    full = run(diffusion, AncestralSampler.full_chain(diffusion), condition)
-    respaced = run(diffusion, AncestralSampler.respaced(diffusion, T), condition)
+    full = run(diffusion, AncestralSampler.full_chain(diffusion.schedule), condition)
+    respaced = run(diffusion, AncestralSampler.respaced(diffusion.schedule, T), condition)
     assert (full - respaced).abs().max().item() <= 1e-5
 
 
 def test_ddim_eta_one_with_all_steps_is_ddpm(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
     """Song et al. (2021), Sec. 4.1: eta = 1 gives the DDPM posterior (same mean and variance)."""
-    ddpm = run(diffusion, AncestralSampler.respaced(diffusion, T), condition)
-    ddim = run(diffusion, DDIMSampler(diffusion, T, eta=1.0), condition)
+    ddpm = run(diffusion, AncestralSampler.respaced(diffusion.schedule, T), condition)
+    ddim = run(diffusion, DDIMSampler(diffusion.schedule, T, eta=1.0), condition)
     assert (ddpm - ddim).abs().max().item() <= 1e-4
 
 
 def test_ddim_eta_zero_ignores_the_generator(diffusion: GaussianDiffusion) -> None:
-    sampler = DDIMSampler(diffusion, 5, eta=0.0)
+    sampler = DDIMSampler(diffusion.schedule, 5, eta=0.0)
     x_t, eps = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
     state = g1.get_state()
@@ -92,7 +88,7 @@ def test_ddim_eta_zero_ignores_the_generator(diffusion: GaussianDiffusion) -> No
 @pytest.mark.parametrize("steps", [1, 2, 5, T])
 def test_ddim_eta_zero_moves_along_the_forward_process(diffusion: GaussianDiffusion, steps: int) -> None:
     """With the true noise, Eq. 12 (eta 0) maps q(x_t | x0) to q(x_prev | x0) at the listed previous step."""
-    sampler = DDIMSampler(diffusion, steps, eta=0.0)
+    sampler = DDIMSampler(diffusion.schedule, steps, eta=0.0)
     x0, eps = torch.rand(1, 3, 8, 8) * 1.6 - 0.8, torch.randn(1, 3, 8, 8)
     gammas = [*sampler.noise_levels, 1.0]
     for i in range(steps):
@@ -112,7 +108,7 @@ def test_spaced_timesteps() -> None:
 
 
 def test_channels_last_condition_gives_same_samples(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
-    sampler = build_sampler(diffusion, SamplerConfig(type="ddim", steps=4))
+    sampler = build_sampler(diffusion.schedule, SamplerConfig(type="ddim", steps=4))
     plain = sample_loop(diffusion.denoise_fn, sampler, condition, torch.Generator().manual_seed(3), 3, progress=False)
     nhwc = sample_loop(diffusion.denoise_fn, sampler, condition.contiguous(memory_format=torch.channels_last),
                        torch.Generator().manual_seed(3), 3, progress=False)
@@ -121,9 +117,9 @@ def test_channels_last_condition_gives_same_samples(diffusion: GaussianDiffusion
 
 
 def test_continuous_returns_frames_ending_with_result(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
-    sampler = build_sampler(diffusion, SamplerConfig(type="respaced", steps=7))
-    frames = diffusion.p_sample_loop(condition, torch.Generator().manual_seed(1), continuous=True, progress=False,
-                                     sampler=sampler)
+    sampler = build_sampler(diffusion.schedule, SamplerConfig(type="respaced", steps=7))
+    frames = sample_loop(diffusion.denoise_fn, sampler, condition, torch.Generator().manual_seed(1), 3,
+                         continuous=True, progress=False)
     assert frames.shape == (8, 2, 3, 16, 16)
     assert torch.equal(frames[-1], run(diffusion, sampler, condition))
 
