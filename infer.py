@@ -8,18 +8,23 @@
 Split mode writes, per case id, `<id>_fused.png`, `<id>_src{1,2,3}.png` (the bicubic-upsampled inputs of the
 dataset), `<id>_hr.png` (when the split has a ground truth) and, with --process, `<id>_process.png` (the
 denoising-process strip) into `results/<config name>/<split>/<method>/` (method `tfsdiff` for the model). The model
-runs through `core.evaluation.evaluate`, the path `sr.py` validation uses, with the config's val noise schedule,
+runs through `model.evaluation.evaluate_model`, the path `sr.py` validation uses, with the config's val noise schedule,
 its sampler (`model.sampler`), the model's sampling (EMA) weights and a generator seeded with the config's seed.
 Without --checkpoint the weights are the config's `path.resume_state`, else its released weights `path.pretrained`
 (for config/demo.json: the shipped demo model in pretrained/).
 A `--method` rule from `data.fusion_rules` fuses the same bicubic-upsampled inputs, so the baselines are scored
 on exactly the model's inputs.
 
-Single-case mode (--inputs, three registered images of one size, any size, grey or colour): each image is
-converted to RGB, padded with black to a centred square of side max(H, W), and resized with
-`data.resample.resize_bicubic` to `model.diffusion.image_size`; the fused output is resized back to the padded side
-with the same routine and the padding is cropped away. With --method the rule fuses the RGB inputs at their own
-size instead. With --process the strip is written next to the output as `<out stem>_process.png`.
+Single-case mode (--inputs, three registered images of one size, any size and aspect ratio, grey or colour): the
+three images are the low-resolution sources. Each is converted to RGB and upsampled with
+`data.resample.resize_bicubic` to the output size, which is the inputs' size times the model's scale
+(`datasets.train.r_resolution / l_resolution`: 64x64 in gives 256x256 out for a x4 model), or `--out-size H W`.
+The model then fuses at that size (fully convolutional; sizes that are not a multiple of the U-Net's downsampling
+factor are padded by reflection and cropped back, never distorted). With `--out-size` equal to the inputs' size,
+sources that are already high-resolution are fused without super-resolution, but the model still treats them as
+bicubic-upsampled inputs and adds the detail it learned to restore, which sharpens them beyond the originals.
+With --method the rule fuses the same upsampled sources (bicubic-then-fuse). With --process the strip is written
+next to the output as `<out stem>_process.png`.
 
 Exit status: 0 success; 2 for a usage or input error (config, missing checkpoint, missing or unreadable image);
 1 for a failure while running.
@@ -37,21 +42,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
+from core.cli import add_sampler_args, apply_sampler_args, checkpoint_to_load
 from core.config import ConfigError, TFSDiffConfig, load_config
-from core.evaluation import Evaluation, evaluate
+from core.device import select_device
 from core.logger import setup_logger
 from core.metrics import tensor2img
-from core.results_layout import write_case
-from data.embedded import ensure_embedded_dataset
-from data.fusion_dataset import DatasetError, FusionBatch, FusionDataset, create_dataloader
-from data.images import IMAGE_EXTENSIONS
+from core.results_layout import result_path, write_case
+from data.fusion_dataset import DatasetError, FusionBatch, FusionDataset
+from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, to_tensor
+from data.loader import dataset_from_config, ensure_config_data
 from data.fusion_rules import FUSION_RULES, fuse
 from data.resample import resize_bicubic
-from model.model import CheckpointError, TFSDiffModel, select_device
-from model.samplers import add_sampler_args, sampler_from_args
+from model.evaluation import evaluate_model
+from model.model import CheckpointError, TFSDiffModel
 
 MODEL_METHOD = "tfsdiff"
+MIN_OUTPUT_SIDE = 8  # the fusion rules' smallest side (data.fusion_rules), and at least one U-Net block
 log = logging.getLogger("tfsdiff")
 
 
@@ -70,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inputs", nargs=3, metavar=("SRC1", "SRC2", "SRC3"),
                         help="fuse one case from three image files instead of a split (needs --out FILE)")
     parser.add_argument("--out", help="output folder (split mode) or output image file (single-case mode)")
+    parser.add_argument("--out-size", nargs=2, type=int, metavar=("H", "W"),
+                        help="single-case mode: size of the fused image (default: the inputs' size times the scale)")
     parser.add_argument("--process", action="store_true", help="also write the denoising-process strip")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_sampler_args(parser)
@@ -79,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _check_args(args: argparse.Namespace) -> None:
     if args.process and args.method != MODEL_METHOD:
         raise InputError(f"--process needs the model; method {args.method!r} has no denoising process")
+    if args.out_size and not args.inputs:
+        raise InputError("--out-size needs --inputs (split mode runs at the dataset's r_resolution)")
     if args.inputs and not args.out:
         raise InputError("--inputs needs --out FILE (the fused image to write)")
     if args.inputs and Path(args.out).suffix.lower() not in IMAGE_EXTENSIONS:
@@ -87,7 +99,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def load_model(cfg: TFSDiffConfig, checkpoint: str | None) -> TFSDiffModel:
-    """The model of `cfg` with `checkpoint`'s weights, switched to the val noise schedule, in eval mode."""
+    """The model of `cfg` with `checkpoint`'s sampling weights, in eval mode."""
     if not checkpoint:
         raise InputError("no checkpoint: pass --checkpoint PATH or set path.resume_state or path.pretrained in the "
                          "config")
@@ -95,29 +107,18 @@ def load_model(cfg: TFSDiffConfig, checkpoint: str | None) -> TFSDiffModel:
     log.info("%s", where)
     model = TFSDiffModel(cfg, device, device_ids)
     model.load(checkpoint, weights_only=True)
-    model.diffusion.set_new_noise_schedule(cfg.model.beta_schedule.val)
     model.diffusion.eval()
     log.info("loaded the weights of checkpoint %s", checkpoint)
     return model
 
 
-def sample(model: TFSDiffModel, loader, out_dir: Path, save_process: bool, progress: bool) -> Evaluation:
-    """`core.evaluation.evaluate` with the config's seed and sampler and the model's sampling (EMA) weights."""
-    return evaluate(model.diffusion, loader, model.device, out_dir, seed=model.cfg.seed, save_process=save_process,
-                    progress=progress, sampler=model.cfg.model.sampler, net=model.sampling_net)
-
-
-def split_dataset(cfg: TFSDiffConfig, split: str) -> tuple[FusionDataset, int]:
-    """(dataset of `split`, its batch size); builds the embedded dataset first when the config has one."""
+def split_loader(cfg: TFSDiffConfig, split: str) -> DataLoader:
+    """The loader of `split` (cases in order, unflipped); builds the embedded dataset first when the config has one."""
     ds_cfg = getattr(cfg.datasets, split)
     if ds_cfg is None:
         raise InputError(f"the config has no datasets.{split} section")
-    emb = cfg.datasets.embedded
-    if emb is not None:
-        ensure_embedded_dataset(emb.root, emb.r_resolution, emb.scales, emb.seed)
-    dataset = FusionDataset(ds_cfg.dataroot, ds_cfg.l_resolution, ds_cfg.r_resolution, data_len=ds_cfg.data_len,
-                            require_target=False)
-    return dataset, ds_cfg.batch_size
+    ensure_config_data(cfg.datasets)
+    return dataset_from_config(ds_cfg, seed=cfg.seed, train=False, require_target=False)[2]
 
 
 def run_rule_on_split(dataset: FusionDataset, rule: str, out_dir: Path) -> None:
@@ -131,87 +132,83 @@ def run_rule_on_split(dataset: FusionDataset, rule: str, out_dir: Path) -> None:
 
 
 def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
-    dataset, batch_size = split_dataset(cfg, args.split)
+    loader = split_loader(cfg, args.split)
+    dataset = loader.dataset
     out_dir = Path(args.out) if args.out else Path("results") / cfg.name / args.split / args.method
     if args.method != MODEL_METHOD:
         run_rule_on_split(dataset, args.method, out_dir)
     else:
-        model = load_model(cfg, args.checkpoint or cfg.path.sampling_checkpoint())
-        loader = create_dataloader(dataset, batch_size, shuffle=False, flip=False, num_workers=0, seed=cfg.seed)
-        result = sample(model, loader, out_dir, args.process, not args.no_progress)
-        summary = result.summary()
-        log.info("model: PSNR %.2f dB, SSIM %.4f; bicubic-then-fuse baseline: PSNR %.2f dB, SSIM %.4f "
-                 "(NaN without ground truth)", summary["psnr"], summary["ssim"], summary["baseline_psnr"],
-                 summary["baseline_ssim"])
+        model = load_model(cfg, checkpoint_to_load(args.checkpoint, cfg, for_training=False))
+        result = evaluate_model(model, loader, out_dir, save_process=args.process, progress=not args.no_progress)
+        log.info("model: %s", result.describe())
     log.info("%d cases of split %r fused with %s into %s", len(dataset), args.split, args.method, out_dir)
     return out_dir
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB; InputError naming the file when it is missing or unreadable."""
+def read_inputs(paths: list[str]) -> list[np.ndarray]:
+    """The three inputs as uint8 RGB arrays (H, W, 3) of one size (they must be registered), read by
+    `data.images.read_image` with the loader's rules (16-bit by min-max, alpha composited on black, palette
+    expanded, EXIF orientation applied)."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"cannot read input image {path}: {err}") from err
-
-
-def read_inputs(paths: list[str]) -> list[Image.Image]:
-    """The three inputs as RGB images of one size (they must be registered)."""
-    images = [read_rgb(p) for p in paths]
-    sizes = {p: img.size for p, img in zip(paths, images)}
+        images = [read_image(p) for p in paths]
+    except ImageReadError as err:
+        raise InputError(str(err)) from err
+    sizes = {p: img.shape[:2] for p, img in zip(paths, images)}
     if len(set(sizes.values())) != 1:
         raise InputError("the three inputs must have one size (registered images), got "
-                         + ", ".join(f"{p}: {w}x{h}" for p, (w, h) in sizes.items()))
+                         + ", ".join(f"{p}: {w}x{h}" for p, (h, w) in sizes.items()))
     return images
 
 
-def pad_square(img: Image.Image) -> tuple[Image.Image, tuple[int, int]]:
-    """Pad with black to a centred square of side max(W, H); returns (square, (left, top) offset of `img`)."""
-    side = max(img.size)
-    left, top = (side - img.width) // 2, (side - img.height) // 2
-    square = Image.new("RGB", (side, side))
-    square.paste(img, (left, top))
-    return square, (left, top)
+def model_scale(cfg: TFSDiffConfig) -> int:
+    """The model's super-resolution factor: r_resolution / l_resolution of its training data."""
+    train = cfg.datasets.train
+    return train.r_resolution // train.l_resolution
 
 
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1], as FusionDataset maps images."""
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].to(torch.float32).div(255).mul(2).sub(1)
+def output_size(input_hw: tuple[int, int], scale: int, out_size: list[int] | None) -> tuple[int, int]:
+    """(H, W) of the fused image: `--out-size H W` when given, else the inputs' size times the model's scale."""
+    height, width = (out_size[0], out_size[1]) if out_size else (input_hw[0] * scale, input_hw[1] * scale)
+    if height < MIN_OUTPUT_SIDE or width < MIN_OUTPUT_SIDE:
+        raise InputError(f"the fused image would be {width}x{height}; both sides must be at least {MIN_OUTPUT_SIDE} "
+                         "pixels (pass larger inputs or --out-size H W)")
+    return height, width
 
 
-def fuse_single_with_model(model: TFSDiffModel, images: list[Image.Image], progress: bool,
-                           process_out: Path | None) -> Image.Image:
-    """Fuse three registered RGB images of any size with the model (see the module docstring for the sizes)."""
-    size = model.cfg.model.diffusion.image_size
-    squares = [pad_square(img) for img in images]
-    side, (left, top) = squares[0][0].width, squares[0][1]
-    srcs = [_to_tensor(resize_bicubic(sq, size)) for sq, _ in squares]
+def upsample(images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """Each source resized with `data.resample.resize_bicubic` to (H, W) = `size` (the model's condition)."""
+    height, width = size
+    return [np.asarray(resize_bicubic(Image.fromarray(img), (width, height))) for img in images]
+
+
+def fuse_single_with_model(model: TFSDiffModel, sources: list[np.ndarray], progress: bool,
+                           process_out: Path | None) -> np.ndarray:
+    """Fuse three registered uint8 RGB sources of one size through the evaluation path, at that size."""
+    srcs = [to_tensor(src)[None] for src in sources]
     batch = FusionBatch(src1=srcs[0], src2=srcs[1], src3=srcs[2], target=None, case_ids=("input",))
+    if process_out is None:
+        return evaluate_model(model, [batch], None, progress=progress).fused[0]
     with tempfile.TemporaryDirectory(prefix="tfsdiff_infer_") as tmp:
-        sample(model, [batch], Path(tmp), process_out is not None, progress)
-        with Image.open(Path(tmp) / "input_fused.png") as img:
-            fused = img.convert("RGB")
-        if process_out is not None:
-            shutil.copyfile(Path(tmp) / "input_process.png", process_out)
-    fused = resize_bicubic(fused, side)
-    width, height = images[0].size
-    return fused.crop((left, top, left + width, top + height))
+        result = evaluate_model(model, [batch], Path(tmp), save_process=True, progress=progress)
+        shutil.copyfile(result_path(Path(tmp), "input", "process"), process_out)
+    return result.fused[0]
 
 
 def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     images = read_inputs(args.inputs)
+    size = output_size(images[0].shape[:2], model_scale(cfg), args.out_size)
+    sources = upsample(images, size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.method != MODEL_METHOD:
-        fused = Image.fromarray(fuse(args.method, [np.asarray(img, dtype=np.uint8) for img in images]))
+        fused = fuse(args.method, sources)
     else:
-        model = load_model(cfg, args.checkpoint or cfg.path.sampling_checkpoint())
+        model = load_model(cfg, checkpoint_to_load(args.checkpoint, cfg, for_training=False))
         process_out = out.with_name(f"{out.stem}_process.png") if args.process else None
-        fused = fuse_single_with_model(model, images, not args.no_progress, process_out)
-    fused.save(out)
-    log.info("fused %s with %s into %s", ", ".join(args.inputs), args.method, out)
+        fused = fuse_single_with_model(model, sources, not args.no_progress, process_out)
+    Image.fromarray(fused).save(out)
+    log.info("fused %s (%dx%d) with %s into %s (%dx%d)", ", ".join(args.inputs), images[0].shape[1],
+             images[0].shape[0], args.method, out, size[1], size[0])
     return out
 
 
@@ -221,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_args(args)
         cfg = load_config(args.config)
-        cfg = replace(cfg, model=replace(cfg.model, sampler=sampler_from_args(args, cfg)))
+        cfg = apply_sampler_args(args, cfg)
         torch.manual_seed(cfg.seed)
         if args.inputs:
             run_single(cfg, args)

@@ -12,7 +12,6 @@ import logging
 import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,16 @@ from tensorboardX import SummaryWriter
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from core.config import ConfigError, DatasetConfig, TFSDiffConfig, load_config
-from core.evaluation import Evaluation, evaluate
+from core.cli import add_sampler_args, apply_sampler_args, checkpoint_to_load
+from core.config import ConfigError, TFSDiffConfig, load_config
+from core.device import select_device
 from core.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown_distributed
 from core.logger import RunDirs, make_run_dirs, setup_logger
-from data.embedded import ensure_embedded_dataset
-from data.epoch_sampler import EpochSampler, ShardedEpochSampler
-from data.fusion_dataset import DatasetError, FusionDataset, create_dataloader
-from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel, select_device
-from model.samplers import add_sampler_args, sampler_from_args
+from core.metrics import PSNR_GREY_LABEL, PSNR_RGB_LABEL, SSIM_GREY_LABEL, SSIM_RGB_LABEL
+from data.fusion_dataset import DatasetError
+from data.loader import dataset_from_config, ensure_config_data
+from model.evaluation import Evaluation, evaluate_model
+from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel
 
 log = logging.getLogger("tfsdiff")
 
@@ -50,52 +50,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def prepare_data(cfg: TFSDiffConfig, info: DistInfo, progress: bool) -> None:
     """Build the embedded dataset on first use when the config asks for it (rank 0 builds, the others wait)."""
-    emb = cfg.datasets.embedded
-    if emb is not None and info.is_main:
-        ensure_embedded_dataset(emb.root, emb.r_resolution, emb.scales, emb.seed, progress=progress)
+    if info.is_main:
+        ensure_config_data(cfg.datasets, progress)
     barrier(info)
 
 
-def make_loader(ds_cfg: DatasetConfig, seed: int, train: bool,
-                info: DistInfo) -> tuple[FusionDataset, EpochSampler, DataLoader]:
-    """Dataset, its resumable sampler and loader; training under DDP loads this process's shard of each batch."""
-    dataset = FusionDataset(ds_cfg.dataroot, ds_cfg.l_resolution, ds_cfg.r_resolution, data_len=ds_cfg.data_len)
-    shuffle = ds_cfg.use_shuffle and train
-    batch = ds_cfg.batch_size
-    if train and info.enabled:
-        part = info.shard(batch)
-        sampler: EpochSampler = ShardedEpochSampler(len(dataset), seed, shuffle, flip=True, global_batch=batch,
-                                                    rank=info.rank, world_size=info.world_size)
-        batch = part.stop - part.start
-    else:
-        sampler = EpochSampler(len(dataset), seed, shuffle=shuffle, flip=train)
-    loader = create_dataloader(dataset, batch, shuffle=shuffle, flip=train, num_workers=ds_cfg.num_workers,
-                               seed=seed, sampler=sampler)
-    return dataset, sampler, loader
-
-
-def run_validation(model: TFSDiffModel, loader: DataLoader, out_dir: Path, progress: bool) -> Evaluation:
-    """Sample the validation set with the val schedule, model.sampler and the sampling (EMA) weights, then
-    restore the train schedule."""
-    schedules = model.cfg.model.beta_schedule
-    if schedules.val != schedules.train:
-        model.diffusion.set_new_noise_schedule(schedules.val)
-    try:
-        return evaluate(model.diffusion, loader, model.device, out_dir, seed=model.cfg.seed, progress=progress,
-                        sampler=model.cfg.model.sampler, net=model.sampling_net)
-    finally:
-        if schedules.val != schedules.train:
-            model.diffusion.set_new_noise_schedule(schedules.train)
-
-
 def log_validation(result: Evaluation, step: int, writer: SummaryWriter | None) -> None:
-    s = result.summary()
-    log.info("validation at step %d over %d cases: PSNR %.2f dB, SSIM %.4f (bicubic-then-fuse baseline: "
-             "PSNR %.2f dB, SSIM %.4f)", step, len(result.cases), s["psnr"], s["ssim"], s["baseline_psnr"],
-             s["baseline_ssim"])
+    log.info("validation at step %d: %s", step, result.describe())
     if writer is None:
         return
-    for name, value in s.items():
+    for name, value in result.summary().items():
         writer.add_scalar(f"val/{name}", value, step)
     if result.preview is not None:
         writer.add_image("val/src1_src2_src3_fused_gt", result.preview, step, dataformats="HWC")
@@ -104,8 +68,8 @@ def log_validation(result: Evaluation, step: int, writer: SummaryWriter | None) 
 def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs | None, progress: bool) -> int:
     """The training loop; `dirs` is None on the ranks other than 0, which write nothing."""
     tcfg, bs, info = cfg.train, cfg.datasets.train.batch_size, model.dist
-    train_set, sampler, loader = make_loader(cfg.datasets.train, cfg.seed, True, info)
-    _, _, val_loader = make_loader(cfg.datasets.val, cfg.seed, False, info)
+    train_set, sampler, loader = dataset_from_config(cfg.datasets.train, seed=cfg.seed, train=True, dist=info)
+    _, _, val_loader = dataset_from_config(cfg.datasets.val, seed=cfg.seed, train=False, dist=info)
     writer = SummaryWriter(str(dirs.tb_logger)) if dirs is not None else None
     log.info("training on %d cases, validating on %d; %d parameters; from step %d to %d", len(train_set),
              len(val_loader.dataset), model.num_parameters, model.step, tcfg.n_iter)
@@ -163,7 +127,7 @@ def after_step(model: TFSDiffModel, dirs: RunDirs | None, writer: SummaryWriter 
                 writer.add_scalar(f"train/{name}", value, step)
     if step % tcfg.val_freq == 0:
         if dirs is not None:
-            result = run_validation(model, val_loader, dirs.results / f"step_{step}", progress)
+            result = evaluate_model(model, val_loader, dirs.results / f"step_{step}", progress=progress)
             log_validation(result, step, writer)
         barrier(model.dist)
     if step % tcfg.save_checkpoint_freq == 0:
@@ -171,12 +135,13 @@ def after_step(model: TFSDiffModel, dirs: RunDirs | None, writer: SummaryWriter 
 
 
 def validate(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool) -> int:
-    _, _, loader = make_loader(cfg.datasets.val, cfg.seed, False, model.dist)
+    _, _, loader = dataset_from_config(cfg.datasets.val, seed=cfg.seed, train=False, dist=model.dist)
     log.info("sampling with %s", cfg.model.sampler)
-    result = run_validation(model, loader, dirs.results, progress)
+    result = evaluate_model(model, loader, dirs.results, progress=progress)
     log_validation(result, model.step, None)
     for case in result.cases:
-        log.info("%s: PSNR %.2f dB, SSIM %.4f", case.case_id, case.psnr, case.ssim)
+        log.info("%s: %s %.2f dB, %s %.4f; %s %.2f dB, %s %.4f", case.case_id, PSNR_GREY_LABEL, case.psnr_grey,
+                 SSIM_GREY_LABEL, case.ssim_grey, PSNR_RGB_LABEL, case.psnr_rgb, SSIM_RGB_LABEL, case.ssim_rgb)
     log.info("images written to %s", dirs.results)
     return 0
 
@@ -200,12 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config)
-        cfg = replace(cfg, model=replace(cfg.model, sampler=sampler_from_args(args, cfg)))
+        cfg = apply_sampler_args(args, cfg)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    default = cfg.path.resume_state if args.phase == "train" else cfg.path.sampling_checkpoint()
-    checkpoint = args.checkpoint or default
+    checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=args.phase == "train")
     if args.phase == "val" and not checkpoint:
         print("config error: -p val needs a checkpoint: pass --checkpoint or set path.resume_state or path.pretrained",
               file=sys.stderr)

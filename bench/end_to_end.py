@@ -3,15 +3,15 @@ respaced DDPM and DDIM at several step counts, with speed-up and PSNR difference
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from bench.measure import synchronize
 from core.config import SamplerConfig, TFSDiffConfig, load_config
-from core.evaluation import evaluate
-from data.embedded import ensure_embedded_dataset
-from data.fusion_dataset import FusionDataset, create_dataloader
+from data.loader import dataset_from_config, ensure_config_data
+from model.evaluation import evaluate_model
 from model.model import TFSDiffModel
 
 STEP_COUNTS = (10, 20, 25, 50, 100, 250)
@@ -27,13 +27,10 @@ def samplers_to_run(n_timestep: int) -> list[SamplerConfig]:
 
 def _loader(cfg: TFSDiffConfig, cases: int | None):
     split = cfg.datasets.test or cfg.datasets.val
-    if cfg.datasets.embedded is not None:
-        emb = cfg.datasets.embedded
-        ensure_embedded_dataset(emb.root, emb.r_resolution, emb.scales, emb.seed, progress=False)
-    data_len = cases if cases is not None else split.data_len
-    dataset = FusionDataset(split.dataroot, split.l_resolution, split.r_resolution, data_len=data_len)
-    return split.dataroot, create_dataloader(dataset, split.batch_size, shuffle=False, flip=False, num_workers=0,
-                                             seed=cfg.seed)
+    ensure_config_data(cfg.datasets, progress=False)
+    if cases is not None:
+        split = replace(split, data_len=cases)
+    return split.dataroot, dataset_from_config(split, seed=cfg.seed, train=False)[2]
 
 
 def benchmark_end_to_end(config_path: str, checkpoint: str, device: torch.device, cases: int | None,
@@ -42,25 +39,23 @@ def benchmark_end_to_end(config_path: str, checkpoint: str, device: torch.device
     cfg = load_config(config_path)
     model = TFSDiffModel(cfg, device)
     model.load(checkpoint, weights_only=True)
-    model.diffusion.set_new_noise_schedule(cfg.model.beta_schedule.val)
     dataroot, loader = _loader(cfg, cases)
     n_timestep = cfg.model.beta_schedule.val.n_timestep
-    evaluate(model.diffusion, loader, device, None, progress=False, sampler=SamplerConfig(type="ddim", steps=1),
-             net=model.sampling_net)  # warm-up: one-time costs stay out of the first timing
+    # warm-up: one-time costs stay out of the first timing
+    evaluate_model(model, loader, None, progress=False, sampler=SamplerConfig(type="ddim", steps=1))
     rows: list[dict[str, Any]] = []
     for sampler in samplers_to_run(n_timestep):
         if max_steps is not None and sampler.steps is not None and sampler.steps > max_steps:
             continue
         synchronize(device)
         start = time.perf_counter()
-        result = evaluate(model.diffusion, loader, device, None, seed=cfg.seed, progress=False, sampler=sampler,
-                          net=model.sampling_net)
+        result = evaluate_model(model, loader, None, progress=False, sampler=sampler)
         synchronize(device)
         seconds = time.perf_counter() - start
         summary = result.summary()
         rows.append({"sampler": sampler.type, "steps": sampler.steps or n_timestep, "eta": sampler.eta,
-                     "seconds_per_image": seconds / len(result.cases), "psnr": summary["psnr"],
-                     "ssim": summary["ssim"]})
+                     "seconds_per_image": seconds / len(result.cases), "psnr": summary["psnr_rgb"],
+                     "ssim": summary["ssim_rgb"]})
     full = rows[0]
     for row in rows:
         row["speedup"] = full["seconds_per_image"] / row["seconds_per_image"]
@@ -70,7 +65,7 @@ def benchmark_end_to_end(config_path: str, checkpoint: str, device: torch.device
     met = [r for r in few if r["psnr_minus_full"] >= -PSNR_TOLERANCE_DB]
     return {"config": config_path, "checkpoint": str(checkpoint), "test_set": dataroot, "cases": len(loader.dataset),
             "batch_size": loader.batch_size, "performance": "plain fp32 (config's performance switches)",
-            "bicubic_then_fuse_psnr": result.summary()["baseline_psnr"], "rows": rows,
+            "bicubic_then_fuse_psnr": result.summary()["baseline_psnr_rgb"], "rows": rows,
             "criterion": {"text": f">= {FEW_EVALUATIONS_FACTOR}x fewer network evaluations within "
                                   f"{PSNR_TOLERANCE_DB} dB PSNR of the full chain",
                           "met_by": [f"{r['sampler']}-{r['steps']}" for r in met],

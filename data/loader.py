@@ -1,18 +1,26 @@
 """One way from a config's dataset section to a dataset, its resumable sampler and its DataLoader.
 
 Used by training and validation (``sr.py``), split inference (``infer.py``) and the benchmark (``bench/``); the
-embedded dataset is built by the caller first (``data.embedded.ensure_embedded_dataset``) when the config has one.
+embedded dataset is built by the caller first (``ensure_config_data``) when the config has one.
 """
 from __future__ import annotations
 
 from torch.utils.data import DataLoader
 
-from core.config import DatasetConfig
+from core.config import DatasetConfig, DatasetsConfig
 from core.distributed import DistInfo
+from data.embedded import ensure_embedded_dataset
 from data.epoch_sampler import EpochSampler, PatchGrid, ShardedEpochSampler
 from data.fusion_dataset import FusionDataset, create_dataloader
 
-__all__ = ["dataset_from_config"]
+__all__ = ["dataset_from_config", "ensure_config_data"]
+
+
+def ensure_config_data(datasets: DatasetsConfig, progress: bool = True) -> None:
+    """Build the embedded dataset of `datasets.embedded` on first use (nothing to do without one)."""
+    emb = datasets.embedded
+    if emb is not None:
+        ensure_embedded_dataset(emb.root, emb.r_resolution, emb.scales, emb.seed, progress=progress)
 
 
 def dataset_from_config(ds_cfg: DatasetConfig, *, seed: int, train: bool, dist: DistInfo | None = None,

@@ -14,6 +14,7 @@ import eval as eval_cli
 import infer
 from core.config import parse_config
 from data.fusion_rules import FUSION_RULES, _pca_weights, fuse, haar_dwt2, haar_idwt2, rgb_to_ycbcr
+from model.evaluation import pad_to_multiple
 from model.model import TFSDiffModel
 
 SIZE, LOW = 16, 8
@@ -199,6 +200,8 @@ def test_infer_needs_a_checkpoint(tmp_path: Path, capsys) -> None:
 
 
 def test_infer_single_case_any_size(tmp_path: Path) -> None:
+    """The inputs are the LR sources: the output is scale x their size (the tiny model is x2), or --out-size;
+    non-square and non-multiple-of-4 sizes keep their shape (padded for the U-Net, cropped back)."""
     config = _tiny_config(tmp_path)
     checkpoint = _tiny_checkpoint(config, tmp_path)
     paths = [tmp_path / "t1.png", tmp_path / "t2.png", tmp_path / "spect.png"]
@@ -207,11 +210,25 @@ def test_infer_single_case_any_size(tmp_path: Path) -> None:
     _save(paths[2], _rgb(3, (21, 13)))
     out = tmp_path / "fused" / "case.png"
     args = ["-c", str(config), "--checkpoint", str(checkpoint), "--inputs", *map(str, paths), "--out", str(out)]
-    assert infer.main([*args, "--process", "--no-progress"]) == 0
-    with Image.open(out) as img:
-        assert img.size == (13, 21) and img.mode == "RGB"
-    assert (tmp_path / "fused" / "case_process.png").is_file()
-    assert infer.main([*args[:4], "--method", "maximum", *args[4:]]) == 0
+    for extra, size in (([], (26, 42)), (["--out-size", "16", "16"], (16, 16)), (["--out-size", "21", "30"], (30, 21))):
+        assert infer.main([*args, *extra, "--process", "--no-progress"]) == 0
+        with Image.open(out) as img:
+            assert img.size == size and img.mode == "RGB"
+        assert (tmp_path / "fused" / "case_process.png").is_file()
+        assert infer.main([*args[:4], "--method", "maximum", *args[4:], *extra]) == 0
+        with Image.open(out) as img:
+            assert img.size == size
+
+
+def test_pad_to_multiple_reflects_and_keeps_multiples() -> None:
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6)
+    padded = pad_to_multiple(x, 4)
+    assert padded.shape == (2, 3, 8, 8)
+    assert torch.equal(padded[..., :5, :6], x)
+    assert torch.equal(padded[..., 5, :6], x[..., 3, :])  # reflection about the last row
+    assert torch.equal(pad_to_multiple(x[..., :4, :4], 4), x[..., :4, :4])
+    tiny = torch.ones(1, 1, 1, 1)
+    assert pad_to_multiple(tiny, 4).shape == (1, 1, 4, 4)  # too small to reflect: edge replication
 
 
 def test_infer_single_case_input_errors_name_the_file(tmp_path: Path, capsys) -> None:

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from core.config import load_config, parse_config
-from core.evaluation import evaluate
 from data.embedded import build_embedded_dataset
 from data.fusion_dataset import FusionDataset, create_dataloader
 from infer import load_model
 from model.checkpoint_io import sha256_file
+from model.evaluation import evaluate_model
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "pretrained" / "tfsdiff_demo_x4_16_64.pth"
@@ -52,8 +52,7 @@ def test_shipped_model_beats_the_baseline_on_embedded_test_cases(tmp_path: Path)
     dataset = FusionDataset(root / "test", split.l_resolution, split.r_resolution)
     loader = create_dataloader(dataset, 4, shuffle=False, flip=False, num_workers=0, seed=DEMO.seed)
     model = load_model(DEMO, str(WEIGHTS))
-    result = evaluate(model.diffusion, loader, model.device, None, seed=DEMO.seed, progress=False,
-                      sampler=DEMO.model.sampler, net=model.sampling_net)
+    result = evaluate_model(model, loader, None, progress=False)
     assert len(result.cases) == 4
     for case in result.cases:
-        assert case.psnr > case.baseline_psnr, (case.case_id, case.psnr, case.baseline_psnr)
+        assert case.psnr_rgb > case.baseline_psnr_rgb, (case.case_id, case.psnr_rgb, case.baseline_psnr_rgb)
