@@ -69,13 +69,16 @@ def step_losses(run: Path) -> dict[int, str]:
     return {int(m.group(1)): m.group(2) for m in re.finditer(r"step (\d+) \(epoch \d+.*?\): (loss [^,\n]+)", text)}
 
 
-def test_resume_matches_uninterrupted_run(tmp_path: Path, dataset: Path) -> None:
-    assert sr.main(["-c", str(write_config(tmp_path, dataset, "full")), "--no-progress"]) == 0
+@pytest.mark.parametrize("patch_size", [None, 16], ids=["whole", "patches"])
+def test_resume_matches_uninterrupted_run(tmp_path: Path, dataset: Path, patch_size: int | None) -> None:
+    patches = {"datasets__train__patch_size": patch_size}
+    assert sr.main(["-c", str(write_config(tmp_path, dataset, "full", **patches)), "--no-progress"]) == 0
     full = run_dir(tmp_path, "full")
     assert sorted(p.name for p in (full / "checkpoint").glob("*.pth")) == ["I3_E1.pth", "I6_E3.pth"]
     assert (full / "checkpoint" / "latest").read_text().strip() == "I6_E3.pth"
 
-    half = write_config(tmp_path, dataset, "resumed", path__resume_state=str(full / "checkpoint" / "I3_E1.pth"))
+    half = write_config(tmp_path, dataset, "resumed", path__resume_state=str(full / "checkpoint" / "I3_E1.pth"),
+                        **patches)
     assert sr.main(["-c", str(half), "--no-progress"]) == 0
     resumed = run_dir(tmp_path, "resumed")
 
