@@ -3,6 +3,7 @@
     python data/prepare_data.py slices  --input IN --folders T1 T2 SPECT --modalities MR-T1 MR-T2 SPECT --out OUT
     python data/prepare_data.py volumes --files t1.nii.gz t2.nii.gz spect.nii.gz --modalities MR-T1 MR-T2 SPECT \
         --out OUT
+    python data/prepare_data.py pairs --input HARVARD_PAIRS --out OUT --copies 5 [--triplets DIR] [--embedded N]
 
 Output: ``OUT/{train,val,test}/{1,2,3}_lr_{l}/``, ``{1,2,3}_sr_{l}_{r}/``, ``hr_{r}/`` (PNG, 8-bit RGB) for every
 requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
@@ -20,6 +21,8 @@ requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
 * Degradation: ``data.resample.degrade``; ground truth from the GT folder/volume, else ``data.fusion_rules.fuse``.
 * Splits are by case (slice cases: the file stems; volume cases: the subjects) with a ``--seed`` permutation; a single
   subject is cut into contiguous slabs ``train | gap | val | gap | test | gap | train``.
+* Pairs (the public Harvard AANLIB pair layout): split by subject, real triplets for test, derived and augmented
+  triplets for train/val; rules in ``data/harvard_pairs.py``, ``data/harvard_cases.py`` and ``data/triplets.py``.
 * Everything is written into a hidden sibling folder, renamed to ``OUT`` at the end; errors exit with code 2.
 """
 
@@ -44,14 +47,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data import layout
+from data import harvard_cases, harvard_pairs, layout
 from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from data.resample import resize_bicubic
 from data.splits import SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split, split_cases
 from data.volumes import AXES, PERCENTILES, find_subjects, single_subject, subject_slices
 
-__all__ = ["Settings", "Output", "CaseJob", "write_case", "prepare_slices", "prepare_volumes", "main"]
+__all__ = ["Settings", "Output", "CaseJob", "write_case", "prepare_slices", "prepare_volumes", "prepare_pairs", "main"]
 
 FORMAT_VERSION = 1
 
@@ -268,6 +271,29 @@ def prepare_volumes(subjects: dict[str, list[Path]], modalities: list[str], outp
     return _build(output, jobs_for, manifest, len(assignment) if len(subjects) == 1 else None)
 
 
+def prepare_pairs(input_root: Path, output: Output, triplet_folders: list[Path], test_subjects: list[str],
+                  val_subjects: list[str] | None, val_per_kind: int, copies: int, embedded: int) -> Path:
+    """Pair form: the Harvard pair layout under ``input_root`` (``data.harvard_pairs``) -> tri-modal cases
+    (``data.harvard_cases``): train/val by subject with derived triplets, the real triplets for test."""
+    pairs = harvard_pairs.read_pairs(input_root)
+    kinds_of = harvard_pairs.subjects_by_kind(pairs)
+    subjects = harvard_pairs.split_subjects(kinds_of, test_subjects, val_subjects, val_per_kind, output.seed)
+    extra = [triplet for folder in triplet_folders for triplet in harvard_pairs.read_triplet_folder(folder)]
+    plan = harvard_cases.plan_cases(pairs, subjects, extra, copies, embedded)
+    rule = {"test": test_subjects, "val": val_subjects, "val_per_kind": None if val_subjects else val_per_kind,
+            "seed": output.seed}
+    manifest = _base_manifest(output, "pairs", list(harvard_cases.MODALITIES), "")
+    del manifest["split_ratio"]
+    manifest.update(harvard_cases.manifest_fields(plan, input_root, triplet_folders, rule))
+
+    def jobs_for(tmp: Path) -> Iterator[CaseJob]:
+        for split, case_id, sources in harvard_cases.generate_cases(plan, output.seed, output.settings.r_resolution,
+                                                                   manifest):
+            yield CaseJob(tmp / split, case_id, tuple(sources), None, output.settings)
+
+    return _build(output, jobs_for, manifest, len(plan.cases) + embedded)
+
+
 # ------------------------------------------------------------------------------------------------ command line
 
 
@@ -291,21 +317,23 @@ def _resolutions(size: int, scales: list[int] | None, lr_sizes: list[int] | None
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    forms = parser.add_subparsers(dest="form", required=True, metavar="{slices,volumes}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", required=True, type=Path, help="output folder (created atomically)")
+    forms = parser.add_subparsers(dest="form", required=True, metavar="{slices,volumes,pairs}")
+    base = argparse.ArgumentParser(add_help=False)
+    base.add_argument("--out", required=True, type=Path, help="output folder (created atomically)")
+    base.add_argument("--size", type=int, default=256, help="HR side r (default 256)")
+    base.add_argument("--scales", type=int, nargs="+", help="SR scales, e.g. 2 4 8 (default 2 4 8)")
+    base.add_argument("--lr-sizes", type=int, nargs="+", help="explicit LR sides l (each divides --size)")
+    base.add_argument("--gt-fusion", default="laplacian_ycbcr", choices=sorted(FUSION_RULES),
+                      help="fusion rule for the ground truth when none is given (default laplacian_ycbcr)")
+    base.add_argument("--seed", type=int, default=0, help="seed of the case permutation; pairs: also of the val "
+                      "subjects, derivations and augmentations (default 0)")
+    base.add_argument("--workers", type=int, default=0, help="worker processes; 0 or 1 = in-process (default 0)")
+    base.add_argument("--overwrite", action="store_true", help="replace an existing output once the new one is done")
+    base.add_argument("--quiet", action="store_true", help="no progress bar")
+    common = argparse.ArgumentParser(add_help=False, parents=[base])
     common.add_argument("--modalities", nargs=3, metavar="NAME", help="modality names in order, e.g. MR-T1 MR-T2 "
                         "SPECT (default: the folder names or file stems)")
-    common.add_argument("--size", type=int, default=256, help="HR side r (default 256)")
-    common.add_argument("--scales", type=int, nargs="+", help="SR scales, e.g. 2 4 8 (default 2 4 8)")
-    common.add_argument("--lr-sizes", type=int, nargs="+", help="explicit LR sides l (each divides --size)")
-    common.add_argument("--gt-fusion", default="laplacian_ycbcr", choices=sorted(FUSION_RULES),
-                        help="fusion rule for the ground truth when none is given (default laplacian_ycbcr)")
     common.add_argument("--split", default="8:1:1", help="train:val:test ratio, by case (default 8:1:1)")
-    common.add_argument("--seed", type=int, default=0, help="seed of the case permutation (default 0)")
-    common.add_argument("--workers", type=int, default=0, help="worker processes; 0 or 1 = in-process (default 0)")
-    common.add_argument("--overwrite", action="store_true", help="replace an existing output once the new one is done")
-    common.add_argument("--quiet", action="store_true", help="no progress bar")
     common.add_argument("--gt-folder", default="GT", help="ground-truth sub-folder of --input, used when present "
                         "(default GT)")
     slices = forms.add_parser("slices", parents=[common], help="folders of 2-D images, one folder per modality",
@@ -328,7 +356,29 @@ def _parser() -> argparse.ArgumentParser:
                          help="keep slices with at least this fraction of non-zero pixels (default 0.05)")
     volumes.add_argument("--slab-gap", type=int, default=5, help="single subject: slices left out between "
                          "train/val/test slabs (default 5)")
+    _add_pairs_parser(forms, base)
     return parser
+
+
+def _add_pairs_parser(forms: argparse._SubParsersAction, base: argparse.ArgumentParser) -> None:
+    """The ``pairs`` form: the public Harvard pair layout (see docs/own_data.md)."""
+    pairs = forms.add_parser("pairs", parents=[base], help="the public Harvard AANLIB pair layout "
+                             "(CT-MRI/{CT,MRI}, PET-MRI/{MRI,PET}, SPECT-MRI/{MRI,SPECT})",
+                             description="Split by subject; real triplets for test; train/val triplets from the pairs "
+                             "with a derived third image. Rules: data/harvard_pairs.py, data/harvard_cases.py, "
+                             "data/triplets.py.")
+    pairs.add_argument("--input", required=True, type=Path, help="folder holding CT-MRI/, PET-MRI/, SPECT-MRI/")
+    pairs.add_argument("--triplets", nargs="+", type=Path, default=[], metavar="DIR", help="folders of real "
+                       "triplets <case>_<k>_<modality>.png for the test split (e.g. harvard_trimodal)")
+    pairs.add_argument("--test-subjects", nargs="+", default=list(harvard_pairs.DEFAULT_TEST_SUBJECTS),
+                       metavar="S", help="test subjects, never in train or val (default 21 28 41)")
+    pairs.add_argument("--val-subjects", nargs="+", metavar="S", help="val subjects (default: chosen by "
+                       "--val-per-kind and --seed)")
+    pairs.add_argument("--val-per-kind", type=int, default=1, help="val subjects per pair kind when --val-subjects "
+                       "is not given, keeping a train subject for every kind (default 1)")
+    pairs.add_argument("--copies", type=int, default=1, help="augmented train copies per pair (default 1)")
+    pairs.add_argument("--embedded", type=int, default=0, metavar="N", help="add at most N embedded MNI152 train "
+                       "cases to train (default 0)")
 
 
 def _names(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -359,12 +409,16 @@ def main(argv: list[str] | None = None) -> int:
             raise PrepareError(f"input folder {args.input} does not exist")
         scales, l_resolutions = _resolutions(args.size, args.scales, args.lr_sizes)
         settings = Settings(args.size, tuple(l_resolutions), args.gt_fusion, getattr(args, "resize", False))
-        output = Output(args.out, settings, tuple(scales), parse_split(args.split), args.seed, args.workers,
-                        args.overwrite, not args.quiet)
+        split = (0, 0, 0) if args.form == "pairs" else parse_split(args.split)
+        output = Output(args.out, settings, tuple(scales), split, args.seed, args.workers, args.overwrite,
+                        not args.quiet)
         _check_target(args.out.resolve(), args.overwrite)
         if args.form == "slices":
             folders, modalities = _names(args)
             out = prepare_slices(args.input, folders, modalities, output, args.gt_folder)
+        elif args.form == "pairs":
+            out = prepare_pairs(args.input, output, args.triplets, args.test_subjects, args.val_subjects,
+                                args.val_per_kind, args.copies, args.embedded)
         else:
             subjects, modalities = _volume_subjects(args)
             out = prepare_volumes(subjects, modalities, output, args.axis, args.min_foreground, args.slab_gap)
