@@ -1,4 +1,186 @@
-"""Test-wide settings: one intra-op thread, which makes the tiny test networks several times faster on small CPUs."""
+"""Test-wide settings and the factories the test modules share (so that no test module imports another).
+
+One intra-op thread makes the tiny test networks several times faster on small CPUs.
+
+The factories are fixtures that return a function (pytest's "factory as fixture"):
+
+- ``make_rgb(seed, shape, grey=False)``: a seeded random uint8 RGB image.
+- ``make_tiny_config(size, scale, steps, ema, changes)``: the smallest valid config dict, with overrides by dotted key.
+- ``make_tiny_unet(**kwargs)``, ``make_tiny_diffusion(n_timestep)``, ``make_tiny_model(**config_kwargs)``: the
+  network of that config, a short diffusion process around it, and the whole model, seeded.
+- ``make_batches(n)`` and ``train_steps(model, batches)``: random training batches for the tiny model, and
+  training on them as ``sr.py`` does (one optimiser step per batch, counting steps).
+- ``make_run_config(folder, name, changes)``: a config file for ``sr.py`` runs on ``embedded_dataset``, a 4-case
+  32x32 x4 embedded dataset built once per session.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
 import torch
 
+from core.config import parse_config
+from data.embedded import build_embedded_dataset
+from model.diffusion import GaussianDiffusion
+from model.model import TFSDiffModel
+from model.schedule import NoiseSchedule
+from model.unet import UNet
+
 torch.set_num_threads(1)
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def random_rgb(seed: int, shape: tuple[int, int] = (16, 16), grey: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 image of independent uniform pixels from ``numpy.random.default_rng(seed)``; with ``grey``,
+    its first channel repeated (R = G = B)."""
+    rgb = np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    return np.repeat(rgb[..., :1], 3, axis=2) if grey else rgb
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data["a"]["b"]["c"] = value`` for ``dotted == "a.b.c"``, creating missing levels."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = copy.deepcopy(value)
+
+
+def tiny_config(size: int = 16, scale: int = 4, steps: int = 20, ema: bool = False,
+                changes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The smallest valid config dict: ``size`` x ``size`` targets from sources at ``size / scale`` (train batch 2,
+    val batch 1), a two-level U-Net (16 channels, attention at ``size / 2``, dropout 0.1), linear schedules of
+    ``steps`` steps from 1e-4 to 0.2 for training and validation, and 10 iterations; ``dataroot`` is ``"unused"``.
+
+    ``ema`` adds a weight EMA from step 1 with decay 0.5. ``changes`` maps dotted keys (``"train.n_iter"``) to the
+    values that replace or add them, applied last.
+    """
+    split = {"dataroot": "unused", "l_resolution": size // scale, "r_resolution": size}
+    schedule = {"schedule": "linear", "n_timestep": steps, "linear_start": 1e-4, "linear_end": 0.2}
+    data: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 3,
+        "datasets": {"train": {**split, "batch_size": 2}, "val": dict(split)},
+        "model": {
+            "unet": {"inner_channel": 16, "norm_groups": 8, "channel_multiplier": [1, 2], "attn_res": [size // 2],
+                     "res_blocks": 1, "dropout": 0.1},
+            "beta_schedule": {"train": schedule, "val": dict(schedule)},
+            "diffusion": {"image_size": size},
+        },
+        "train": {"n_iter": 10, "val_freq": 10, "save_checkpoint_freq": 10, "print_freq": 1},
+    }
+    if ema:
+        data["train"]["ema_scheduler"] = {"step_start_ema": 1, "update_ema_every": 1, "ema_decay": 0.5}
+    for dotted, value in (changes or {}).items():
+        set_dotted(data, dotted, value)
+    return data
+
+
+def tiny_unet(**kwargs: Any) -> UNet:
+    """The U-Net of ``tiny_config()`` without dropout (12 -> 3 channels, 16x16); ``kwargs`` override arguments."""
+    return UNet(**{"inner_channel": 16, "norm_groups": 8, "channel_mults": (1, 2), "attn_res": (8,),
+                   "res_blocks": 1, "image_size": 16, **kwargs})
+
+
+def tiny_diffusion(n_timestep: int = 20) -> GaussianDiffusion:
+    """``tiny_unet()`` initialised from seed 0 in a linear schedule of ``n_timestep`` steps (1e-4 to 0.1), in eval
+    mode."""
+    torch.manual_seed(0)
+    schedule = SimpleNamespace(schedule="linear", n_timestep=n_timestep, linear_start=1e-4, linear_end=0.1)
+    return GaussianDiffusion(tiny_unet(), NoiseSchedule.from_spec(schedule)).eval()
+
+
+def tiny_model(**config_kwargs: Any) -> TFSDiffModel:
+    """A model of ``tiny_config(**config_kwargs)`` on the CPU, initialised from the global RNG seeded with 0 (as
+    sr.py seeds it)."""
+    torch.manual_seed(0)
+    return TFSDiffModel(parse_config(tiny_config(**config_kwargs)), torch.device("cpu"))
+
+
+def tiny_batches(n: int) -> Batches:
+    """``n`` training batches for ``tiny_config()``: (target (2, 3, 16, 16), condition (2, 9, 16, 16)), uniform in
+    [-1, 1) from one generator seeded with 7."""
+    g = torch.Generator().manual_seed(7)
+    return [(torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, torch.rand(2, 9, 16, 16, generator=g) * 2 - 1)
+            for _ in range(n)]
+
+
+def train_on(model: TFSDiffModel, batches: Batches) -> None:
+    """One training step per batch, counting ``model.step`` as sr.py does."""
+    for x0, condition in batches:
+        model.train_step(x0, condition)
+        model.step += 1
+
+
+def write_run_config(folder: Path, dataset: Path, name: str, changes: Mapping[str, Any]) -> Path:
+    """Write ``folder/<name>.json`` (with a ``//`` comment, as users write them): ``tiny_config`` at 32x32 x4 on
+    the train and val splits of ``dataset`` (val: its first 2 cases in one batch), runs under
+    ``folder/experiments``; ``changes`` as in ``tiny_config``."""
+    data = tiny_config(32, 4, changes={
+        "name": name,
+        "path.experiments_root": str(folder / "experiments"),
+        "datasets.train.dataroot": str(dataset / "train"),
+        "datasets.val.dataroot": str(dataset / "val"),
+        "datasets.val.batch_size": 2,
+        "datasets.val.data_len": 2,
+        **changes,
+    })
+    path = folder / f"{name}.json"
+    path.write_text("// test config\n" + json.dumps(data, indent=1), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_rgb() -> Callable[..., np.ndarray]:
+    return random_rgb
+
+
+@pytest.fixture(scope="session")
+def make_tiny_config() -> Callable[..., dict[str, Any]]:
+    return tiny_config
+
+
+@pytest.fixture(scope="session")
+def make_tiny_unet() -> Callable[..., UNet]:
+    return tiny_unet
+
+
+@pytest.fixture(scope="session")
+def make_tiny_diffusion() -> Callable[..., GaussianDiffusion]:
+    return tiny_diffusion
+
+
+@pytest.fixture(scope="session")
+def make_tiny_model() -> Callable[..., TFSDiffModel]:
+    return tiny_model
+
+
+@pytest.fixture(scope="session")
+def make_batches() -> Callable[[int], Batches]:
+    return tiny_batches
+
+
+@pytest.fixture(scope="session")
+def train_steps() -> Callable[[TFSDiffModel, Batches], None]:
+    return train_on
+
+
+@pytest.fixture(scope="session")
+def embedded_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 32x32 embedded dataset at scale 4 with at most 4 cases per split (seed 0), shared by the session."""
+    root = tmp_path_factory.mktemp("embedded") / "mni32"
+    return build_embedded_dataset(root, 32, scales=(4,), seed=0, limit=4, progress=False)
+
+
+@pytest.fixture(scope="session")
+def make_run_config(embedded_dataset: Path) -> Callable[[Path, str, Mapping[str, Any]], Path]:
+    """``write_run_config`` on ``embedded_dataset``: ``make_run_config(folder, name, changes)``."""
+    return lambda folder, name, changes: write_run_config(folder, embedded_dataset, name, changes)

@@ -1,57 +1,24 @@
 """DistributedDataParallel through torchrun on CPU (gloo): equivalence with one process, resume, rank-0-only files."""
 from __future__ import annotations
 
-import copy
-import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 import sr
-from data.embedded import build_embedded_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = {
-    "name": "ddp",
-    "seed": 11,
-    "datasets": {
-        "train": {"l_resolution": 8, "r_resolution": 32, "batch_size": 4},
-        "val": {"l_resolution": 8, "r_resolution": 32, "batch_size": 2, "data_len": 2},
-    },
-    "model": {
-        "unet": {"inner_channel": 16, "norm_groups": 8, "channel_multiplier": [1, 2], "attn_res": [16],
-                 "res_blocks": 1, "dropout": 0.0},
-        "beta_schedule": {
-            "train": {"schedule": "linear", "n_timestep": 20, "linear_start": 1e-4, "linear_end": 0.2},
-            "val": {"schedule": "linear", "n_timestep": 20, "linear_start": 1e-4, "linear_end": 0.2},
-        },
-        "diffusion": {"image_size": 32},
-    },
-    "train": {"n_iter": 4, "val_freq": 4, "save_checkpoint_freq": 2, "print_freq": 1},
-}
+DDP = {"seed": 11, "datasets.train.batch_size": 4, "model.unet.dropout": 0.0, "train.n_iter": 4, "train.val_freq": 4,
+       "train.save_checkpoint_freq": 2}
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("embedded") / "mni32"
-    return build_embedded_dataset(root, 32, scales=(4,), seed=0, limit=4, progress=False)
-
-
-def write_config(folder: Path, dataset: Path, name: str, resume: str | None = None) -> Path:
-    cfg = copy.deepcopy(CONFIG)
-    cfg["name"] = name
-    cfg["path"] = {"experiments_root": str(folder / "experiments"), "resume_state": resume}
-    cfg["datasets"]["train"]["dataroot"] = str(dataset / "train")
-    cfg["datasets"]["val"]["dataroot"] = str(dataset / "val")
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(cfg))
-    return path
+MakeRunConfig = Callable[[Path, str, Mapping[str, Any]], Path]
 
 
 def torchrun(config: Path, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -77,11 +44,11 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_two_processes_match_one_and_resume(tmp_path: Path, dataset: Path) -> None:
-    assert sr.main(["-c", str(write_config(tmp_path, dataset, "single")), "--no-progress"]) == 0
+def test_two_processes_match_one_and_resume(tmp_path: Path, make_run_config: MakeRunConfig) -> None:
+    assert sr.main(["-c", str(make_run_config(tmp_path, "single", DDP)), "--no-progress"]) == 0
     (single,) = runs(tmp_path, "single")
 
-    result = torchrun(write_config(tmp_path, dataset, "ddp"))
+    result = torchrun(make_run_config(tmp_path, "ddp", DDP))
     assert result.returncode == 0, result.stderr[-3000:]
     (ddp,) = runs(tmp_path, "ddp")  # only rank 0 made a run folder
     assert sorted(p.name for p in (ddp / "checkpoint").iterdir()) == ["I2_E2.pth", "I4_E4.pth", "latest"]
@@ -91,7 +58,8 @@ def test_two_processes_match_one_and_resume(tmp_path: Path, dataset: Path) -> No
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
 
-    resumed = torchrun(write_config(tmp_path, dataset, "ddp_resumed", str(ddp / "checkpoint" / "I2_E2.pth")))
+    resume = {"path.resume_state": str(ddp / "checkpoint" / "I2_E2.pth")}
+    resumed = torchrun(make_run_config(tmp_path, "ddp_resumed", {**DDP, **resume}))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (again,) = runs(tmp_path, "ddp_resumed")
     c = weights(again / "checkpoint" / "I4_E4.pth")
@@ -99,11 +67,7 @@ def test_two_processes_match_one_and_resume(tmp_path: Path, dataset: Path) -> No
         torch.testing.assert_close(c[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_batch_not_divisible_is_a_clear_error(tmp_path: Path, dataset: Path) -> None:
-    cfg = json.loads(write_config(tmp_path, dataset, "odd").read_text())
-    cfg["datasets"]["train"]["batch_size"] = 3
-    path = tmp_path / "odd.json"
-    path.write_text(json.dumps(cfg))
-    result = torchrun(path)
+def test_batch_not_divisible_is_a_clear_error(tmp_path: Path, make_run_config: MakeRunConfig) -> None:
+    result = torchrun(make_run_config(tmp_path, "odd", {**DDP, "datasets.train.batch_size": 3}))
     assert result.returncode != 0
     assert "batch_size 3 is not divisible by the 2 processes" in result.stderr

@@ -1,59 +1,20 @@
 """Weight EMA: the update rule, checkpoint round trip (v2 and v1), exact resume, and sampling with the EMA weights."""
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from core.config import ConfigError, EMASchedulerConfig, TFSDiffConfig, parse_config
+from core.config import ConfigError, EMASchedulerConfig, parse_config
 from model.model import CheckpointError, TFSDiffModel, WeightEMA
 
-CONFIG = {
-    "name": "tiny_ema",
-    "seed": 3,
-    "datasets": {
-        "train": {"dataroot": "unused", "l_resolution": 4, "r_resolution": 16, "batch_size": 2},
-        "val": {"dataroot": "unused", "l_resolution": 4, "r_resolution": 16},
-    },
-    "model": {
-        "unet": {"inner_channel": 16, "norm_groups": 8, "channel_multiplier": [1, 2], "attn_res": [8],
-                 "res_blocks": 1, "dropout": 0.1},
-        "beta_schedule": {
-            "train": {"schedule": "linear", "n_timestep": 20, "linear_start": 1e-4, "linear_end": 0.2},
-            "val": {"schedule": "linear", "n_timestep": 20, "linear_start": 1e-4, "linear_end": 0.2},
-        },
-        "diffusion": {"image_size": 16},
-    },
-    "train": {"n_iter": 10, "val_freq": 10, "save_checkpoint_freq": 10, "print_freq": 1,
-              "ema_scheduler": {"step_start_ema": 1, "update_ema_every": 1, "ema_decay": 0.5}},
-}
-
-
-def make_config(**train_changes) -> TFSDiffConfig:
-    data = copy.deepcopy(CONFIG)
-    data["train"].update(train_changes)
-    return parse_config(data)
-
-
-def new_model(**train_changes) -> TFSDiffModel:
-    """A model initialised from the seeded global RNG, as sr.py does."""
-    torch.manual_seed(0)
-    return TFSDiffModel(make_config(**train_changes), torch.device("cpu"))
-
-
-def batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(7)
-    return [(torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, torch.rand(2, 9, 16, 16, generator=g) * 2 - 1)
-            for _ in range(n)]
-
-
-def train(model: TFSDiffModel, data: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for x0, condition in data:
-        model.train_step(x0, condition)
-        model.step += 1
+MakeModel = Callable[..., TFSDiffModel]
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+Train = Callable[[TFSDiffModel, Batches], None]
 
 
 def params(net: nn.Module) -> list[torch.Tensor]:
@@ -72,29 +33,32 @@ def test_update_rule() -> None:
     assert not ema.net.training and not any(p.requires_grad for p in ema.net.parameters())
 
 
-def test_ema_lags_the_weights_and_is_used_for_sampling() -> None:
-    model = new_model()
-    train(model, batches(3))
+def test_ema_lags_the_weights_and_is_used_for_sampling(make_tiny_model: MakeModel,
+                                                       make_batches: Callable[[int], Batches],
+                                                       train_steps: Train) -> None:
+    model = make_tiny_model(ema=True)
+    train_steps(model, make_batches(3))
     assert model.ema is not None and model.sampling_net.module is model.ema.net
     raw, avg = params(model.diffusion.denoise_fn), params(model.ema.net)
     assert any(not torch.equal(a, b) for a, b in zip(raw, avg))
-    plain = new_model(ema_scheduler=None)
+    plain = make_tiny_model()
     assert plain.ema is None and plain.sampling_net.module is plain.diffusion.denoise_fn
 
 
-def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    model = new_model()
-    train(model, batches(3))
+def test_save_and_load_round_trip(tmp_path: Path, make_tiny_model: MakeModel,
+                                  make_batches: Callable[[int], Batches], train_steps: Train) -> None:
+    model = make_tiny_model(ema=True)
+    train_steps(model, make_batches(3))
     path = model.save(tmp_path)
     saved = torch.load(path, weights_only=True)
     assert saved["version"] == 2 and saved["ema"] is not None
 
-    resumed = new_model()
+    resumed = make_tiny_model(ema=True)
     resumed.load(path)
     for a, b in zip(params(model.ema.net), params(resumed.ema.net)):
         assert torch.equal(a, b)
 
-    sampling = new_model(ema_scheduler=None)
+    sampling = make_tiny_model()
     sampling.load(path, weights_only=True)
     for a, b in zip(params(model.ema.net), params(sampling.diffusion.denoise_fn)):
         assert torch.equal(a, b)
@@ -103,38 +67,41 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         assert torch.equal(a, b)
 
 
-def test_resume_with_ema_continues_exactly(tmp_path: Path) -> None:
-    data = batches(4)
-    full = new_model()
-    train(full, data)
+def test_resume_with_ema_continues_exactly(tmp_path: Path, make_tiny_model: MakeModel,
+                                          make_batches: Callable[[int], Batches], train_steps: Train) -> None:
+    data = make_batches(4)
+    full = make_tiny_model(ema=True)
+    train_steps(full, data)
 
-    first = new_model()
-    train(first, data[:2])
+    first = make_tiny_model(ema=True)
+    train_steps(first, data[:2])
     path = first.save(tmp_path)
-    second = new_model()
+    second = make_tiny_model(ema=True)
     second.load(path)
-    train(second, data[2:])
+    train_steps(second, data[2:])
     for a, b in zip(params(full.diffusion.denoise_fn) + params(full.ema.net),
                     params(second.diffusion.denoise_fn) + params(second.ema.net)):
         assert torch.equal(a, b)
 
 
-def test_version_one_checkpoint_loads_and_starts_the_ema(tmp_path: Path) -> None:
-    model = new_model(ema_scheduler=None)
-    train(model, batches(1))
+def test_version_one_checkpoint_loads_and_starts_the_ema(tmp_path: Path, make_tiny_model: MakeModel,
+                                                         make_batches: Callable[[int], Batches],
+                                                         train_steps: Train) -> None:
+    model = make_tiny_model()
+    train_steps(model, make_batches(1))
     state = model.checkpoint()
     del state["ema"], state["scaler"]
     state["version"] = 1
     torch.save(state, tmp_path / "I1_E0.pth")
-    with_ema = new_model()
+    with_ema = make_tiny_model(ema=True)
     with_ema.load(tmp_path / "I1_E0.pth")
     assert with_ema.step == 1
     for a, b in zip(params(model.diffusion.denoise_fn), params(with_ema.ema.net)):
         assert torch.equal(a, b)
 
 
-def test_newer_checkpoint_version_is_refused(tmp_path: Path) -> None:
-    model = new_model()
+def test_newer_checkpoint_version_is_refused(tmp_path: Path, make_tiny_model: MakeModel) -> None:
+    model = make_tiny_model(ema=True)
     state = model.checkpoint()
     state["version"] = 99
     torch.save(state, tmp_path / "I0_E0.pth")
@@ -147,20 +114,19 @@ def test_newer_checkpoint_version_is_refused(tmp_path: Path) -> None:
     ("update_ema_every", 0, "train.ema_scheduler.update_ema_every: expected an integer >= 1"),
     ("step_start_emma", 3, "did you mean 'step_start_ema'"),
 ])
-def test_ema_config_errors(key: str, value: float, expected: str) -> None:
-    data = copy.deepcopy(CONFIG)
-    data["train"]["ema_scheduler"][key] = value
+def test_ema_config_errors(key: str, value: float, expected: str,
+                           make_tiny_config: Callable[..., dict[str, Any]]) -> None:
+    data = make_tiny_config(ema=True, changes={f"train.ema_scheduler.{key}": value})
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert expected in str(err.value)
 
 
-def test_channels_last_bf16_training_step_runs() -> None:
-    data = copy.deepcopy(CONFIG)
-    data["performance"] = {"channels_last": True, "autocast": "bf16"}
-    model = TFSDiffModel(parse_config(data), torch.device("cpu"))
+def test_channels_last_bf16_training_step_runs(make_tiny_model: MakeModel, make_batches: Callable[[int], Batches],
+                                               train_steps: Train) -> None:
+    model = make_tiny_model(ema=True, changes={"performance": {"channels_last": True, "autocast": "bf16"}})
     first = params(model.diffusion.denoise_fn)
-    train(model, batches(1))
+    train_steps(model, make_batches(1))
     conv = model.diffusion.denoise_fn.downs[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float32
     assert any(not torch.equal(a, b) for a, b in zip(first, params(model.diffusion.denoise_fn)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,19 +11,24 @@ import torch
 from model.checkpoint_io import CheckpointError, sha256_file
 from model.model import TFSDiffModel
 from model.release import export_release, main as release_main
-from tests.test_ema import batches, new_model, train
+
+MakeModel = Callable[..., TFSDiffModel]
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    model = new_model()
-    train(model, batches(3))
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, make_tiny_model: MakeModel,
+                       make_batches: Callable[[int], Batches],
+                       train_steps: Callable[[TFSDiffModel, Batches], None]) -> Path:
+    model = make_tiny_model(ema=True)
+    train_steps(model, make_batches(3))
     path = model.save(tmp_path_factory.mktemp("ckpt"))
     assert path is not None
     return path
 
 
-def test_export_writes_weights_and_a_manifest_that_matches(trained_checkpoint: Path, tmp_path: Path) -> None:
+def test_export_writes_weights_and_a_manifest_that_matches(trained_checkpoint: Path, tmp_path: Path,
+                                                           make_tiny_model: MakeModel) -> None:
     out = tmp_path / "release" / "tiny.pth"
     manifest = export_release(trained_checkpoint, "config/tiny.json", out)
     on_disk = json.loads(out.with_suffix(".json").read_text())
@@ -31,33 +37,36 @@ def test_export_writes_weights_and_a_manifest_that_matches(trained_checkpoint: P
     assert manifest["bytes"] == out.stat().st_size and manifest["sha256"] == sha256_file(out)
     state = torch.load(out, weights_only=True)
     assert state["release"] and state["ema"] is None and "optimizer" not in state and "rng" not in state
-    assert manifest["parameters"] == sum(p.numel() for p in new_model().diffusion.denoise_fn.parameters())
+    assert manifest["parameters"] == sum(p.numel() for p in make_tiny_model().diffusion.denoise_fn.parameters())
 
 
 @pytest.mark.parametrize("use_ema", [True, False])
-def test_release_samples_with_the_chosen_weights(trained_checkpoint: Path, tmp_path: Path, use_ema: bool) -> None:
+def test_release_samples_with_the_chosen_weights(trained_checkpoint: Path, tmp_path: Path, use_ema: bool,
+                                                 make_tiny_model: MakeModel) -> None:
     out = tmp_path / "tiny.pth"
     export_release(trained_checkpoint, "config/tiny.json", out, use_ema=use_ema)
     source = torch.load(trained_checkpoint, weights_only=True)
     expected = source["ema"] if use_ema else {k.removeprefix("denoise_fn."): v for k, v in source["model"].items()
                                               if k.startswith("denoise_fn.")}
-    model = new_model()
+    model = make_tiny_model(ema=True)
     model.load(out, weights_only=True)
     assert model.step == 3
     for name, value in model.diffusion.denoise_fn.state_dict().items():
         assert torch.equal(value, expected[name]), name
 
 
-def test_release_cannot_resume_training(trained_checkpoint: Path, tmp_path: Path) -> None:
+def test_release_cannot_resume_training(trained_checkpoint: Path, tmp_path: Path, make_tiny_model: MakeModel) -> None:
     out = tmp_path / "tiny.pth"
     export_release(trained_checkpoint, "config/tiny.json", out)
     with pytest.raises(CheckpointError, match="cannot resume training"):
-        new_model().load(out)
+        make_tiny_model(ema=True).load(out)
 
 
-def test_export_refuses_missing_ema_and_releases(tmp_path: Path) -> None:
-    model: TFSDiffModel = new_model(ema_scheduler=None)
-    train(model, batches(1))
+def test_export_refuses_missing_ema_and_releases(tmp_path: Path, make_tiny_model: MakeModel,
+                                                 make_batches: Callable[[int], Batches],
+                                                 train_steps: Callable[[TFSDiffModel, Batches], None]) -> None:
+    model = make_tiny_model()
+    train_steps(model, make_batches(1))
     checkpoint = model.save(tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match="no EMA weights"):
         export_release(checkpoint, "config/tiny.json", tmp_path / "a.pth")
@@ -72,7 +81,7 @@ def test_export_refuses_missing_ema_and_releases(tmp_path: Path) -> None:
     ("lfs", "Git LFS pointer"),
 ])
 def test_damaged_release_fails_naming_the_file(trained_checkpoint: Path, tmp_path: Path, damage: str,
-                                               message: str) -> None:
+                                               message: str, make_tiny_model: MakeModel) -> None:
     out = tmp_path / "tiny.pth"
     export_release(trained_checkpoint, "config/tiny.json", out)
     data = bytearray(out.read_bytes())
@@ -84,7 +93,7 @@ def test_damaged_release_fails_naming_the_file(trained_checkpoint: Path, tmp_pat
         data = bytearray(b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1\n")
     out.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=message) as info:
-        new_model().load(out, weights_only=True)
+        make_tiny_model(ema=True).load(out, weights_only=True)
     assert str(out) in str(info.value)
 
 

@@ -1,10 +1,10 @@
 """End to end on a tiny embedded dataset: train, checkpoint, resume exactly, stop on NaN, sample with a finite PSNR."""
 from __future__ import annotations
 
-import copy
-import json
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,50 +13,19 @@ from PIL import Image
 
 import sr
 from core.metrics import psnr_rgb
-from data.embedded import build_embedded_dataset
 from model import model as model_module
 
-CONFIG = {
-    "name": "tiny",
-    "seed": 3,
-    "datasets": {
-        "train": {"l_resolution": 8, "r_resolution": 32, "batch_size": 3},
-        "val": {"l_resolution": 8, "r_resolution": 32, "batch_size": 2, "data_len": 2},
-    },
-    "model": {
-        "unet": {"inner_channel": 16, "norm_groups": 8, "channel_multiplier": [1, 2], "attn_res": [16],
-                 "res_blocks": 1, "dropout": 0.1},
-        "beta_schedule": {
-            "train": {"schedule": "linear", "n_timestep": 40, "linear_start": 1e-4, "linear_end": 0.2},
-            "val": {"schedule": "linear", "n_timestep": 40, "linear_start": 1e-4, "linear_end": 0.2},
-        },
-        "diffusion": {"image_size": 32},
-    },
-    "train": {"n_iter": 6, "val_freq": 1000, "save_checkpoint_freq": 3, "print_freq": 1},
-}
+TRAINING = {"datasets.train.batch_size": 3, "model.beta_schedule.train.n_timestep": 40,
+            "model.beta_schedule.val.n_timestep": 40, "train.n_iter": 6, "train.val_freq": 1000,
+            "train.save_checkpoint_freq": 3}
+MakeRunConfig = Callable[[Path, str, Mapping[str, Any]], Path]
+WriteConfig = Callable[..., Path]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("embedded") / "mni32"
-    return build_embedded_dataset(root, 32, scales=(4,), seed=0, limit=4, progress=False)
-
-
-def write_config(tmp_path: Path, dataset: Path, name: str, **changes) -> Path:
-    cfg = copy.deepcopy(CONFIG)
-    cfg["name"] = name
-    cfg["path"] = {"experiments_root": str(tmp_path / "experiments")}
-    cfg["datasets"]["train"]["dataroot"] = str(dataset / "train")
-    cfg["datasets"]["val"]["dataroot"] = str(dataset / "val")
-    for dotted, value in changes.items():
-        node = cfg
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    path = tmp_path / f"{name}.json"
-    path.write_text("// test config\n" + json.dumps(cfg, indent=1))
-    return path
+@pytest.fixture()
+def write_config(tmp_path: Path, make_run_config: MakeRunConfig) -> WriteConfig:
+    """``write_config(name, changes)``: the training test config in ``tmp_path``, with ``changes`` by dotted key."""
+    return lambda name, changes=None: make_run_config(tmp_path, name, {**TRAINING, **(changes or {})})
 
 
 def run_dir(tmp_path: Path, name: str, phase: str = "train") -> Path:
@@ -70,15 +39,14 @@ def step_losses(run: Path) -> dict[int, str]:
 
 
 @pytest.mark.parametrize("patch_size", [None, 16], ids=["whole", "patches"])
-def test_resume_matches_uninterrupted_run(tmp_path: Path, dataset: Path, patch_size: int | None) -> None:
-    patches = {"datasets__train__patch_size": patch_size}
-    assert sr.main(["-c", str(write_config(tmp_path, dataset, "full", **patches)), "--no-progress"]) == 0
+def test_resume_matches_uninterrupted_run(tmp_path: Path, write_config: WriteConfig, patch_size: int | None) -> None:
+    patches = {"datasets.train.patch_size": patch_size}
+    assert sr.main(["-c", str(write_config("full", patches)), "--no-progress"]) == 0
     full = run_dir(tmp_path, "full")
     assert sorted(p.name for p in (full / "checkpoint").glob("*.pth")) == ["I3_E1.pth", "I6_E3.pth"]
     assert (full / "checkpoint" / "latest").read_text().strip() == "I6_E3.pth"
 
-    half = write_config(tmp_path, dataset, "resumed", path__resume_state=str(full / "checkpoint" / "I3_E1.pth"),
-                        **patches)
+    half = write_config("resumed", {"path.resume_state": str(full / "checkpoint" / "I3_E1.pth"), **patches})
     assert sr.main(["-c", str(half), "--no-progress"]) == 0
     resumed = run_dir(tmp_path, "resumed")
 
@@ -92,8 +60,8 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, dataset: Path, patch_s
     assert (a["step"], a["epoch"], a["batch_in_epoch"]) == (b["step"], b["epoch"], b["batch_in_epoch"]) == (6, 3, 0)
 
 
-def test_validation_samples_with_finite_psnr(tmp_path: Path, dataset: Path) -> None:
-    cfg = write_config(tmp_path, dataset, "short", train__n_iter=3, train__val_freq=3)
+def test_validation_samples_with_finite_psnr(tmp_path: Path, write_config: WriteConfig) -> None:
+    cfg = write_config("short", {"train.n_iter": 3, "train.val_freq": 3})
     assert sr.main(["-c", str(cfg), "--no-progress"]) == 0
     ckpt = run_dir(tmp_path, "short") / "checkpoint"
     assert sr.main(["-p", "val", "-c", str(cfg), "--checkpoint", str(ckpt), "--no-progress"]) == 0
@@ -108,7 +76,7 @@ def test_validation_samples_with_finite_psnr(tmp_path: Path, dataset: Path) -> N
         assert np.isfinite(value) and value > 0
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path: Path, dataset: Path,
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path: Path, write_config: WriteConfig,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     real_build = model_module.build_loss
 
@@ -123,16 +91,16 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path: Path, dataset: Path,
         return wrapped
 
     monkeypatch.setattr(model_module, "build_loss", poisoned)
-    assert sr.main(["-c", str(write_config(tmp_path, dataset, "nan")), "--no-progress"]) == 1
+    assert sr.main(["-c", str(write_config("nan")), "--no-progress"]) == 1
     run = run_dir(tmp_path, "nan")
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["I3_E1.pth", "latest"]
     assert "non-finite loss at step 5" in (run / "logs" / "train.log").read_text()
     assert torch.load(run / "checkpoint" / "I3_E1.pth", weights_only=True)["step"] == 3
 
 
-def test_interrupted_save_keeps_previous_checkpoint(tmp_path: Path, dataset: Path,
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path: Path, write_config: WriteConfig,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = write_config(tmp_path, dataset, "kill", train__n_iter=3)
+    cfg = write_config("kill", {"train.n_iter": 3})
     assert sr.main(["-c", str(cfg), "--no-progress"]) == 0
     folder = run_dir(tmp_path, "kill") / "checkpoint"
     before = (folder / "I3_E1.pth").read_bytes()
@@ -152,20 +120,21 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path: Path, dataset: Pat
     assert (folder / "I3_E1.pth").read_bytes() == before
 
 
-def test_config_error_exits_with_key_path(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture) -> None:
-    cfg = write_config(tmp_path, dataset, "bad", train__val_frq=10)
+def test_config_error_exits_with_key_path(tmp_path: Path, write_config: WriteConfig,
+                                          capsys: pytest.CaptureFixture) -> None:
+    cfg = write_config("bad", {"train.val_frq": 10})
     assert sr.main(["-c", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "train.val_frq" in err and "val_freq" in err
     assert not (tmp_path / "experiments").exists()
 
 
-def test_missing_dataset_folder_is_a_clear_error(tmp_path: Path, dataset: Path) -> None:
-    cfg = write_config(tmp_path, dataset, "nodata", datasets__train__dataroot=str(tmp_path / "nowhere"))
+def test_missing_dataset_folder_is_a_clear_error(tmp_path: Path, write_config: WriteConfig) -> None:
+    cfg = write_config("nodata", {"datasets.train.dataroot": str(tmp_path / "nowhere")})
     assert sr.main(["-c", str(cfg), "--no-progress"]) == 1
     assert "nowhere" in (run_dir(tmp_path, "nodata") / "logs" / "train.log").read_text()
 
 
-def test_val_without_checkpoint_is_refused(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture) -> None:
-    assert sr.main(["-p", "val", "-c", str(write_config(tmp_path, dataset, "nockpt"))]) == 2
+def test_val_without_checkpoint_is_refused(write_config: WriteConfig, capsys: pytest.CaptureFixture) -> None:
+    assert sr.main(["-p", "val", "-c", str(write_config("nockpt"))]) == 2
     assert "--checkpoint" in capsys.readouterr().err
