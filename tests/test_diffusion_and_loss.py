@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -41,9 +42,8 @@ def test_other_schedules_closed_forms() -> None:
 
 
 @pytest.fixture(scope="module")
-def diffusion() -> GaussianDiffusion:
-    net = UNet(inner_channel=16, norm_groups=8, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16)
-    return GaussianDiffusion(net, NoiseSchedule.from_spec(PAPER))
+def diffusion(make_tiny_unet: Callable[..., UNet]) -> GaussianDiffusion:
+    return GaussianDiffusion(make_tiny_unet(), NoiseSchedule.from_spec(PAPER))
 
 
 def test_buffers_match_closed_forms(diffusion: GaussianDiffusion) -> None:
@@ -90,10 +90,8 @@ def test_training_terms_are_reproducible(diffusion: GaussianDiffusion) -> None:
     assert a.x0_hat.abs().max() <= 1.0
 
 
-def test_sampling_is_seeded() -> None:
-    net = UNet(inner_channel=16, norm_groups=8, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16)
-    short = SimpleNamespace(schedule="linear", n_timestep=20, linear_start=1e-4, linear_end=0.1)
-    diff = GaussianDiffusion(net, NoiseSchedule.from_spec(short)).eval()
+def test_sampling_is_seeded(make_tiny_diffusion: Callable[[int], GaussianDiffusion]) -> None:
+    diff = make_tiny_diffusion(20)
     cond = torch.rand(1, 9, 16, 16)
     sampler = AncestralSampler.full_chain(diff.schedule)
 

@@ -1,6 +1,8 @@
 """TMFA semantics, U-Net shapes and options, initialisation."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -9,11 +11,7 @@ from model.tmfa import TMFABlock
 from model.unet import UNet, init_weights
 
 
-def small_unet(**kw) -> UNet:
-    args = dict(in_channel=12, out_channel=3, inner_channel=16, norm_groups=8, channel_mults=(1, 2), attn_res=(8,),
-                res_blocks=1, dropout=0.0, image_size=16)
-    args.update(kw)
-    return UNet(**args)
+MakeUNet = Callable[..., UNet]
 
 
 def test_tmfa_is_squeeze_excitation() -> None:
@@ -39,8 +37,8 @@ def test_tmfa_reweights_channels_only() -> None:
 
 
 @pytest.mark.parametrize("placement", ["condition", "all_channels", "off"])
-def test_unet_shapes_and_placement(placement: str) -> None:
-    net = small_unet(tmfa_placement=placement)
+def test_unet_shapes_and_placement(placement: str, make_tiny_unet: MakeUNet) -> None:
+    net = make_tiny_unet(tmfa_placement=placement)
     out = net(torch.randn(2, 9, 16, 16), torch.randn(2, 3, 16, 16), torch.rand(2))
     assert out.shape == (2, 3, 16, 16)
     se = getattr(net, "SE_block", None)
@@ -48,52 +46,52 @@ def test_unet_shapes_and_placement(placement: str) -> None:
     assert (se.channels if se is not None else None) == expected
 
 
-def test_paper_placement_leaves_noisy_image_unweighted() -> None:
+def test_paper_placement_leaves_noisy_image_unweighted(make_tiny_unet: MakeUNet) -> None:
     """With the paper placement, the SE weights depend on the condition only, not on x_t."""
     torch.manual_seed(0)
-    net = small_unet(tmfa_placement="condition")
+    net = make_tiny_unet(tmfa_placement="condition")
     seen = []
     net.SE_block.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     net(torch.randn(1, 9, 16, 16), torch.randn(1, 3, 16, 16), torch.rand(1))
     assert seen == [9]
 
 
-def test_noise_level_shapes_agree() -> None:
+def test_noise_level_shapes_agree(make_tiny_unet: MakeUNet) -> None:
     torch.manual_seed(0)
-    net = small_unet().eval()
+    net = make_tiny_unet().eval()
     c, x, g = torch.randn(2, 9, 16, 16), torch.randn(2, 3, 16, 16), torch.rand(2)
     torch.testing.assert_close(net(c, x, g), net(c, x, g.view(2, 1)))
 
 
-def test_noise_level_matters() -> None:
+def test_noise_level_matters(make_tiny_unet: MakeUNet) -> None:
     torch.manual_seed(0)
-    net = small_unet().eval()
+    net = make_tiny_unet().eval()
     c, x = torch.randn(1, 9, 16, 16), torch.randn(1, 3, 16, 16)
     assert not torch.allclose(net(c, x, torch.tensor([0.1])), net(c, x, torch.tensor([0.9])))
 
 
-def test_affine_level_doubles_noise_projection() -> None:
-    net = small_unet(use_affine_level=True)
+def test_affine_level_doubles_noise_projection(make_tiny_unet: MakeUNet) -> None:
+    net = make_tiny_unet(use_affine_level=True)
     assert net.downs[1].res_block.noise_func.noise_func[0].weight.shape == (32, 16)
     assert net(torch.randn(1, 9, 16, 16), torch.randn(1, 3, 16, 16), torch.rand(1)).shape == (1, 3, 16, 16)
 
 
-def test_wrong_condition_channels_error() -> None:
+def test_wrong_condition_channels_error(make_tiny_unet: MakeUNet) -> None:
     with pytest.raises(ValueError, match="9 channels"):
-        small_unet()(torch.randn(1, 6, 16, 16), torch.randn(1, 3, 16, 16), torch.rand(1))
+        make_tiny_unet()(torch.randn(1, 6, 16, 16), torch.randn(1, 3, 16, 16), torch.rand(1))
 
 
-def test_dropout_in_second_block_only() -> None:
-    net = small_unet(dropout=0.2)
+def test_dropout_in_second_block_only(make_tiny_unet: MakeUNet) -> None:
+    net = make_tiny_unet(dropout=0.2)
     block = net.downs[1].res_block
     assert isinstance(block.block1.block[2], nn.Identity)
     assert isinstance(block.block2.block[2], nn.Dropout) and block.block2.block[2].p == 0.2
 
 
 @pytest.mark.parametrize("kind", ["kaiming", "orthogonal"])
-def test_init_weights(kind: str) -> None:
+def test_init_weights(kind: str, make_tiny_unet: MakeUNet) -> None:
     torch.manual_seed(0)
-    net = small_unet()
+    net = make_tiny_unet()
     init_weights(net, kind)
     conv = net.downs[1].res_block.block2.block[3]
     assert torch.count_nonzero(conv.bias) == 0

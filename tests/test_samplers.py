@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-from types import SimpleNamespace
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,8 +13,6 @@ from core.cli import add_sampler_args, sampler_from_args
 from model.diffusion import GaussianDiffusion
 from model.net_runner import NetRunner, prepare_net
 from model.samplers import AncestralSampler, DDIMSampler, build_sampler, sample_loop, spaced_timesteps
-from model.schedule import NoiseSchedule
-from model.unet import UNet
 from tests.sr3_reference import p_sample_loop
 
 T = 20
@@ -23,11 +21,8 @@ SAMPLERS = [SamplerConfig(), SamplerConfig(type="respaced", steps=7), SamplerCon
 
 
 @pytest.fixture(scope="module")
-def diffusion() -> GaussianDiffusion:
-    torch.manual_seed(0)
-    net = UNet(inner_channel=16, norm_groups=8, channel_mults=(1, 2), attn_res=(8,), res_blocks=1, image_size=16)
-    schedule = SimpleNamespace(schedule="linear", n_timestep=T, linear_start=1e-4, linear_end=0.1)
-    return GaussianDiffusion(net, NoiseSchedule.from_spec(schedule)).eval()
+def diffusion(make_tiny_diffusion: Callable[[int], GaussianDiffusion]) -> GaussianDiffusion:
+    return make_tiny_diffusion(T)
 
 
 @pytest.fixture(scope="module")
