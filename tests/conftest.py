@@ -4,7 +4,8 @@ One intra-op thread makes the tiny test networks several times faster on small C
 
 The factories are fixtures that return a function (pytest's "factory as fixture"):
 
-- ``make_rgb(seed, shape, grey=False)``: a seeded random uint8 RGB image.
+- ``make_rgb(seed, shape, grey=False)``: a seeded random uint8 RGB image; ``make_results(folder, case_ids,
+  fused_seed, with_target)``: a method's results folder of such images.
 - ``make_tiny_config(size, scale, steps, ema, changes)``: the smallest valid config dict, with overrides by dotted key.
 - ``make_tiny_unet(**kwargs)``, ``make_tiny_diffusion(n_timestep)``, ``make_tiny_model(**config_kwargs)``: the
   network of that config, a short diffusion process around it, and the whole model, seeded.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +28,7 @@ import pytest
 import torch
 
 from core.config import parse_config
+from core.results_layout import write_case
 from data.embedded import build_embedded_dataset
 from model.diffusion import GaussianDiffusion
 from model.model import TFSDiffModel
@@ -43,6 +45,16 @@ def random_rgb(seed: int, shape: tuple[int, int] = (16, 16), grey: bool = False)
     its first channel repeated (R = G = B)."""
     rgb = np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
     return np.repeat(rgb[..., :1], 3, axis=2) if grey else rgb
+
+
+def write_random_results(folder: Path, case_ids: Sequence[str], fused_seed: int, with_target: bool = True) -> None:
+    """A method's results folder (``core.results_layout``) of random 16x16 images: case ``i`` has sources seeded
+    ``100 + 10 i + k`` (k = 1, 2, 3), target ``200 + i`` (unless not ``with_target``) and fused image
+    ``fused_seed + i``, so ``fused_seed`` 200 is a perfect fusion."""
+    for i, case in enumerate(case_ids):
+        sources = [random_rgb(100 + 10 * i + k) for k in (1, 2, 3)]
+        target = random_rgb(200 + i) if with_target else None
+        write_case(folder, case, sources, random_rgb(fused_seed + i), target)
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -141,6 +153,11 @@ def write_run_config(folder: Path, dataset: Path, name: str, changes: Mapping[st
 @pytest.fixture(scope="session")
 def make_rgb() -> Callable[..., np.ndarray]:
     return random_rgb
+
+
+@pytest.fixture(scope="session")
+def make_results() -> Callable[..., None]:
+    return write_random_results
 
 
 @pytest.fixture(scope="session")

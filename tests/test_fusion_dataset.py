@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,12 @@ L_RES, R_RES = 8, 16
 CASES = ("case_a", "case_b", "case_c", "case_d", "case_e")
 
 
-def _pixels(size: int, seed: int) -> np.ndarray:
-    """Deterministic, horizontally asymmetric uint8 (size, size, 3) array."""
-    return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+MakeRGB = Callable[..., np.ndarray]
 
 
-def _save(path: Path, size: int, seed: int, mode: str) -> None:
-    img = Image.fromarray(_pixels(size, seed))
+def _save(path: Path, pixels: np.ndarray, mode: str = "RGB") -> None:
+    """Save (H, W, 3) uint8 ``pixels`` in PIL ``mode`` ("L", "RGB" or "P"), creating the folder."""
+    img = Image.fromarray(pixels)
     if mode == "L":
         img = img.convert("L")
     elif mode == "P":
@@ -31,22 +31,22 @@ def _save(path: Path, size: int, seed: int, mode: str) -> None:
     img.save(path)
 
 
-def _make_layout(root: Path, with_hr: bool = True, with_lr: bool = True) -> Path:
-    """Five cases; modality 1 grey 'L', modality 2 RGB, modality 3 palette 'P', hr RGB."""
+def _make_layout(root: Path, make_rgb: MakeRGB, with_hr: bool = True, with_lr: bool = True) -> Path:
+    """Five cases of random images; modality 1 grey 'L', modality 2 RGB, modality 3 palette 'P', hr RGB."""
     modes = {1: "L", 2: "RGB", 3: "P"}
     for i, case in enumerate(CASES):
         for k, mode in modes.items():
-            _save(root / f"{k}_sr_{L_RES}_{R_RES}" / f"{case}.png", R_RES, 100 * k + i, mode)
+            _save(root / f"{k}_sr_{L_RES}_{R_RES}" / f"{case}.png", make_rgb(100 * k + i, (R_RES, R_RES)), mode)
             if with_lr:
-                _save(root / f"{k}_lr_{L_RES}" / f"{case}.png", L_RES, 1000 + 100 * k + i, mode)
+                _save(root / f"{k}_lr_{L_RES}" / f"{case}.png", make_rgb(1000 + 100 * k + i, (L_RES, L_RES)), mode)
         if with_hr:
-            _save(root / f"hr_{R_RES}" / f"{case}.png", R_RES, 5000 + i, "RGB")
+            _save(root / f"hr_{R_RES}" / f"{case}.png", make_rgb(5000 + i, (R_RES, R_RES)))
     return root
 
 
 @pytest.fixture()
-def layout(tmp_path: Path) -> Path:
-    return _make_layout(tmp_path / "split")
+def layout(tmp_path: Path, make_rgb: MakeRGB) -> Path:
+    return _make_layout(tmp_path / "split", make_rgb)
 
 
 def _expected(path: Path) -> np.ndarray:
@@ -71,8 +71,8 @@ def test_item_values_shapes_and_ranges(layout: Path) -> None:
     assert set(item) == {"src1", "src2", "src3", "target", "case_id"}
 
 
-def test_rgba_is_composited_on_black_and_extremes_map_to_minus_one_and_one(tmp_path: Path) -> None:
-    root = _make_layout(tmp_path / "split", with_lr=False)
+def test_rgba_is_composited_on_black_and_extremes_map_to_minus_one_and_one(tmp_path: Path, make_rgb: MakeRGB) -> None:
+    root = _make_layout(tmp_path / "split", make_rgb, with_lr=False)
     rgba = np.zeros((R_RES, R_RES, 4), dtype=np.uint8)
     rgba[:, R_RES // 2 :, :3] = 255
     rgba[..., 3] = 255
@@ -100,9 +100,9 @@ def test_condition_order_and_collate(layout: Path) -> None:
     assert torch.equal(moved.src3, batch.src3) and moved.case_ids == batch.case_ids
 
 
-def test_pairing_error_lists_the_ids_each_folder_lacks(layout: Path) -> None:
+def test_pairing_error_lists_the_ids_each_folder_lacks(layout: Path, make_rgb: MakeRGB) -> None:
     (layout / f"2_sr_{L_RES}_{R_RES}" / "case_c.png").unlink()
-    _save(layout / f"hr_{R_RES}" / "case_zz.png", R_RES, 9, "RGB")
+    _save(layout / f"hr_{R_RES}" / "case_zz.png", make_rgb(9, (R_RES, R_RES)))
     with pytest.raises(DatasetError) as info:
         FusionDataset(layout, L_RES, R_RES)
     message = str(info.value)
@@ -112,9 +112,9 @@ def test_pairing_error_lists_the_ids_each_folder_lacks(layout: Path) -> None:
     assert f"hr_{R_RES}: missing" not in message
 
 
-def test_pairing_error_truncates_long_id_lists(layout: Path) -> None:
+def test_pairing_error_truncates_long_id_lists(layout: Path, make_rgb: MakeRGB) -> None:
     for i in range(15):
-        _save(layout / f"3_sr_{L_RES}_{R_RES}" / f"extra_{i:02d}.png", R_RES, i, "RGB")
+        _save(layout / f"3_sr_{L_RES}_{R_RES}" / f"extra_{i:02d}.png", make_rgb(i, (R_RES, R_RES)))
     with pytest.raises(DatasetError, match=r"missing extra_00, .*extra_09, \.\.\. \(15 in total\)") as info:
         FusionDataset(layout, L_RES, R_RES)
     assert "extra_10" not in str(info.value)
@@ -133,8 +133,8 @@ def test_missing_dataroot(tmp_path: Path) -> None:
         FusionDataset(tmp_path / "nowhere", L_RES, R_RES)
 
 
-def test_lr_folders_are_not_needed(tmp_path: Path) -> None:
-    root = _make_layout(tmp_path / "split", with_lr=False)
+def test_lr_folders_are_not_needed(tmp_path: Path, make_rgb: MakeRGB) -> None:
+    root = _make_layout(tmp_path / "split", make_rgb, with_lr=False)
     assert FusionDataset(root, L_RES, R_RES)[0]["case_id"] == "case_a"
 
 
@@ -151,13 +151,14 @@ def test_empty_folder_and_ignored_files(layout: Path) -> None:
         FusionDataset(layout, L_RES, R_RES)
 
 
-def test_upper_case_extension_and_other_formats(layout: Path) -> None:
+def test_upper_case_extension_and_other_formats(layout: Path, make_rgb: MakeRGB) -> None:
     folder = layout / f"2_sr_{L_RES}_{R_RES}"
     (folder / "case_a.png").rename(folder / "case_a.PNG")
     (folder / "case_b.png").unlink()
-    Image.fromarray(_pixels(R_RES, 3)).save(folder / "case_b.bmp")
+    Image.fromarray(make_rgb(3, (R_RES, R_RES))).save(folder / "case_b.bmp")
     (folder / "case_c.png").unlink()
-    Image.fromarray(_pixels(R_RES, 4)).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "case_c.gif")
+    palette = Image.fromarray(make_rgb(4, (R_RES, R_RES))).convert("P", palette=Image.Palette.ADAPTIVE)
+    palette.save(folder / "case_c.gif")
     ds = FusionDataset(layout, L_RES, R_RES)
     assert ds.case_ids == CASES
     np.testing.assert_allclose(ds[1]["src2"].numpy(), _expected(folder / "case_b.bmp"), atol=1e-6)
@@ -171,9 +172,9 @@ def test_sixteen_bit_images_are_scaled_by_min_max(layout: Path) -> None:
     assert target[:, 0, 0].tolist() == [-1.0] * 3 and target[:, -1, -1].tolist() == [1.0] * 3
 
 
-def test_wrong_size_names_file_lazily(layout: Path) -> None:
+def test_wrong_size_names_file_lazily(layout: Path, make_rgb: MakeRGB) -> None:
     bad = layout / f"3_sr_{L_RES}_{R_RES}" / "case_d.png"
-    _save(bad, R_RES + 2, 1, "RGB")
+    _save(bad, make_rgb(1, (R_RES + 2, R_RES + 2)))
     ds = FusionDataset(layout, L_RES, R_RES)
     ds[0]
     with pytest.raises(DatasetError, match=rf"{bad}.*18x18, expected 16x16"):
@@ -240,8 +241,8 @@ def test_dataloader_keeps_global_rng_state(layout: Path, num_workers: int) -> No
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_require_target_false_without_hr(tmp_path: Path) -> None:
-    root = _make_layout(tmp_path / "split", with_hr=False)
+def test_require_target_false_without_hr(tmp_path: Path, make_rgb: MakeRGB) -> None:
+    root = _make_layout(tmp_path / "split", make_rgb, with_hr=False)
     with pytest.raises(DatasetError, match=f"hr_{R_RES}"):
         FusionDataset(root, L_RES, R_RES)
     ds = FusionDataset(root, L_RES, R_RES, require_target=False)

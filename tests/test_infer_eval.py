@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,20 +14,15 @@ from PIL import Image
 
 import eval as eval_cli
 import infer
-from core.config import parse_config
+from core.config import load_config
 from data.fusion_rules import FUSION_RULES, _pca_weights, fuse, haar_dwt2, haar_idwt2, rgb_to_ycbcr
+from data.layout import hr_dir, sr_dir
 from model.evaluation import pad_to_multiple
 from model.model import TFSDiffModel
 
 SIZE, LOW = 16, 8
-
-
-def _rgb(seed: int, shape: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
-
-
-def _grey_rgb(seed: int, shape: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
-    return np.repeat(_rgb(seed, shape)[..., :1], 3, axis=2)
+MakeRGB = Callable[..., np.ndarray]
+MakeResults = Callable[..., None]
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -43,10 +40,10 @@ def test_haar_dwt_is_orthonormal_and_invertible() -> None:
 
 
 @pytest.mark.parametrize("rule", sorted(FUSION_RULES))
-def test_every_rule_keeps_identical_sources_and_any_size(rule: str) -> None:
-    src = _grey_rgb(1, (13, 21))
+def test_every_rule_keeps_identical_sources_and_any_size(rule: str, make_rgb: MakeRGB) -> None:
+    src = make_rgb(1, (13, 21), grey=True)
     np.testing.assert_array_equal(fuse(rule, [src, src, src]), src)
-    assert fuse(rule, [_rgb(2, (13, 21)), _rgb(3, (13, 21)), _rgb(4, (13, 21))]).shape == (13, 21, 3)
+    assert fuse(rule, [make_rgb(2, (13, 21)), make_rgb(3, (13, 21)), make_rgb(4, (13, 21))]).shape == (13, 21, 3)
 
 
 def test_maximum_and_average_luminance_with_chroma_of_the_most_colourful_source() -> None:
@@ -73,27 +70,16 @@ def test_dwt_keeps_the_finest_detail_and_averages_the_approximation() -> None:
 
 # ----------------------------------------------------------------------------------------------- eval.py
 
-def _method_folder(folder: Path, ids: list[str], fused_seed: int, with_hr: bool = True) -> None:
-    for i, case in enumerate(ids):
-        for k in (1, 2, 3):
-            _save(folder / f"{case}_src{k}.png", _rgb(100 + 10 * i + k))
-        if with_hr:
-            _save(folder / f"{case}_hr.png", _rgb(200 + i))
-        _save(folder / f"{case}_fused.png", _rgb(fused_seed + i))
+PERFECT = 200  # the fused seed of make_results that reproduces the targets
 
 
-def _perfect_folder(folder: Path, ids: list[str]) -> None:
-    _method_folder(folder, ids, 0)
-    for i, case in enumerate(ids):
-        _save(folder / f"{case}_fused.png", _rgb(200 + i))
-
-
-def test_eval_writes_tables_per_scale_with_ablation_and_figure(tmp_path: Path, capsys) -> None:
+def test_eval_writes_tables_per_scale_with_ablation_and_figure(tmp_path: Path, capsys,
+                                                               make_results: MakeResults) -> None:
     ids = ["c1", "c2", "c3"]
     for scale in ("x2", "x4"):
-        _perfect_folder(tmp_path / scale / "tfsdiff", ids)
-        _method_folder(tmp_path / scale / "average", ids, 300)
-        _method_folder(tmp_path / scale / "wo_tmfa", ids, 400)
+        make_results(tmp_path / scale / "tfsdiff", ids, PERFECT)
+        make_results(tmp_path / scale / "average", ids, 300)
+        make_results(tmp_path / scale / "wo_tmfa", ids, 400)
     prefix, figure = tmp_path / "out" / "table", tmp_path / "fig.png"
     code = eval_cli.main([str(tmp_path), "--out", str(prefix), "--figure", str(figure), "--cases", "c2",
                           "--no-progress"])
@@ -116,9 +102,10 @@ def test_eval_writes_tables_per_scale_with_ablation_and_figure(tmp_path: Path, c
         assert img.height == 30 + 2 * (128 + 4) and img.width == 120 + 7 * (128 + 4)
 
 
-def test_eval_sources_reference_and_missing_lpips_weights(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_eval_sources_reference_and_missing_lpips_weights(tmp_path: Path, monkeypatch, capsys,
+                                                          make_results: MakeResults) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    _method_folder(tmp_path / "res" / "dwt", ["a", "b"], 50, with_hr=False)
+    make_results(tmp_path / "res" / "dwt", ["a", "b"], 50, with_target=False)
     code = eval_cli.main([str(tmp_path / "res" / "dwt"), "--reference", "sources", "--suite", "all", "--no-progress"])
     assert code == 0
     captured = capsys.readouterr()
@@ -128,9 +115,9 @@ def test_eval_sources_reference_and_missing_lpips_weights(tmp_path: Path, monkey
     assert markdown.count("n/a") >= 1
 
 
-def test_eval_pairing_errors_list_the_ids(tmp_path: Path, capsys) -> None:
-    _method_folder(tmp_path / "tfsdiff", ["a", "b", "c"], 1)
-    _method_folder(tmp_path / "pca", ["a", "c"], 2)
+def test_eval_pairing_errors_list_the_ids(tmp_path: Path, capsys, make_results: MakeResults) -> None:
+    make_results(tmp_path / "tfsdiff", ["a", "b", "c"], 1)
+    make_results(tmp_path / "pca", ["a", "c"], 2)
     assert eval_cli.main([str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "pca: missing b" in err
@@ -146,38 +133,32 @@ def test_eval_pairing_errors_list_the_ids(tmp_path: Path, capsys) -> None:
 
 # ----------------------------------------------------------------------------------------------- infer.py
 
-def _tiny_config(tmp_path: Path) -> Path:
+@pytest.fixture()
+def config(tmp_path: Path, make_tiny_config: Callable[..., dict[str, Any]], make_rgb: MakeRGB) -> Path:
+    """``tmp_path/tiny.json``: a x2 model of 3 steps with 8 channels and no attention, whose three splits are one
+    folder of 3 random cases ``p1``..``p3`` (source ``k`` of case ``i`` seeded ``10 i + k``)."""
     root = tmp_path / "data"
     split = {"dataroot": str(root), "l_resolution": LOW, "r_resolution": SIZE, "batch_size": 2}
-    cfg = {
-        "name": "tiny", "path": {"experiments_root": str(tmp_path / "exp")},
-        "datasets": {"train": split, "val": split, "test": split},
-        "model": {
-            "unet": {"in_channel": 12, "out_channel": 3, "inner_channel": 8, "norm_groups": 4,
-                     "channel_multiplier": [1, 2], "attn_res": [], "res_blocks": 1},
-            "beta_schedule": {s: {"schedule": "linear", "n_timestep": 3, "linear_start": 1e-4, "linear_end": 2e-2}
-                              for s in ("train", "val")},
-            "diffusion": {"image_size": SIZE, "channels": 3},
-        },
-        "train": {"n_iter": 1, "val_freq": 1, "save_checkpoint_freq": 1, "print_freq": 1},
-    }
+    cfg = make_tiny_config(SIZE, SIZE // LOW, steps=3, changes={
+        "path.experiments_root": str(tmp_path / "exp"), "datasets.train": split, "datasets.val": split,
+        "datasets.test": split, "model.unet.inner_channel": 8, "model.unet.norm_groups": 4, "model.unet.attn_res": []})
     for i, case in enumerate(["p1", "p2", "p3"]):
         for k in (1, 2, 3):
-            _save(root / f"{k}_sr_{LOW}_{SIZE}" / f"{case}.png", _rgb(10 * i + k))
-        _save(root / f"hr_{SIZE}" / f"{case}.png", _rgb(50 + i))
+            _save(sr_dir(root, k, LOW, SIZE) / f"{case}.png", make_rgb(10 * i + k))
+        _save(hr_dir(root, SIZE) / f"{case}.png", make_rgb(50 + i))
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(cfg), encoding="utf-8")
     return path
 
 
 def _tiny_checkpoint(config: Path, tmp_path: Path) -> Path:
-    cfg = parse_config(json.loads(config.read_text(encoding="utf-8")))
+    """The checkpoint of a fresh model of ``config``, initialised from seed 0."""
     torch.manual_seed(0)
-    return TFSDiffModel(cfg, torch.device("cpu")).save(tmp_path / "ckpt")
+    return TFSDiffModel(load_config(config), torch.device("cpu")).save(tmp_path / "ckpt")
 
 
-def test_infer_split_with_model_and_rule_then_eval(tmp_path: Path, monkeypatch) -> None:
-    config = _tiny_config(tmp_path)
+def test_infer_split_with_model_and_rule_then_eval(tmp_path: Path, monkeypatch, config: Path,
+                                                   make_rgb: MakeRGB) -> None:
     checkpoint = _tiny_checkpoint(config, tmp_path)
     monkeypatch.chdir(tmp_path)
     assert infer.main(["-c", str(config), "--checkpoint", str(checkpoint), "--process", "--no-progress"]) == 0
@@ -187,27 +168,25 @@ def test_infer_split_with_model_and_rule_then_eval(tmp_path: Path, monkeypatch) 
     assert infer.main(["-c", str(config), "--method", "pca", "--split", "val"]) == 0
     rule_out = tmp_path / "results" / "tiny" / "val" / "pca"
     src = np.asarray(Image.open(rule_out / "p2_src1.png"))
-    np.testing.assert_array_equal(src, _rgb(11))
+    np.testing.assert_array_equal(src, make_rgb(11))
     expected = fuse("pca", [np.asarray(Image.open(rule_out / f"p2_src{k}.png")) for k in (1, 2, 3)])
     np.testing.assert_array_equal(np.asarray(Image.open(rule_out / "p2_fused.png")), expected)
     assert eval_cli.main([str(out), str(tmp_path / "results" / "tiny" / "test"), "--no-progress"]) == 0
 
 
-def test_infer_needs_a_checkpoint(tmp_path: Path, capsys) -> None:
-    config = _tiny_config(tmp_path)
+def test_infer_needs_a_checkpoint(tmp_path: Path, capsys, config: Path) -> None:
     assert infer.main(["-c", str(config), "--out", str(tmp_path / "o")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_infer_single_case_any_size(tmp_path: Path) -> None:
+def test_infer_single_case_any_size(tmp_path: Path, config: Path, make_rgb: MakeRGB) -> None:
     """The inputs are the LR sources: the output is scale x their size (the tiny model is x2), or --out-size;
     non-square and non-multiple-of-4 sizes keep their shape (padded for the U-Net, cropped back)."""
-    config = _tiny_config(tmp_path)
     checkpoint = _tiny_checkpoint(config, tmp_path)
     paths = [tmp_path / "t1.png", tmp_path / "t2.png", tmp_path / "spect.png"]
-    Image.fromarray(_rgb(1, (21, 13))[..., 0]).save(paths[0])  # grey, portrait
-    _save(paths[1], _grey_rgb(2, (21, 13)))
-    _save(paths[2], _rgb(3, (21, 13)))
+    Image.fromarray(make_rgb(1, (21, 13))[..., 0]).save(paths[0])  # grey, portrait
+    _save(paths[1], make_rgb(2, (21, 13), grey=True))
+    _save(paths[2], make_rgb(3, (21, 13)))
     out = tmp_path / "fused" / "case.png"
     args = ["-c", str(config), "--checkpoint", str(checkpoint), "--inputs", *map(str, paths), "--out", str(out)]
     for extra, size in (([], (26, 42)), (["--out-size", "16", "16"], (16, 16)), (["--out-size", "21", "30"], (30, 21))):
@@ -231,14 +210,14 @@ def test_pad_to_multiple_reflects_and_keeps_multiples() -> None:
     assert pad_to_multiple(tiny, 4).shape == (1, 1, 4, 4)  # too small to reflect: edge replication
 
 
-def test_infer_single_case_input_errors_name_the_file(tmp_path: Path, capsys) -> None:
-    config = _tiny_config(tmp_path)
+def test_infer_single_case_input_errors_name_the_file(tmp_path: Path, capsys, config: Path,
+                                                     make_rgb: MakeRGB) -> None:
     good = tmp_path / "good.png"
-    _save(good, _rgb(1))
+    _save(good, make_rgb(1))
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG not really")
     small = tmp_path / "small.png"
-    _save(small, _rgb(2, (8, 8)))
+    _save(small, make_rgb(2, (8, 8)))
     base = ["-c", str(config), "--method", "average", "--out", str(tmp_path / "o.png"), "--inputs"]
     assert infer.main([*base, str(good), str(good), str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Tests of data/layout.py: the dataset folder names and how one case is written."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,7 @@ from data.layout import SPLITS, hr_dir, lr_dir, split_dir, sr_dir, write_case
 from data.resample import degrade
 
 
-def _image(seed: int, size: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+MakeRGB = Callable[..., np.ndarray]
 
 
 def test_folder_names(tmp_path: Path) -> None:
@@ -28,8 +28,8 @@ def test_folder_names(tmp_path: Path) -> None:
         lr_dir(tmp_path, 0, 16)
 
 
-def test_write_case_writes_target_and_degraded_sources(tmp_path: Path) -> None:
-    sources, target = [_image(k, 16) for k in range(3)], _image(9, 16)
+def test_write_case_writes_target_and_degraded_sources(tmp_path: Path, make_rgb: MakeRGB) -> None:
+    sources, target = [Image.fromarray(make_rgb(k)) for k in range(3)], Image.fromarray(make_rgb(9))
     write_case(tmp_path, "c.1", sources, target, [8, 4])
     expected = {"hr_16"} | {f"{k}_{kind}" for k in (1, 2, 3) for kind in ("lr_8", "lr_4", "sr_8_16", "sr_4_16")}
     assert {p.name for p in tmp_path.iterdir()} == expected
@@ -40,9 +40,10 @@ def test_write_case_writes_target_and_degraded_sources(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(Image.open(sr_dir(tmp_path, 2, 4, 16) / "c.1.png")), np.asarray(sr))
 
 
-def test_write_case_rejects_sizes_and_counts(tmp_path: Path) -> None:
+def test_write_case_rejects_sizes_and_counts(tmp_path: Path, make_rgb: MakeRGB) -> None:
+    source = Image.fromarray(make_rgb(0))
     with pytest.raises(ValueError, match=r"case 'a'.*\(16, 16\), \(16, 17\)"):
-        write_case(tmp_path, "a", [_image(0, 16)] * 3, _image(1, 16).crop((0, 0, 16, 17)), [8])
+        write_case(tmp_path, "a", [source] * 3, Image.fromarray(make_rgb(1, (17, 16))), [8])
     with pytest.raises(ValueError, match="case 'b': expected three sources"):
-        write_case(tmp_path, "b", [_image(0, 16)] * 2, _image(1, 16), [8])
+        write_case(tmp_path, "b", [source] * 2, source, [8])
     assert not any(tmp_path.iterdir())

@@ -1,6 +1,7 @@
 """Tests of data/loader.py: dataset_from_config for training, evaluation and DDP shards."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,15 +20,15 @@ from data.loader import dataset_from_config
 L_RES, R_RES, N_CASES = 4, 16, 5
 
 
-def _image(seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (R_RES, R_RES, 3), dtype=np.uint8))
+MakeRGB = Callable[..., np.ndarray]
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def split(tmp_path_factory: pytest.TempPathFactory, make_rgb: MakeRGB) -> Path:
     root = tmp_path_factory.mktemp("loader") / "train"
     for i in range(N_CASES):
-        write_case(root, f"case{i}", [_image(10 * i + k) for k in range(3)], _image(10 * i + 9), [L_RES])
+        images = [Image.fromarray(make_rgb(10 * i + k, (R_RES, R_RES))) for k in range(4)]
+        write_case(root, f"case{i}", images[:3], images[3], [L_RES])
     return root
 
 
@@ -67,12 +68,12 @@ def test_ddp_training_loads_this_process_shard(split: Path) -> None:
         dataset_from_config(cfg, seed=1, train=True, dist=DistInfo(rank=0, world_size=3))
 
 
-def test_target_is_optional_only_when_asked(split: Path, tmp_path: Path) -> None:
+def test_target_is_optional_only_when_asked(split: Path, tmp_path: Path, make_rgb: MakeRGB) -> None:
     bare = tmp_path / "bare"
     for k in (1, 2, 3):
         folder = bare / f"{k}_sr_{L_RES}_{R_RES}"
         folder.mkdir(parents=True)
-        _image(k).save(folder / "only.png")
+        Image.fromarray(make_rgb(k, (R_RES, R_RES))).save(folder / "only.png")
     with pytest.raises(DatasetError, match=str(hr_dir(bare, R_RES))):
         dataset_from_config(_config(bare), seed=0, train=False)
     _, _, loader = dataset_from_config(replace(_config(bare), batch_size=3), seed=0, train=False,

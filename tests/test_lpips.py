@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,6 @@ import pytest
 import torch
 
 from core import lpips as lp
-
-
-def _rgb(seed: int, shape: tuple[int, int] = (64, 64)) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
 
 
 @pytest.fixture()
@@ -57,7 +54,7 @@ def test_a_cached_file_with_another_digest_is_refused(torch_home: Path) -> None:
         lp.load_lpips()
 
 
-def test_lpips_loads_a_verified_alexnet_file(torch_home: Path) -> None:
+def test_lpips_loads_a_verified_alexnet_file(torch_home: Path, make_rgb: Callable[..., np.ndarray]) -> None:
     path = lp.alexnet_weights_path()
     alexnet = _random_alexnet_file(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -65,7 +62,7 @@ def test_lpips_loads_a_verified_alexnet_file(torch_home: Path) -> None:
     scorer = lp.load_lpips(expected_sha256=digest)
     assert scorer is not None
     torch.testing.assert_close(scorer.model.net.slice1[0].weight, alexnet.features[0].weight)
-    a, b = _rgb(20), _rgb(21)
+    a, b = make_rgb(20, (64, 64)), make_rgb(21, (64, 64))
     assert scorer(a, a) == pytest.approx(0.0, abs=1e-6)
     assert scorer(a, b) > 0.0
     assert scorer(a, b) == scorer(b, a)

@@ -7,6 +7,7 @@ import csv
 import itertools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -165,15 +166,9 @@ def test_labels_name_colour_space_and_convention() -> None:
     assert (PSNR_GREY_LABEL, SSIM_GREY_LABEL) == (metric_label("PSNR", "paper"), metric_label("SSIM", "paper"))
 
 
-def _method_folder(folder: Path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for case in ("a", "b"):
-        images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
-        write_case(folder, case, list(images[:3]), images[3], images[4])
-
-
-def test_eval_tables_name_the_convention_in_title_notes_and_columns(tmp_path: Path) -> None:
-    _method_folder(tmp_path / "res" / "pca", 0)
+def test_eval_tables_name_the_convention_in_title_notes_and_columns(tmp_path: Path,
+                                                                    make_results: Callable[..., None]) -> None:
+    make_results(tmp_path / "res" / "pca", ["a", "b"], 0)
     for convention, name in (("paper", "metrics_sources"), ("cddfuse", "metrics_sources_cddfuse")):
         assert eval_cli.main([str(tmp_path / "res" / "pca"), "--reference", "sources", "--convention", convention,
                               "--no-progress"]) == 0

@@ -2,6 +2,7 @@
 the seed and resumable exactly; the LR crop covers exactly the HR crop."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +22,19 @@ L_RES = R_RES // SCALE
 KERNEL_REACH = 2  # LR pixels: PIL's antialiased bicubic reaches 2 output pixels (2 * SCALE HR pixels) either side
 
 
-def _sources(case: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(case)
-    return [rng.integers(0, 256, (R_RES, R_RES, 3), dtype=np.uint8) for _ in range(3)]
+MakeRGB = Callable[..., np.ndarray]
+
+
+def _sources(case: int, make_rgb: MakeRGB) -> list[np.ndarray]:
+    """The three HR sources of ``case`` (random, seeded ``10 case + k``)."""
+    return [make_rgb(10 * case + k, (R_RES, R_RES)) for k in range(3)]
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def split(tmp_path_factory: pytest.TempPathFactory, make_rgb: MakeRGB) -> Path:
     root = tmp_path_factory.mktemp("patches") / "train"
     for case in range(N_CASES):
-        images = [Image.fromarray(a) for a in _sources(case)]
+        images = [Image.fromarray(a) for a in _sources(case, make_rgb)]
         write_case(root, f"case{case}", images, images[1], [L_RES])
     return root
 
@@ -92,14 +96,14 @@ def test_validation_loader_ignores_patches_and_uses_whole_images(split: Path) ->
     assert sampler.patches is None and next(iter(loader)).src1.shape[-2:] == (R_RES, R_RES)
 
 
-def test_lr_crop_covers_the_hr_crop_exactly(split: Path) -> None:
+def test_lr_crop_covers_the_hr_crop_exactly(split: Path, make_rgb: MakeRGB) -> None:
     """The LR image's crop at (y/s, x/s) is degrade(HR crop) exactly, except within KERNEL_REACH LR pixels of the
     crop border, where the antialiased bicubic kernel of the whole image reached HR pixels outside the crop."""
     grid = PatchGrid(image=R_RES, size=PATCH, step=SCALE)
     inner = slice(KERNEL_REACH, PATCH // SCALE - KERNEL_REACH)
     border_differs = False
     for case in range(N_CASES):
-        hr_sources = _sources(case)
+        hr_sources = _sources(case, make_rgb)
         for top in range(0, R_RES - PATCH + 1, SCALE):
             for left in range(0, R_RES - PATCH + 1, SCALE):
                 crop = Crop(top, left, grid.size)

@@ -1,6 +1,7 @@
 """Tests of core/results_layout.py: the file names of a results folder and how one case is written."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,8 @@ from PIL import Image
 from core.results_layout import KINDS, fused_case_ids, result_path, write_case
 
 
-def _image(seed: int, height: int = 5, width: int = 7) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+SHAPE = (5, 7)
+MakeRGB = Callable[..., np.ndarray]
 
 
 def test_result_path_names_every_kind_and_rejects_others(tmp_path: Path) -> None:
@@ -22,32 +23,32 @@ def test_result_path_names_every_kind_and_rejects_others(tmp_path: Path) -> None
         result_path(tmp_path, "c", "gt")
 
 
-def test_write_case_writes_pngs_that_read_back_exactly(tmp_path: Path) -> None:
+def test_write_case_writes_pngs_that_read_back_exactly(tmp_path: Path, make_rgb: MakeRGB) -> None:
     folder = tmp_path / "new" / "method"
-    sources, fused = [_image(k) for k in range(3)], _image(3)
+    sources, fused = [make_rgb(k, SHAPE) for k in range(3)], make_rgb(3, SHAPE)
     write_case(folder, "a", sources, fused)
-    write_case(folder, "b", sources, fused, target=_image(4), process=_image(5, width=21))
+    write_case(folder, "b", sources, fused, target=make_rgb(4, SHAPE), process=make_rgb(5, (5, 21)))
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [f"a_{k}.png" for k in KINDS[:4]] + [f"b_{k}.png" for k in KINDS])
     for kind, expected in (("src2", sources[1]), ("fused", fused)):
         assert np.array_equal(np.asarray(Image.open(result_path(folder, "a", kind))), expected)
-    assert np.array_equal(np.asarray(Image.open(result_path(folder, "b", "process"))), _image(5, width=21))
+    assert np.array_equal(np.asarray(Image.open(result_path(folder, "b", "process"))), make_rgb(5, (5, 21)))
     reference = tmp_path / "reference.png"
     Image.fromarray(fused).save(reference)
     assert result_path(folder, "b", "fused").read_bytes() == reference.read_bytes()
 
 
-def test_write_case_rejects_wrong_images(tmp_path: Path) -> None:
+def test_write_case_rejects_wrong_images(tmp_path: Path, make_rgb: MakeRGB) -> None:
     with pytest.raises(ValueError, match="three sources"):
-        write_case(tmp_path, "a", [_image(0)] * 2, _image(1))
+        write_case(tmp_path, "a", [make_rgb(0, SHAPE)] * 2, make_rgb(1, SHAPE))
     with pytest.raises(ValueError, match=r"a_fused\.png: expected an \(H, W, 3\) uint8 image"):
-        write_case(tmp_path, "a", [_image(0)] * 3, _image(1).astype(np.float32))
+        write_case(tmp_path, "a", [make_rgb(0, SHAPE)] * 3, make_rgb(1, SHAPE).astype(np.float32))
 
 
-def test_fused_case_ids(tmp_path: Path) -> None:
+def test_fused_case_ids(tmp_path: Path, make_rgb: MakeRGB) -> None:
     assert fused_case_ids(tmp_path / "missing") == set()
-    write_case(tmp_path, "x_fused", [_image(0)] * 3, _image(1))
-    write_case(tmp_path, "y", [_image(0)] * 3, _image(1))
+    write_case(tmp_path, "x_fused", [make_rgb(0, SHAPE)] * 3, make_rgb(1, SHAPE))
+    write_case(tmp_path, "y", [make_rgb(0, SHAPE)] * 3, make_rgb(1, SHAPE))
     result_path(tmp_path, "z", "src1").write_bytes(b"")
     (tmp_path / "w_fused.png").mkdir()
     assert fused_case_ids(tmp_path) == {"x_fused", "y"}
