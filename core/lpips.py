@@ -9,13 +9,14 @@ reported as LPIPS. Without the file LPIPS is unavailable and the tables show n/a
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from core.hashing import sha256_file
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 ALEXNET_URL = f"https://download.pytorch.org/models/{ALEXNET_FILE}"
@@ -28,18 +29,9 @@ def alexnet_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_sha256(path: Path, expected: str) -> None:
     """ValueError naming the file and both digests when the SHA-256 of ``path`` is not ``expected``."""
-    actual = sha256_of(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ValueError(f"{path} has SHA-256 {actual}, expected {expected} (torchvision's {ALEXNET_FILE} from "
                          f"{ALEXNET_URL}); replace or remove the file")

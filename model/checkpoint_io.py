@@ -6,13 +6,14 @@ fails with a clear error.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from core.hashing import sha256_file
 
 CHECKPOINT_VERSION = 2
 _LFS_POINTER = b"version https://git-lfs"
@@ -55,14 +56,6 @@ def resolve_checkpoint(path: str | Path) -> tuple[str, Path]:
     if Path(f"{prefix}_gen.pth").is_file():
         return "official", prefix
     raise CheckpointError(f"no checkpoint at {path} (looked for the file itself and for {prefix}_gen.pth)")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_path(weights: Path) -> Path:

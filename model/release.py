@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.hashing import sha256_file
 from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, atomic_save, manifest_path,
-                                 read_checkpoint, sha256_file, write_text_atomic)
+                                 read_checkpoint, write_text_atomic)
 
 
 def export_release(checkpoint: Path, config_file: str, out: Path, use_ema: bool = True) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from core import lpips as lp
+from core.hashing import sha256_file
 
 
 @pytest.fixture()
@@ -58,7 +59,7 @@ def test_lpips_loads_a_verified_alexnet_file(torch_home: Path, make_rgb: Callabl
     path = lp.alexnet_weights_path()
     alexnet = _random_alexnet_file(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert lp.sha256_of(path) == digest
+    assert sha256_file(path) == digest
     scorer = lp.load_lpips(expected_sha256=digest)
     assert scorer is not None
     torch.testing.assert_close(scorer.model.net.slice1[0].weight, alexnet.features[0].weight)

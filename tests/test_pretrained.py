@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from core.config import load_config, parse_config
+from core.hashing import sha256_file
 from data.embedded import build_embedded_dataset
 from data.fusion_dataset import FusionDataset, create_dataloader
 from infer import load_model
-from model.checkpoint_io import sha256_file
 from model.evaluation import evaluate_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint_io import CheckpointError, sha256_file
+from core.hashing import sha256_file
+from model.checkpoint_io import CheckpointError
 from model.model import TFSDiffModel
 from model.release import export_release, main as release_main
 
