@@ -1,14 +1,19 @@
-"""Command-line helpers shared by `sr.py`, `infer.py` and the benchmarks: the sampler flags that override
-`model.sampler`, and the choice of the checkpoint to load.
+"""Command-line helpers shared by `sr.py`, `infer.py`, the benchmarks and the data and release commands: the sampler
+flags that override `model.sampler`, the choice of the checkpoint to load, and the exit codes of a command.
 
 Library code never parses arguments; the scripts call these helpers and pass plain config objects down.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from core.config import ConfigError, SamplerConfig, TFSDiffConfig
+
+T = TypeVar("T")
 
 
 def add_sampler_args(parser: argparse.ArgumentParser) -> None:
@@ -48,3 +53,16 @@ def checkpoint_to_load(flag: str | None, cfg: TFSDiffConfig, for_training: bool)
     if flag:
         return flag
     return cfg.path.resume_state if for_training else cfg.path.sampling_checkpoint()
+
+
+def run_and_report(action: Callable[[], T], errors: tuple[type[Exception], ...],
+                   show: Callable[[T], str] = str) -> int:
+    """Run ``action``, print ``show(result)`` to stdout and return exit code 0; if it raises one of ``errors``, print
+    ``error: <message>`` to stderr and return exit code 2."""
+    try:
+        result = action()
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(show(result))
+    return 0

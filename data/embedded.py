@@ -43,6 +43,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from core.cli import run_and_report
 from data.fusion_rules import fuse
 from data.layout import SPLITS, write_case
 from data.resample import resize_bicubic
@@ -310,13 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="at most N cases per split (tests)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:
-        root = ensure_embedded_dataset(args.root, args.size, args.scales, args.seed, not args.quiet, args.limit)
-    except (ValueError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(root)
-    return 0
+    return run_and_report(
+        lambda: ensure_embedded_dataset(args.root, args.size, args.scales, args.seed, not args.quiet, args.limit),
+        (ValueError, FileExistsError))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from core.cli import run_and_report
 from data import harvard_cases, harvard_pairs, layout
 from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
@@ -401,32 +402,30 @@ def _volume_subjects(args: argparse.Namespace) -> tuple[dict[str, list[Path]], l
     return find_subjects(args.input, folders, args.gt_folder), modalities
 
 
+def _prepare(args: argparse.Namespace) -> Path:
+    """Check the arguments and prepare the dataset they describe; returns the dataset folder."""
+    if args.input is not None and not args.input.is_dir():
+        raise PrepareError(f"input folder {args.input} does not exist")
+    scales, l_resolutions = _resolutions(args.size, args.scales, args.lr_sizes)
+    settings = Settings(args.size, tuple(l_resolutions), args.gt_fusion, getattr(args, "resize", False))
+    split = (0, 0, 0) if args.form == "pairs" else parse_split(args.split)
+    output = Output(args.out, settings, tuple(scales), split, args.seed, args.workers, args.overwrite,
+                    not args.quiet)
+    _check_target(args.out.resolve(), args.overwrite)
+    if args.form == "slices":
+        folders, modalities = _names(args)
+        return prepare_slices(args.input, folders, modalities, output, args.gt_folder)
+    if args.form == "pairs":
+        return prepare_pairs(args.input, output, args.triplets, args.test_subjects, args.val_subjects,
+                             args.val_per_kind, args.copies, args.embedded)
+    subjects, modalities = _volume_subjects(args)
+    return prepare_volumes(subjects, modalities, output, args.axis, args.min_foreground, args.slab_gap)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns 0, or 2 after printing ``error: ...`` to stderr."""
+    """CLI entry point; returns 0 after printing the dataset folder, or 2 after printing ``error: ...`` to stderr."""
     args = _parser().parse_args(argv)
-    try:
-        if args.input is not None and not args.input.is_dir():
-            raise PrepareError(f"input folder {args.input} does not exist")
-        scales, l_resolutions = _resolutions(args.size, args.scales, args.lr_sizes)
-        settings = Settings(args.size, tuple(l_resolutions), args.gt_fusion, getattr(args, "resize", False))
-        split = (0, 0, 0) if args.form == "pairs" else parse_split(args.split)
-        output = Output(args.out, settings, tuple(scales), split, args.seed, args.workers, args.overwrite,
-                        not args.quiet)
-        _check_target(args.out.resolve(), args.overwrite)
-        if args.form == "slices":
-            folders, modalities = _names(args)
-            out = prepare_slices(args.input, folders, modalities, output, args.gt_folder)
-        elif args.form == "pairs":
-            out = prepare_pairs(args.input, output, args.triplets, args.test_subjects, args.val_subjects,
-                                args.val_per_kind, args.copies, args.embedded)
-        else:
-            subjects, modalities = _volume_subjects(args)
-            out = prepare_volumes(subjects, modalities, output, args.axis, args.min_foreground, args.slab_gap)
-    except PrepareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+    return run_and_report(lambda: _prepare(args), (PrepareError,))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.cli import run_and_report
 from core.hashing import sha256_file
 from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, atomic_save, manifest_path,
                                  read_checkpoint, write_text_atomic)
@@ -62,13 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.suffix != ".pth":
         print(f"error: --out {args.out}: expected a .pth file name", file=sys.stderr)
         return 2
-    try:
-        manifest = export_release(args.checkpoint, args.config, args.out, use_ema=not args.no_ema)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(manifest, indent=2))
-    return 0
+    return run_and_report(lambda: export_release(args.checkpoint, args.config, args.out, use_ema=not args.no_ema),
+                          (CheckpointError,), lambda manifest: json.dumps(manifest, indent=2))
 
 
 if __name__ == "__main__":
