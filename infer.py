@@ -36,7 +36,6 @@ import logging
 import shutil
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +45,15 @@ from torch.utils.data import DataLoader
 
 from core.cli import add_sampler_args, apply_sampler_args, checkpoint_to_load
 from core.config import ConfigError, TFSDiffConfig, load_config
-from core.device import select_device
 from core.logger import setup_logger
-from core.metrics import tensor2img
-from core.results_layout import result_path, write_case
-from data.fusion_dataset import DatasetError, FusionBatch, FusionDataset
+from core.results_layout import result_path
+from data.fusion_dataset import DatasetError, FusionBatch
+from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, to_tensor
 from data.loader import dataset_from_config, ensure_config_data
-from data.fusion_rules import FUSION_RULES, fuse
 from data.resample import resize_bicubic
-from model.evaluation import evaluate_model
-from model.model import CheckpointError, TFSDiffModel
+from model.evaluation import evaluate_model, fuse_with_rule
+from model.model import CheckpointError, TFSDiffModel, load_for_sampling
 
 MODEL_METHOD = "tfsdiff"
 MIN_OUTPUT_SIDE = 8  # the fusion rules' smallest side (data.fusion_rules), and at least one U-Net block
@@ -99,17 +96,11 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def load_model(cfg: TFSDiffConfig, checkpoint: str | None) -> TFSDiffModel:
-    """The model of `cfg` with `checkpoint`'s sampling weights, in eval mode."""
+    """`model.model.load_for_sampling`, with an input error when no checkpoint is known."""
     if not checkpoint:
         raise InputError("no checkpoint: pass --checkpoint PATH or set path.resume_state or path.pretrained in the "
                          "config")
-    device, device_ids, where = select_device(cfg.gpu_ids)
-    log.info("%s", where)
-    model = TFSDiffModel(cfg, device, device_ids)
-    model.load(checkpoint, weights_only=True)
-    model.diffusion.eval()
-    log.info("loaded the weights of checkpoint %s", checkpoint)
-    return model
+    return load_for_sampling(cfg, checkpoint)
 
 
 def split_loader(cfg: TFSDiffConfig, split: str) -> DataLoader:
@@ -121,22 +112,12 @@ def split_loader(cfg: TFSDiffConfig, split: str) -> DataLoader:
     return dataset_from_config(ds_cfg, seed=cfg.seed, train=False, require_target=False)[2]
 
 
-def run_rule_on_split(dataset: FusionDataset, rule: str, out_dir: Path) -> None:
-    """Fuse every case's bicubic-upsampled inputs with `rule`; write the results layout the model run writes."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for index in range(len(dataset)):
-        item = dataset[index]
-        sources = [tensor2img(item[f"src{k}"]) for k in (1, 2, 3)]
-        target = tensor2img(item["target"]) if item["target"] is not None else None
-        write_case(out_dir, item["case_id"], sources, fuse(rule, sources), target)
-
-
 def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     loader = split_loader(cfg, args.split)
     dataset = loader.dataset
     out_dir = Path(args.out) if args.out else Path("results") / cfg.name / args.split / args.method
     if args.method != MODEL_METHOD:
-        run_rule_on_split(dataset, args.method, out_dir)
+        fuse_with_rule(args.method, loader, out_dir)
     else:
         model = load_model(cfg, checkpoint_to_load(args.checkpoint, cfg, for_training=False))
         result = evaluate_model(model, loader, out_dir, save_process=args.process, progress=not args.no_progress)

@@ -12,7 +12,6 @@ import logging
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

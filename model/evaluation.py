@@ -171,3 +171,18 @@ def evaluate_model(model: TFSDiffModel, batches: Iterable[FusionBatch], out_dir:
     finally:
         model.diffusion.train(was_training)
     return Evaluation(tuple(cases), tuple(fused), preview)
+
+
+def fuse_with_rule(rule: str, batches: Iterable[FusionBatch], out_dir: Path) -> tuple[np.ndarray, ...]:
+    """A classical baseline run: fuse every case's bicubic-upsampled sources with the `data.fusion_rules` rule
+    `rule` and write the results layout that `evaluate_model` writes; returns the fused images."""
+    fused_images = []
+    for batch in batches:
+        for i, case_id in enumerate(batch.case_ids):
+            sources = [tensor2img(src[i]) for src in (batch.src1, batch.src2, batch.src3)]
+            target = tensor2img(batch.target[i]) if batch.target is not None else None
+            fused = fuse(rule, sources)
+            write_case(out_dir, case_id, sources, fused, target)
+            fused_images.append(fused)
+    return tuple(fused_images)
+

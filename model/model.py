@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from core.config import EMASchedulerConfig, ModelConfig, TFSDiffConfig, config_to_dict
+from core.device import select_device
 from core.distributed import DistInfo, any_rank, gather_objects
 from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, atomic_save, read_checkpoint,
                                  resolve_checkpoint, write_text_atomic)
@@ -276,3 +277,16 @@ class TFSDiffModel:
         self.step, self.epoch = int(opt_state["iter"]), int(opt_state["epoch"])
         log.info("resumed official training state %s at iteration %d, epoch %d (RNG states are not in official "
                  "checkpoints, so the continuation is not bit-exact)", opt, self.step, self.epoch)
+
+
+def load_for_sampling(cfg: TFSDiffConfig, checkpoint: str | Path) -> TFSDiffModel:
+    """The model of `cfg` on the device of `cfg.gpu_ids`, with the sampling weights of `checkpoint` (the EMA weights
+    when it has them), in eval mode."""
+    device, device_ids, where = select_device(cfg.gpu_ids)
+    log.info("%s", where)
+    model = TFSDiffModel(cfg, device, device_ids)
+    model.load(checkpoint, weights_only=True)
+    model.diffusion.eval()
+    log.info("loaded the weights of checkpoint %s", checkpoint)
+    return model
+
