@@ -41,34 +41,37 @@ TwoSource = Callable[[Grey, Grey, Grey], float]
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One table column: name, direction (as printed in the paper), kind, and its qualifier per convention."""
+    """One table column: name, direction (as printed in the paper), kind, and its qualifier per convention
+    (``cddfuse`` None: the same as ``paper``)."""
 
     name: str
     higher_is_better: bool
     kind: MetricKind
     paper: str
-    cddfuse: str
+    cddfuse: str | None = None
 
     def qualifier(self, convention: Convention) -> str:
-        return self.paper if check_convention(convention) == "paper" else self.cddfuse
+        if check_convention(convention) == "cddfuse" and self.cddfuse is not None:
+            return self.cddfuse
+        return self.paper
 
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
-    MetricSpec("MSE", False, "full_reference", "grey", "grey"),
+    MetricSpec("MSE", False, "full_reference", "grey"),
     MetricSpec("VIF", True, "full_reference", "grey, VIFF", "grey, VIFF, sum over 2 sources"),
     MetricSpec("SSIM", True, "full_reference", "grey, data_range 255", "grey, data_range 2, sum over 2 sources"),
     MetricSpec("PSNR", True, "full_reference", "grey, peak 255", "grey, peak max(F)"),
-    MetricSpec("LPIPS", False, "lpips", "RGB, AlexNet", "RGB, AlexNet"),
-    MetricSpec("MAE", False, "full_reference", "grey", "grey"),
-    MetricSpec("RMSE", False, "full_reference", "grey", "grey"),
-    MetricSpec("AG", False, "no_reference", "grey", "grey"),  # the paper prints AG with a down arrow
-    MetricSpec("EN", True, "no_reference", "grey, bits", "grey, bits"),
-    MetricSpec("SD", True, "no_reference", "grey", "grey"),
-    MetricSpec("SF", True, "no_reference", "grey", "grey"),
-    MetricSpec("MI", True, "source_pairs", "grey, nats, sum over 2 sources", "grey, nats, sum over 2 sources"),
+    MetricSpec("LPIPS", False, "lpips", "RGB, AlexNet"),
+    MetricSpec("MAE", False, "full_reference", "grey"),
+    MetricSpec("RMSE", False, "full_reference", "grey"),
+    MetricSpec("AG", False, "no_reference", "grey"),  # the paper prints AG with a down arrow
+    MetricSpec("EN", True, "no_reference", "grey, bits"),
+    MetricSpec("SD", True, "no_reference", "grey"),
+    MetricSpec("SF", True, "no_reference", "grey"),
+    MetricSpec("MI", True, "source_pairs", "grey, nats, sum over 2 sources"),
     MetricSpec("Qabf", True, "source_pairs", "grey", "grey, GAF = gF"),
-    MetricSpec("SCD", True, "source_pairs", "grey", "grey"),
-    MetricSpec("CC", True, "source_pairs", "grey", "grey"),
+    MetricSpec("SCD", True, "source_pairs", "grey"),
+    MetricSpec("CC", True, "source_pairs", "grey"),
 )}
 PAPER_METRICS: tuple[str, ...] = ("MSE", "VIF", "SSIM", "PSNR", "LPIPS", "MAE", "RMSE", "AG")  # Table 1 order
 ABLATION_METRICS: tuple[str, ...] = ("VIF", "SSIM", "PSNR", "AG", "MSE", "LPIPS", "MAE", "RMSE")  # Table 2 order
