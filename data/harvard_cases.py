@@ -24,6 +24,8 @@ Every case is a triplet in the Harvard tri-modal order (anatomical A, MR-T2, fun
   spread, ``mni_zNNN``, as that module makes them, not augmented) join train.
 * Images of a case are zero-padded (centred) to a square of their common size before deriving. The writer then
   resizes them to ``r`` (``data.resample.resize_bicubic``) and computes the ground truth with the fusion rule.
+* Only the cases of the requested splits are planned (``splits``, default all three; embedded cases need train);
+  the subject split, and with it the choice of the test cases, is the same whichever splits are written.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import numpy as np
 from data import harvard_pairs as hp
 from data import triplets
 from data.embedded import train_cases
-from data.splits import PrepareError
+from data.splits import SPLITS, PrepareError
 
 __all__ = ["MODALITIES", "KIND_CODES", "CaseSpec", "Plan", "plan_cases", "case_sources", "manifest_fields",
            "generate_cases"]
@@ -62,9 +64,11 @@ class CaseSpec:
 
 @dataclass(frozen=True)
 class Plan:
-    """All pair and triplet cases in write order, the number of embedded cases, and what the manifest records."""
+    """The pair and triplet cases of the written splits in write order, the number of embedded cases, and what the
+    manifest records."""
 
     cases: list[CaseSpec]
+    splits: tuple[str, ...]
     copies: int
     embedded: int
     subjects: dict[str, list[str]]
@@ -89,8 +93,11 @@ def _real_cases(split: str, triplet: hp.Triplet, copies: int) -> list[CaseSpec]:
 
 
 def plan_cases(pairs: dict[str, dict[str, hp.Pair]], subjects: dict[str, list[str]], extra: list[hp.Triplet],
-               copies: int, embedded: int) -> Plan:
-    """Every case of the dataset (rules in the module docstring)."""
+               copies: int, embedded: int, splits: tuple[str, ...] = SPLITS) -> Plan:
+    """Every case of the ``splits`` of the dataset, in ``SPLITS`` order (rules in the module docstring)."""
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or not splits:
+        raise PrepareError(f"--splits: expected some of {', '.join(SPLITS)}, got {', '.join(splits) or 'none'}")
     if copies < 1:
         raise PrepareError(f"--copies must be >= 1, got {copies}")
     if embedded < 0:
@@ -108,7 +115,9 @@ def plan_cases(pairs: dict[str, dict[str, hp.Pair]], subjects: dict[str, list[st
                       for c in _pair_cases(split, p, copies)]
     held_out = sorted(f"{kind}/{p.pair_id}" for kind, by_id in pairs.items() for p in by_id.values()
                       if split_of[p.subject] == "test")
-    return Plan(cases, copies, embedded, subjects, real + kept, dropped, held_out)
+    written = tuple(split for split in SPLITS if split in splits)
+    return Plan([c for c in cases if c.split in written], written, copies, embedded if "train" in written else 0,
+                subjects, real + kept, dropped, held_out)
 
 
 def _pad_square(image: np.ndarray) -> np.ndarray:
@@ -171,8 +180,8 @@ def _relative(path: Path, roots: list[Path]) -> str:
 
 
 def manifest_fields(plan: Plan, input_root: Path, triplet_folders: list[Path], rule: dict[str, object]) -> dict:
-    """The pair-specific part of ``manifest.json``; ``splits``, ``cases`` and ``counts`` are filled by
-    ``generate_cases``. ``rule`` records how the subjects were split (test, val or val_per_kind, seed)."""
+    """The pair-specific part of ``manifest.json``; ``splits``, ``cases`` and ``counts`` (of the written splits,
+    ``written_splits``) are filled by ``generate_cases``. ``rule`` records how the subjects were split (test, val or val_per_kind, seed)."""
     roots = [input_root, *triplet_folders]
     return {
         "input": str(input_root.resolve()),
@@ -187,7 +196,8 @@ def manifest_fields(plan: Plan, input_root: Path, triplet_folders: list[Path], r
         "held_out_pairs": plan.held_out_pairs,
         "rules": {"layout_and_split": "data.harvard_pairs", "cases": "data.harvard_cases",
                   "derivation_and_augmentation": "data.triplets", "colour_maps": "data.colour_maps"},
-        "splits": {split: [] for split in ("train", "val", "test")},
+        "written_splits": list(plan.splits),
+        "splits": {split: [] for split in plan.splits},
         "cases": {},
         "counts": {},
     }

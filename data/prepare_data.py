@@ -3,7 +3,8 @@
     python data/prepare_data.py slices  --input IN --folders T1 T2 SPECT --modalities MR-T1 MR-T2 SPECT --out OUT
     python data/prepare_data.py volumes --files t1.nii.gz t2.nii.gz spect.nii.gz --modalities MR-T1 MR-T2 SPECT \
         --out OUT
-    python data/prepare_data.py pairs --input HARVARD_PAIRS --out OUT --copies 5 [--triplets DIR] [--embedded N]
+    python data/prepare_data.py pairs --input HARVARD_PAIRS --out OUT --copies 5 [--triplets DIR] [--embedded N] \
+        [--splits {train,val,test} ...]
 
 Output: ``OUT/{train,val,test}/{1,2,3}_lr_{l}/``, ``{1,2,3}_sr_{l}_{r}/``, ``hr_{r}/`` (PNG, 8-bit RGB) for every
 requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
@@ -22,7 +23,8 @@ requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
 * Splits are by case (slice cases: the file stems; volume cases: the subjects) with a ``--seed`` permutation; a single
   subject is cut into contiguous slabs ``train | gap | val | gap | test | gap | train``.
 * Pairs (the public Harvard AANLIB pair layout): split by subject, real triplets for test, derived and augmented
-  triplets for train/val; rules in ``data/harvard_pairs.py``, ``data/harvard_cases.py`` and ``data/triplets.py``.
+  triplets for train/val; rules in ``data/harvard_pairs.py``, ``data/harvard_cases.py`` and ``data/triplets.py``;
+  ``--splits`` writes only the named splits (the manifest lists them as ``written_splits``).
 * Everything is written into a hidden sibling folder, renamed to ``OUT`` at the end; errors exit with code 2.
 """
 
@@ -48,7 +50,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.cli import run_and_report
-from data import harvard_cases, harvard_pairs, layout
+from data import harvard_cases, layout, pairs_form
 from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
 from data.resample import resize_bicubic
@@ -272,27 +274,21 @@ def prepare_volumes(subjects: dict[str, list[Path]], modalities: list[str], outp
     return _build(output, jobs_for, manifest, len(assignment) if len(subjects) == 1 else None)
 
 
-def prepare_pairs(input_root: Path, output: Output, triplet_folders: list[Path], test_subjects: list[str],
-                  val_subjects: list[str] | None, val_per_kind: int, copies: int, embedded: int) -> Path:
-    """Pair form: the Harvard pair layout under ``input_root`` (``data.harvard_pairs``) -> tri-modal cases
-    (``data.harvard_cases``): train/val by subject with derived triplets, the real triplets for test."""
-    pairs = harvard_pairs.read_pairs(input_root)
-    kinds_of = harvard_pairs.subjects_by_kind(pairs)
-    subjects = harvard_pairs.split_subjects(kinds_of, test_subjects, val_subjects, val_per_kind, output.seed)
-    extra = [triplet for folder in triplet_folders for triplet in harvard_pairs.read_triplet_folder(folder)]
-    plan = harvard_cases.plan_cases(pairs, subjects, extra, copies, embedded)
-    rule = {"test": test_subjects, "val": val_subjects, "val_per_kind": None if val_subjects else val_per_kind,
-            "seed": output.seed}
+def prepare_pairs(request: pairs_form.PairsRequest, output: Output) -> Path:
+    """Pair form: the Harvard pair layout of ``request`` (``data.pairs_form``) -> tri-modal cases
+    (``data.harvard_cases``) of ``request.splits``: train/val by subject with derived triplets, the real triplets for
+    test."""
+    plan = pairs_form.plan_request(request, output.seed)
     manifest = _base_manifest(output, "pairs", list(harvard_cases.MODALITIES), "")
     del manifest["split_ratio"]
-    manifest.update(harvard_cases.manifest_fields(plan, input_root, triplet_folders, rule))
+    manifest.update(pairs_form.request_manifest(plan, request, output.seed))
 
     def jobs_for(tmp: Path) -> Iterator[CaseJob]:
         for split, case_id, sources in harvard_cases.generate_cases(plan, output.seed, output.settings.r_resolution,
                                                                    manifest):
             yield CaseJob(tmp / split, case_id, tuple(sources), None, output.settings)
 
-    return _build(output, jobs_for, manifest, len(plan.cases) + embedded)
+    return _build(output, jobs_for, manifest, len(plan.cases) + plan.embedded)
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -357,29 +353,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="keep slices with at least this fraction of non-zero pixels (default 0.05)")
     volumes.add_argument("--slab-gap", type=int, default=5, help="single subject: slices left out between "
                          "train/val/test slabs (default 5)")
-    _add_pairs_parser(forms, base)
+    pairs_form.add_pairs_parser(forms, base)
     return parser
-
-
-def _add_pairs_parser(forms: argparse._SubParsersAction, base: argparse.ArgumentParser) -> None:
-    """The ``pairs`` form: the public Harvard pair layout (see docs/own_data.md)."""
-    pairs = forms.add_parser("pairs", parents=[base], help="the public Harvard AANLIB pair layout "
-                             "(CT-MRI/{CT,MRI}, PET-MRI/{MRI,PET}, SPECT-MRI/{MRI,SPECT})",
-                             description="Split by subject; real triplets for test; train/val triplets from the pairs "
-                             "with a derived third image. Rules: data/harvard_pairs.py, data/harvard_cases.py, "
-                             "data/triplets.py.")
-    pairs.add_argument("--input", required=True, type=Path, help="folder holding CT-MRI/, PET-MRI/, SPECT-MRI/")
-    pairs.add_argument("--triplets", nargs="+", type=Path, default=[], metavar="DIR", help="folders of real "
-                       "triplets <case>_<k>_<modality>.png for the test split (e.g. harvard_trimodal)")
-    pairs.add_argument("--test-subjects", nargs="+", default=list(harvard_pairs.DEFAULT_TEST_SUBJECTS),
-                       metavar="S", help="test subjects, never in train or val (default 21 28 41)")
-    pairs.add_argument("--val-subjects", nargs="+", metavar="S", help="val subjects (default: chosen by "
-                       "--val-per-kind and --seed)")
-    pairs.add_argument("--val-per-kind", type=int, default=1, help="val subjects per pair kind when --val-subjects "
-                       "is not given, keeping a train subject for every kind (default 1)")
-    pairs.add_argument("--copies", type=int, default=1, help="augmented train copies per pair (default 1)")
-    pairs.add_argument("--embedded", type=int, default=0, metavar="N", help="add at most N embedded MNI152 train "
-                       "cases to train (default 0)")
 
 
 def _names(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -416,8 +391,7 @@ def _prepare(args: argparse.Namespace) -> Path:
         folders, modalities = _names(args)
         return prepare_slices(args.input, folders, modalities, output, args.gt_folder)
     if args.form == "pairs":
-        return prepare_pairs(args.input, output, args.triplets, args.test_subjects, args.val_subjects,
-                             args.val_per_kind, args.copies, args.embedded)
+        return prepare_pairs(pairs_form.request_from_args(args), output)
     subjects, modalities = _volume_subjects(args)
     return prepare_volumes(subjects, modalities, output, args.axis, args.min_foreground, args.slab_gap)
 

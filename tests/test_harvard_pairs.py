@@ -186,6 +186,27 @@ def test_embedded_cases_join_train(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (tmp_path / "o" / "train" / "hr_64" / f"{embedded[0]}.png").is_file()
 
 
+def test_splits_writes_only_the_named_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp = _make_pairs(tmp_path / "in", slices=1)
+    code, err = _run(capsys, inp, tmp_path / "all", "--embedded", 1)
+    assert code == 0, err
+    code, err = _run(capsys, inp, tmp_path / "test", "--embedded", 1, "--splits", "test")
+    assert code == 0, err
+    full, test_only = _manifest(tmp_path / "all"), _manifest(tmp_path / "test")
+    assert full["written_splits"] == ["train", "val", "test"]
+    assert test_only["written_splits"] == ["test"] and list(test_only["splits"]) == ["test"]
+    assert test_only["splits"]["test"] == full["splits"]["test"] and test_only["counts"] == {"test": 1}
+    assert test_only["subjects"] == full["subjects"] and test_only["embedded"] == 0
+    assert {p.name for p in (tmp_path / "test").iterdir()} == {"test", "manifest.json"}
+    assert _png_bytes(tmp_path / "test" / "test") == _png_bytes(tmp_path / "all" / "test")
+    code, err = _run(capsys, inp, tmp_path / "tv", "--embedded", 1, "--splits", "val", "train", "val")
+    assert code == 0, err
+    manifest = _manifest(tmp_path / "tv")
+    assert manifest["written_splits"] == ["train", "val"] and manifest["embedded"] == 1
+    assert manifest["splits"] == {split: full["splits"][split] for split in ("train", "val")}
+    assert not (tmp_path / "tv" / "test").exists()
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 
