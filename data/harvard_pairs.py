@@ -33,7 +33,6 @@ Rules:
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +40,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.images import IMAGE_EXTENSIONS, ImageReadError, PairingError, list_by_stem, pair_by_stem, read_image
-from data.splits import PrepareError
+from data.images import IMAGE_EXTENSIONS, ImageReadError, PairingError, pair_by_stem, read_image
+from data.splits import PrepareError, list_folder
 
 __all__ = ["KINDS", "DEFAULT_TEST_SUBJECTS", "Pair", "Triplet", "read_pairs", "subjects_by_kind", "split_subjects",
            "find_real_triplets", "read_triplet_folder", "match_triplets", "subject_of", "read_rgb"]
@@ -95,16 +94,8 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def _list_images(folder: Path) -> dict[str, Path]:
-    """Stem -> image file of ``folder``; other files are skipped with a warning."""
-    if not folder.is_dir():
-        raise PrepareError(f"missing modality folder {folder}")
-    try:
-        found, skipped = list_by_stem(folder, IMAGE_EXTENSIONS)
-    except PairingError as err:
-        raise PrepareError(str(err)) from None
-    for path in skipped:
-        print(f"warning: skipping {path}: not a file with extension {', '.join(IMAGE_EXTENSIONS)}", file=sys.stderr)
-    return found
+    """Stem -> image file of ``folder`` (``data.splits.list_folder``: other files are skipped with a warning)."""
+    return list_folder(folder, IMAGE_EXTENSIONS, [])
 
 
 def _read_kind(root: Path, kind: str) -> dict[str, Pair]:
