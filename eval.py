@@ -34,15 +34,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from core.figure import FigureSection, comparison_figure
 from core.fusion_metrics import CONVENTIONS
 from core.lpips import Lpips, alexnet_weights_path, load_lpips, missing_weights_note
 from core.results_layout import fused_case_ids, result_path
-from core.scoring import metric_names, score_case
-from core.tables import ABLATION_RUNS, MODEL_RUN, MethodScores, ScaleSection, to_latex, to_markdown, \
-    to_per_image_csv, to_summary_csv
+from core.scoring import ScoringError, metric_names, score_folder
+from core.tables import ABLATION_RUNS, MODEL_RUN, ScaleSection, to_latex, to_markdown, to_per_image_csv, \
+    to_summary_csv
 from data.images import ImageReadError, PairingError, format_ids, pair_by_stem, read_image
 
 SCALE_NAME = re.compile(r"x\d+")
@@ -136,22 +135,6 @@ def _read(path: Path) -> np.ndarray:
         raise EvalError(str(err)) from err
 
 
-def score_method(folder: Path, ids: list[str], reference: str, suite: str, lpips: Lpips | None,
-                 progress: bool, convention: str = "paper") -> MethodScores:
-    """Per-case metrics of one method folder."""
-    rows = []
-    for case in tqdm(ids, desc=folder.name, disable=not progress, leave=False):
-        fused = _read(result_path(folder, case, "fused"))
-        sources = [_read(result_path(folder, case, f"src{k}")) for k in (1, 2, 3)]
-        gt = _read(result_path(folder, case, "hr")) if reference == "gt" else None
-        shapes = {img.shape for img in [fused, *sources] + ([gt] if gt is not None else [])}
-        if len(shapes) != 1:
-            raise EvalError(f"{folder}: the images of case {case} differ in size: {sorted(shapes)}")
-        rows.append(score_case(fused, sources, gt, reference, suite, lpips, convention))
-    values = {m: np.array([row[m] for row in rows], dtype=np.float64) for m in metric_names(suite)}
-    return MethodScores(folder.name, tuple(ids), values)
-
-
 def _figure_cases(requested: list[str] | None, ids_per_scale: dict[str, list[str]]) -> list[str]:
     first = next(iter(ids_per_scale.values()))
     cases = requested or first[:3]
@@ -179,8 +162,8 @@ def run(args: argparse.Namespace) -> None:
             check_files(folder, ids_per_scale[scale], args.reference)
     figure_cases = _figure_cases(args.cases, ids_per_scale) if args.figure else []
     lpips, lpips_missing = _lpips_or_note()
-    sections = [ScaleSection(scale, tuple(score_method(f, ids_per_scale[scale], args.reference, args.suite, lpips,
-                                                       not args.no_progress, args.convention)
+    sections = [ScaleSection(scale, tuple(score_folder(f, ids_per_scale[scale], args.reference, args.suite, lpips,
+                                                       args.convention, _read, not args.no_progress)
                                           for f in methods.values()),
                              metric_names(args.suite))
                 for scale, methods in scales.items()]
@@ -208,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(args)
-    except EvalError as err:
+    except (EvalError, ScoringError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as err:

@@ -9,14 +9,14 @@ passes (``eval.py`` passes ``data.images.read_image``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from core.results_layout import result_path
+from core.results_layout import ImageReader, result_path
 from core.tables import display_name
 
 MIN_TILE = 128
@@ -24,8 +24,6 @@ GAP = 4
 HEADER = 30
 LABEL_WIDTH = 120
 MISSING_GREY = 96
-
-ImageReader = Callable[[Path], np.ndarray]  # an image file -> (H, W, 3) uint8 RGB
 
 
 @dataclass(frozen=True)

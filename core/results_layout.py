@@ -13,16 +13,18 @@ and the comparison figure read it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["KINDS", "result_path", "fused_case_ids", "write_case"]
+__all__ = ["KINDS", "ImageReader", "result_path", "fused_case_ids", "write_case"]
 
 KINDS = ("src1", "src2", "src3", "fused", "hr", "process")
 _SUFFIX = ".png"
 _FUSED_SUFFIX = f"_fused{_SUFFIX}"
+
+ImageReader = Callable[[Path], np.ndarray]  # an image file -> (H, W, 3) uint8 RGB (callers pass data.images.read_image)
 
 
 def result_path(folder: Path, case_id: str, kind: str) -> Path:

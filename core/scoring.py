@@ -16,20 +16,26 @@ Aggregation over the three sources (:func:`score_case`):
   LPIPS, which CDDFuse does not define, are the mean over the three sources as in the paper convention.
 * Two-source metrics (MI, Qabf, SCD, CC) in both conventions: the mean over the three source pairs of the
   two-source definition, so the values stay on the scale of the dual-modal literature.
+
+:func:`score_folder` scores every case of one method's results folder (``core.results_layout``) into a
+:class:`MethodScores`; ``eval.py`` and ``bench.real_scans`` both call it.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from core.fusion_metrics import Convention, average_gradient, cc, check_convention, entropy, mae, mi_pair, mse, \
     mse_pair, psnr, psnr_pair, qabf, rmse, scd, spatial_frequency, ssim, ssim_pair, standard_deviation, to_grey, \
     viff, viff_pair
 from core.lpips import Lpips
+from core.results_layout import ImageReader, result_path
 
 Reference = Literal["gt", "sources"]
 Suite = Literal["paper", "all"]
@@ -160,3 +166,50 @@ def score_case(fused: np.ndarray, sources: Sequence[np.ndarray], gt: np.ndarray 
         else:
             values[name] = _mean_over_pairs(two_source[name], fused_grey, sources_grey)
     return values
+
+
+class ScoringError(ValueError):
+    """The images of a case cannot be scored together: they differ in size (the message names the folder and case)."""
+
+
+@dataclass(frozen=True)
+class MethodScores:
+    """Per-case values of one method at one scale: metric -> (N,) array, NaN where a metric is unavailable."""
+
+    method: str
+    case_ids: tuple[str, ...]
+    values: dict[str, np.ndarray]
+
+    def mean(self, metric: str) -> float:
+        v = self.values[metric]
+        return float(np.mean(v)) if v.size and not np.any(np.isnan(v)) else float("nan")
+
+    def std(self, metric: str) -> float:
+        v = self.values[metric]
+        return float(np.std(v)) if v.size and np.all(np.isfinite(v)) else float("nan")
+
+    def select(self, case_ids: Sequence[str]) -> MethodScores:
+        """The scores of ``case_ids`` only (each one of this method's cases), in that order."""
+        index = [self.case_ids.index(case) for case in case_ids]
+        return MethodScores(self.method, tuple(case_ids), {m: v[index] for m, v in self.values.items()})
+
+
+def score_folder(folder: Path, ids: Sequence[str], reference: Reference, suite: Suite, lpips: Lpips | None,
+                 convention: Convention, read: ImageReader, progress: bool = False) -> MethodScores:
+    """:func:`score_case` for every case ``ids`` of one method's results folder; the method is the folder's name.
+
+    ``read`` reads one file of the layout (``<id>_fused.png``, ``<id>_src{1,2,3}.png`` and, for ``reference
+    "gt"``, ``<id>_hr.png``) as an (H, W, 3) uint8 RGB array; its errors pass through. ScoringError when the images
+    of a case differ in size. ``progress`` shows a progress bar.
+    """
+    rows = []
+    for case in tqdm(ids, desc=Path(folder).name, disable=not progress, leave=False):
+        fused = read(result_path(folder, case, "fused"))
+        sources = [read(result_path(folder, case, f"src{k}")) for k in (1, 2, 3)]
+        gt = read(result_path(folder, case, "hr")) if reference == "gt" else None
+        shapes = {img.shape for img in [fused, *sources] + ([gt] if gt is not None else [])}
+        if len(shapes) != 1:
+            raise ScoringError(f"{folder}: the images of case {case} differ in size: {sorted(shapes)}")
+        rows.append(score_case(fused, sources, gt, reference, suite, lpips, convention))
+    values = {m: np.array([row[m] for row in rows], dtype=np.float64) for m in metric_names(suite)}
+    return MethodScores(Path(folder).name, tuple(ids), values)

@@ -15,10 +15,8 @@ import io
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from core.fusion_metrics import Convention
-from core.scoring import ABLATION_METRICS, METRICS, Reference, metric_label
+from core.scoring import ABLATION_METRICS, METRICS, MethodScores, Reference, metric_label
 
 MODEL_RUN = "tfsdiff"
 ABLATION_RUNS: dict[str, str] = {"wo_tmfa": "w/o TMFA", "wo_psf": "w/o PSF"}
@@ -62,23 +60,6 @@ COMMON_NOTES = (
     "image.",
     "Cells: mean ± std (population) over the cases; bold: best per column.",
 )
-
-
-@dataclass(frozen=True)
-class MethodScores:
-    """Per-case values of one method at one scale: metric -> (N,) array, NaN where a metric is unavailable."""
-
-    method: str
-    case_ids: tuple[str, ...]
-    values: dict[str, np.ndarray]
-
-    def mean(self, metric: str) -> float:
-        v = self.values[metric]
-        return float(np.mean(v)) if v.size and not np.any(np.isnan(v)) else float("nan")
-
-    def std(self, metric: str) -> float:
-        v = self.values[metric]
-        return float(np.std(v)) if v.size and np.all(np.isfinite(v)) else float("nan")
 
 
 @dataclass(frozen=True)
