@@ -181,7 +181,8 @@ def _relative(path: Path, roots: list[Path]) -> str:
 
 def manifest_fields(plan: Plan, input_root: Path, triplet_folders: list[Path], rule: dict[str, object]) -> dict:
     """The pair-specific part of ``manifest.json``; ``splits``, ``cases`` and ``counts`` (of the written splits,
-    ``written_splits``) are filled by ``generate_cases``. ``rule`` records how the subjects were split (test, val or val_per_kind, seed)."""
+    ``written_splits``) are filled by ``generate_cases``. ``rule`` records how the subjects were split (test, val or
+    val_per_kind, seed)."""
     roots = [input_root, *triplet_folders]
     return {
         "input": str(input_root.resolve()),

@@ -1,0 +1,259 @@
+"""The real-scan benchmark (issue 12): TFS-Diff against every bicubic-then-fuse baseline on the real test triplets.
+
+    python -m bench.real_scans --data <folder of the public Harvard pairs> [--triplets <folder like harvard_trimodal>]
+        [-c CONFIG] [--checkpoint PATH] [--cases N] [--out DIR] [--figure FILE] [--sampler S] [--steps N] [--eta E]
+        [--no-progress]
+
+1. **Test split.** The real triplets of the test subjects 21, 28 and 41 in --data plus the kept cases of --triplets,
+   built with the rules of ``prepare_data.py pairs --splits test`` (``data.pairs_form``,
+   ``data.prepare_data.prepare_pairs``) into ``<out>/data``: each 256x256 source is an HR image, the LR input is
+   ``data.resample.degrade`` of it at the config's scale, and the ground truth is ``laplacian_ycbcr`` of the HR
+   sources, exactly as in the test split of the prepared dataset. ``--cases N`` keeps the first N cases.
+2. **Fusion.** TFS-Diff (``model.evaluation.evaluate_model``, timed without the model loading) into
+   ``<out>/x<scale>/tfsdiff/`` and every rule of ``data.fusion_rules.FUSION_RULES`` on the same bicubic-upsampled
+   inputs (``fuse_with_rule``) into ``<out>/x<scale>/<rule>/``: the results layout, so ``python eval.py
+   <out>/x<scale>`` reads them too.
+3. **Scores.** ``core.scoring.score_folder``, eval.py's metrics against the ground truth (suite paper: grey metrics,
+   and LPIPS when its AlexNet weights are installed), in the paper convention (``<out>/real_scans.md``, printed) and
+   the cddfuse convention (``<out>/real_scans_cddfuse.md``), mean ± std over all cases and per subject (the
+   manifest's record of each case; ``other`` when unknown).
+4. ``<out>/real_scans.json``: the run, per-case numbers, the summaries, TFS-Diff's seconds per fused image, its PSNR
+   and SSIM margins over the best baseline (by mean grey PSNR) overall and per subject, and whether the issue's
+   targets are met (``bench.real_scans_report``).
+5. ``--figure FILE``: ``core.figure.comparison_figure`` of 4 cases spread over the subjects.
+
+The checkpoint is --checkpoint, else the config's ``path.resume_state``, else ``path.pretrained``. A missing folder,
+a config without a checkpoint, an unreadable image and the like print one line ``error: ...`` and exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from bench import real_scans_report as report
+from core.cli import add_sampler_args, apply_sampler_args, checkpoint_to_load, run_and_report
+from core.config import ConfigError, DatasetConfig, TFSDiffConfig, load_config
+from core.figure import FigureSection, comparison_figure
+from core.fusion_metrics import CONVENTIONS
+from core.logger import setup_logger
+from core.lpips import load_lpips, missing_weights_note
+from core.scoring import MethodScores, ScoringError, metric_names, score_folder
+from core.tables import MODEL_RUN, to_markdown
+from data.fusion_dataset import DatasetError
+from data.fusion_rules import FUSION_RULES
+from data.images import ImageReadError, read_image
+from data.loader import dataset_from_config
+from data.pairs_form import PairsRequest
+from data.prepare_data import Output, Settings, prepare_pairs
+from data.splits import PrepareError
+from model.checkpoint_io import CheckpointError
+from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule
+from model.model import load_for_sampling
+
+DEFAULT_CONFIG = "config/harvard_x4_64_256.json"
+DEFAULT_OUT = "results/real_scans"
+FIGURE_CASES = 4
+PREPARE_SEED = 0  # prepare_data's default; the test split does not depend on it (no augmentation in test)
+REFERENCE, SUITE = "gt", "paper"
+
+
+class BenchError(ValueError):
+    """A command-line input is missing or unusable (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The config (with the sampler flags applied), the checkpoint to sample with, and the split whose
+    l_resolution / r_resolution set the scale (datasets.test, else datasets.val)."""
+
+    cfg: TFSDiffConfig
+    checkpoint: str
+    split: DatasetConfig
+
+    @property
+    def scale(self) -> str:
+        return f"x{self.split.r_resolution // self.split.l_resolution}"
+
+
+@dataclass(frozen=True)
+class Fused:
+    """The method folders of one run (baselines in FUSION_RULES order, TFS-Diff last) and the model's speed."""
+
+    folders: dict[str, Path]
+    seconds_per_image: float
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="folder of the public Harvard pairs (CT-MRI/, "
+                        "PET-MRI/, SPECT-MRI/)")
+    parser.add_argument("--triplets", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="folders of real triplets <case>_<k>_<modality>.png (like harvard_trimodal)")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"model config (default {DEFAULT_CONFIG})")
+    parser.add_argument("--checkpoint", help="weights to sample with (default: the config's path.resume_state, else "
+                        "path.pretrained)")
+    parser.add_argument("--cases", type=int, help="only the first N test cases (quick checks)")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--figure", type=Path, help="also write a comparison figure of 4 cases to this PNG file")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_sampler_args(parser)
+    return parser.parse_args(argv)
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    for folder in (args.data, *args.triplets):
+        if not folder.is_dir():
+            raise BenchError(f"folder {folder} does not exist")
+    if args.cases is not None and args.cases < 1:
+        raise BenchError(f"--cases must be at least 1, got {args.cases}")
+    if args.figure is not None and args.figure.suffix.lower() != ".png":
+        raise BenchError(f"--figure {args.figure}: expected a .png file name")
+
+
+def build_test_split(args: argparse.Namespace, split: DatasetConfig) -> tuple[Path, dict[str, str | None]]:
+    """Write the test split into ``<out>/data``; returns its folder and case id -> subject (None when unknown)."""
+    settings = Settings(split.r_resolution, (split.l_resolution,), BASELINE_RULE, resize=False)
+    output = Output(args.out / "data", settings, (split.r_resolution // split.l_resolution,), (0, 0, 0),
+                    PREPARE_SEED, workers=0, overwrite=True, progress=not args.no_progress)
+    root = prepare_pairs(PairsRequest(args.data, tuple(args.triplets), splits=("test",)), output)
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    subjects = {case: manifest["real_triplets"][case]["subject"] for case in manifest["splits"]["test"]}
+    return root / "test", subjects
+
+
+def fuse_all(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, scale_dir: Path, progress: bool) -> Fused:
+    """Every baseline rule and TFS-Diff into ``scale_dir/<method>/`` (each folder emptied first)."""
+    folders = {rule: scale_dir / rule for rule in FUSION_RULES} | {MODEL_RUN: scale_dir / MODEL_RUN}
+    for folder in folders.values():
+        if folder.exists():
+            shutil.rmtree(folder)
+    for rule in FUSION_RULES:
+        fuse_with_rule(rule, loader, folders[rule])
+    model = load_for_sampling(cfg, checkpoint)
+    start = time.perf_counter()
+    evaluation = evaluate_model(model, loader, folders[MODEL_RUN], progress=progress)
+    seconds = time.perf_counter() - start
+    return Fused(folders, seconds / len(evaluation.cases))
+
+
+def score_all(folders: dict[str, Path], ids: list[str], progress: bool) -> tuple[dict[str, list[MethodScores]],
+                                                                                str | None]:
+    """convention -> the scores of every method folder (eval.py's scoring), and why LPIPS is n/a (or None)."""
+    lpips = load_lpips()
+    lpips_missing = None
+    if lpips is None:
+        print(missing_weights_note(), file=sys.stderr)
+        lpips_missing = "AlexNet weights not installed"
+    scores = {convention: [score_folder(folder, ids, REFERENCE, SUITE, lpips, convention, read_image, progress)
+                           for folder in folders.values()] for convention in CONVENTIONS}
+    return scores, lpips_missing
+
+
+def figure_cases(groups: dict[str, list[str]], count: int = FIGURE_CASES) -> list[str]:
+    """``count`` cases spread over the subject groups: picks go round-robin over the groups (in order, while they
+    have cases left); a group with m picks out of n cases gives the middle cases of m equal parts."""
+    subject_groups = {g: ids for g, ids in groups.items() if g != report.ALL} or {report.ALL: groups[report.ALL]}
+    picks = dict.fromkeys(subject_groups, 0)
+    while sum(picks.values()) < min(count, sum(map(len, subject_groups.values()))):
+        for group, ids in subject_groups.items():
+            if picks[group] < len(ids) and sum(picks.values()) < count:
+                picks[group] += 1
+    return [ids[(2 * j + 1) * len(ids) // (2 * picks[g])] for g, ids in subject_groups.items() for j in range(picks[g])]
+
+
+def _tables(scores: dict[str, list[MethodScores]], groups: dict[str, list[str]],
+            lpips_missing: str | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """convention -> Markdown tables, and the JSON part of the numbers (per case, summaries, margins, targets)."""
+    metrics = metric_names(SUITE)
+    markdown, numbers = {}, {"per_case": {}, "summary": {}}
+    for convention, methods in scores.items():
+        sections = report.group_sections(methods, groups, metrics)
+        markdown[convention] = to_markdown(sections, REFERENCE, convention, lpips_missing)
+        numbers["per_case"][convention] = report.per_case(methods)
+        numbers["summary"][convention] = report.summary(sections, list(groups))
+    numbers["margins"] = {group: report.margins([m.select(ids) for m in scores["paper"]])
+                          for group, ids in groups.items()}
+    numbers["targets"] = report.targets(numbers["margins"])
+    return markdown, numbers
+
+
+def _setup(args: argparse.Namespace) -> Setup:
+    cfg = apply_sampler_args(args, load_config(args.config))
+    checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=False)
+    if not checkpoint:
+        raise BenchError(f"no checkpoint: {args.config} sets neither path.resume_state nor path.pretrained; pass "
+                         "--checkpoint PATH")
+    split = cfg.datasets.test or cfg.datasets.val
+    if split is None:
+        raise BenchError(f"{args.config} has neither datasets.test nor datasets.val (their l_resolution and "
+                         "r_resolution set the scale)")
+    return Setup(cfg, str(checkpoint), split)
+
+
+def _run_info(args: argparse.Namespace, setup: Setup, test_root: Path, subjects: dict[str, str | None],
+              groups: dict[str, list[str]], fused: Fused) -> dict[str, Any]:
+    """The JSON record of what was run: inputs, model, sampler, cases with their subjects, folders, speed."""
+    split = setup.split
+    return {"config": args.config, "checkpoint": setup.checkpoint, "sampler": asdict(setup.cfg.model.sampler),
+            "data": str(args.data.resolve()), "triplets": [str(t.resolve()) for t in args.triplets],
+            "test_split": str(test_root), "scale": setup.scale, "l_resolution": split.l_resolution,
+            "r_resolution": split.r_resolution, "reference": REFERENCE, "suite": SUITE,
+            "cases": [{"case_id": c, "subject": subjects[c]} for c in groups[report.ALL]], "groups": groups,
+            "methods": {m: str(f) for m, f in fused.folders.items()}, "seconds_per_image": fused.seconds_per_image}
+
+
+def _heading(args: argparse.Namespace, setup: Setup, cases: int) -> list[str]:
+    sampler = setup.cfg.model.sampler
+    steps = f", {sampler.steps} steps" if sampler.steps else ""
+    eta = f", eta {sampler.eta}" if sampler.type == "ddim" else ""
+    return [f"# Real-scan benchmark: {cases} real test triplets at {setup.scale} ({setup.split.l_resolution} -> "
+            f"{setup.split.r_resolution} px)", "",
+            f"- Model: {args.config}, checkpoint {setup.checkpoint}, sampler {sampler.type}{steps}{eta}."]
+
+
+def run(args: argparse.Namespace) -> str:
+    """The whole benchmark; returns the Markdown to print (also written to ``<out>/real_scans.md``)."""
+    _check_inputs(args)
+    setup = _setup(args)
+    test_root, subjects = build_test_split(args, setup.split)
+    loader = dataset_from_config(replace(setup.split, dataroot=str(test_root), data_len=args.cases or -1),
+                                 seed=setup.cfg.seed, train=False)[2]
+    ids = list(loader.dataset.case_ids)
+    fused = fuse_all(setup.cfg, setup.checkpoint, loader, args.out / setup.scale, not args.no_progress)
+    groups = report.case_groups(ids, subjects)
+    scores, lpips_missing = score_all(fused.folders, ids, not args.no_progress)
+    markdown, numbers = _tables(scores, groups, lpips_missing)
+    text = "\n".join([*_heading(args, setup, len(ids)),
+                      *report.verdict_lines(numbers["margins"], numbers["targets"], fused.seconds_per_image), "",
+                      markdown["paper"]])
+    (args.out / "real_scans.md").write_text(text, encoding="utf-8")
+    (args.out / "real_scans_cddfuse.md").write_text(markdown["cddfuse"], encoding="utf-8")
+    record = _run_info(args, setup, test_root, subjects, groups, fused) | numbers
+    (args.out / "real_scans.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    if args.figure is not None:
+        section = FigureSection(setup.scale, tuple(fused.folders.items()))
+        comparison_figure([section], figure_cases(groups), args.figure, read_image)
+        print(f"figure written to {args.figure}", file=sys.stderr)
+    print(f"written {args.out}/real_scans{{.md,_cddfuse.md,.json}}", file=sys.stderr)
+    return text
+
+
+ERRORS = (BenchError, ConfigError, CheckpointError, PrepareError, DatasetError, ImageReadError, ScoringError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logger()
+    return run_and_report(lambda: run(args), ERRORS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
