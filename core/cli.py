@@ -1,12 +1,26 @@
-"""Command-line helpers shared by `sr.py`, `infer.py`, the benchmarks and the data and release commands: the sampler
-flags that override `model.sampler`, the choice of the checkpoint to load, and the exit codes of a command.
+"""Command-line helpers shared by `sr.py`, `infer.py`, `eval.py`, the benchmarks and the data and release commands:
+the sampler flags that override `model.sampler`, the choice of the checkpoint to load, and the one error policy.
+
+The error policy (`run_command`): every command exits with
+
+- 0 on success,
+- 2 for a usage or input error: a bad option, config, image, dataset or checkpoint, or a path that cannot be used
+  (permission denied, read-only, not a folder, already exists, is a folder, does not exist),
+- 1 for a failure while running (disk full, another I/O error, a NaN loss, any unexpected error),
+- 130 when interrupted (Ctrl-C),
+
+after printing one `error: ...` message that names the path or the key and says what to do. The traceback is shown
+only with `--debug`. argparse's own usage errors exit 2 as well.
 
 Library code never parses arguments; the scripts call these helpers and pass plain config objects down.
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -14,6 +28,24 @@ from typing import TypeVar
 from core.config import ConfigError, SamplerConfig, TFSDiffConfig
 
 T = TypeVar("T")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# errno -> (exit code, what is wrong with the path, what to do)
+_OS_ERRORS: dict[int, tuple[int, str, str]] = {
+    errno.EACCES: (EXIT_USAGE, "permission denied", "fix its permissions or choose another path"),
+    errno.EPERM: (EXIT_USAGE, "operation not permitted", "fix its permissions or choose another path"),
+    errno.EROFS: (EXIT_USAGE, "read-only file system", "choose a path on a writable file system"),
+    errno.ENOTDIR: (EXIT_USAGE, "a part of the path is a file, not a folder", "choose another path"),
+    errno.EEXIST: (EXIT_USAGE, "already exists and is in the way", "remove it or choose another path"),
+    errno.EISDIR: (EXIT_USAGE, "is a folder where a file is expected", "give a file path"),
+    errno.ENOENT: (EXIT_USAGE, "does not exist", "check the path"),
+    errno.ENOSPC: (EXIT_FAILURE, "no space left on the device", "free some space and run again"),
+    errno.EDQUOT: (EXIT_FAILURE, "disk quota exceeded", "free some space and run again"),
+}
+
+
+class UsageError(ValueError):
+    """A usage or input error that is not a config, dataset or checkpoint error (exit status 2)."""
 
 
 def add_sampler_args(parser: argparse.ArgumentParser) -> None:
@@ -55,14 +87,56 @@ def checkpoint_to_load(flag: str | None, cfg: TFSDiffConfig, for_training: bool)
     return cfg.path.resume_state if for_training else cfg.path.sampling_checkpoint()
 
 
-def run_and_report(action: Callable[[], T], errors: tuple[type[Exception], ...],
-                   show: Callable[[T], str] = str) -> int:
-    """Run ``action``, print ``show(result)`` to stdout and return exit code 0; if it raises one of ``errors``, print
-    ``error: <message>`` to stderr and return exit code 2."""
+def add_debug_arg(parser: argparse.ArgumentParser) -> None:
+    """Add --debug (show the traceback of an error)."""
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def describe_os_error(err: OSError) -> tuple[int, str]:
+    """(exit code, one-line message naming the path and what to do) for a filesystem error."""
+    code, what, todo = _OS_ERRORS.get(err.errno or 0, (EXIT_FAILURE, err.strerror or str(err), "check the path"))
+    paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
+    return code, f"{paths}: {what}: {todo}" if paths else f"{what} ({err}): {todo}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def run_command(action: Callable[[], int], input_errors: tuple[type[Exception], ...] = (), debug: bool = False,
+                log: logging.Logger | None = None) -> int:
+    """Run a command's ``action`` (which returns its exit code) under the module's error policy.
+
+    ``input_errors`` (and `UsageError`) exit 2 with their message; filesystem errors as `describe_os_error` says;
+    any other exception exits 1 with the first line of its message; Ctrl-C exits 130. The message goes to ``log``
+    (``log.error``) when given, else to stderr as ``error: <message>``; ``debug`` adds the traceback.
+    """
     try:
-        result = action()
-    except errors as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(show(result))
-    return 0
+        return action()
+    except KeyboardInterrupt as err:
+        code, message, caught = EXIT_INTERRUPTED, "interrupted", err
+    except (UsageError, *input_errors) as err:
+        code, message, caught = EXIT_USAGE, str(err), err
+    except OSError as err:
+        (code, message), caught = describe_os_error(err), err
+    except Exception as err:  # the policy's last line: one message and exit 1 instead of a traceback
+        code, message, caught = EXIT_FAILURE, f"failed with {type(err).__name__}: {_first_line(err)}" + (
+            "" if debug else " (run again with --debug for the traceback)"), err
+    if debug:
+        traceback.print_exception(caught, file=sys.stderr)
+    if log is not None:
+        log.error("%s", message)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def run_and_report(action: Callable[[], T], errors: tuple[type[Exception], ...],
+                   show: Callable[[T], str] = str, debug: bool = False) -> int:
+    """`run_command` of ``action`` with ``errors`` as input errors; on success print ``show(result)`` to stdout
+    and return 0."""
+    def report() -> int:
+        print(show(action()))
+        return EXIT_OK
+    return run_command(report, errors, debug)
