@@ -29,8 +29,8 @@ from torch import nn
 from core.config import EMASchedulerConfig, ModelConfig, TFSDiffConfig, config_to_dict
 from core.device import select_device
 from core.distributed import DistInfo, any_rank, gather_objects
-from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, atomic_save, read_checkpoint,
-                                 resolve_checkpoint, write_text_atomic)
+from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, atomic_save, load_file, read_checkpoint,
+                                 remove_stale_temporaries, resolve_checkpoint, write_text_atomic)
 from model.diffusion import GaussianDiffusion
 from model.losses import build_loss
 from model.net_runner import NetRunner, prepare_net
@@ -175,7 +175,8 @@ class TFSDiffModel:
                 "config": config_to_dict(self.cfg)}
 
     def save(self, folder: Path | None) -> Path | None:
-        """Write `I{step}_E{epoch}.pth` atomically, then point `latest` at it.
+        """Write `I{step}_E{epoch}.pth` atomically, then point `latest` at it; first remove the temporary files
+        that killed saves left in `folder` (logged).
 
         Under DDP every rank calls it; only rank 0 (the one given a folder) writes.
         """
@@ -183,6 +184,8 @@ class TFSDiffModel:
         if folder is None:
             return None
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(folder):
+            log.info("removed %s, left by a save that was killed", stale)
         path = folder / f"I{self.step}_E{self.epoch}.pth"
         atomic_save(state, path)
         write_text_atomic(folder / "latest", path.name + "\n")
@@ -217,6 +220,10 @@ class TFSDiffModel:
         if state.get("release"):
             raise CheckpointError(f"{location} holds released weights only: it samples (infer.py, sr.py -p val) "
                                   "but cannot resume training, which needs a training checkpoint")
+        missing = [key for key in ("optimizer", "batch_in_epoch", "rng") if key not in state]
+        if missing:
+            raise CheckpointError(f"{location} lacks the training state ({', '.join(missing)}) that resuming needs: "
+                                  "pass a checkpoint written by sr.py -p train")
         if self.ema is not None and ema_state is not None:
             self.ema.net.load_state_dict(ema_state)
         elif self.ema is not None:
@@ -253,26 +260,27 @@ class TFSDiffModel:
 
     def _load_model_state(self, state: dict[str, torch.Tensor], location: Path) -> None:
         betas = state.get("betas")
-        if betas is None or betas.shape != self.diffusion.betas.shape or not torch.allclose(
+        if not isinstance(betas, torch.Tensor) or betas.shape != self.diffusion.betas.shape or not torch.allclose(
                 betas.to(self.diffusion.betas), self.diffusion.betas, rtol=1e-5, atol=1e-9):
             raise CheckpointError(f"{location}: its noise schedule differs from model.beta_schedule.train")
         try:
             self.diffusion.load_state_dict(state, strict=True)
-        except RuntimeError as err:
+        except (RuntimeError, TypeError, ValueError) as err:
             raise CheckpointError(f"{location} does not fit the configured network (official checkpoints need "
                                   f"model.tmfa.placement 'all_channels' and the official U-Net sizes): {err}") from err
 
     def _load_official(self, prefix: Path, weights_only: bool) -> None:
         gen = Path(f"{prefix}_gen.pth")
-        try:
-            state = torch.load(gen, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as err:
-            raise CheckpointError(f"cannot read official checkpoint {gen}: {err}") from err
+        state = load_file(gen, "official checkpoint")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{gen} is not an official TFS-Diff checkpoint (not a state dict)")
         self._load_model_state(state, gen)
         opt = Path(f"{prefix}_opt.pth")
         if weights_only or not opt.is_file():
             return
-        opt_state = torch.load(opt, map_location="cpu", weights_only=True)
+        opt_state = load_file(opt, "official optimiser state")
+        if not isinstance(opt_state, dict) or not {"optimizer", "iter", "epoch"} <= opt_state.keys():
+            raise CheckpointError(f"{opt} is not an official optimiser state (no optimizer, iter and epoch)")
         self.optimizer.load_state_dict(opt_state["optimizer"])
         self.step, self.epoch = int(opt_state["iter"]), int(opt_state["epoch"])
         log.info("resumed official training state %s at iteration %d, epoch %d (RNG states are not in official "
