@@ -4,6 +4,13 @@
     python sr.py -p val -c config/demo.json --checkpoint experiments/<run>/checkpoint/latest-or-file
     python sr.py -p val -c config/demo.json --checkpoint <...> --sampler ddim --steps 50   # fast sampling
     torchrun --nproc_per_node 4 sr.py -p train -c config/tfsdiff_x4_64_256.json   # DistributedDataParallel
+
+--checkpoint takes a checkpoint file, a checkpoint folder or a run folder: a folder stands for the file its `latest`
+names, else its newest complete checkpoint, else the checkpoint its run resumed from (`resumed_from`, written when a
+resumed run starts), so a run killed at any moment can be resumed by passing its folder.
+
+Exit status (`core.cli.run_command`): 0 success; 2 for a usage or input error (config, dataset, checkpoint, an
+unusable path); 1 for a failure while running (a NaN loss, disk full, anything unexpected). --debug shows tracebacks.
 """
 from __future__ import annotations
 
@@ -19,7 +26,8 @@ from tensorboardX import SummaryWriter
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from core.cli import add_sampler_args, apply_sampler_args, checkpoint_to_load
+from core.cli import UsageError, add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, \
+    run_command
 from core.config import ConfigError, TFSDiffConfig, load_config
 from core.device import select_device
 from core.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown_distributed
@@ -28,6 +36,7 @@ from core.metrics import PSNR_GREY_LABEL, PSNR_RGB_LABEL, SSIM_GREY_LABEL, SSIM_
 from data.fusion_dataset import DatasetError
 from data.loader import dataset_from_config, ensure_config_data
 from model.evaluation import Evaluation, evaluate_model
+from model.checkpoint_io import checkpoint_folder, remove_stale_temporaries, resume_records
 from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel
 
 log = logging.getLogger("tfsdiff")
@@ -44,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-ema", action="store_true",
                         help="-p val: sample with the trained weights even if the checkpoint has EMA weights")
     add_sampler_args(parser)
+    add_debug_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -145,9 +155,12 @@ def validate(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: b
     return 0
 
 
-def setup_run(cfg: TFSDiffConfig, phase: str, info: DistInfo) -> tuple[RunDirs | None, torch.device, list[int]]:
-    """Run folder and log file (rank 0 only), the device, and the DataParallel ids."""
-    dirs = make_run_dirs(cfg.path.experiments_root, cfg.name, phase) if info.is_main else None
+def setup_run(cfg: TFSDiffConfig, phase: str, info: DistInfo,
+              resumed_from: str | None) -> tuple[RunDirs | None, torch.device, list[int]]:
+    """Run folder and log file (rank 0 only), the device, and the DataParallel ids. A training run that resumes
+    from `resumed_from` records it in its checkpoint folder from the start (`model.checkpoint_io.resume_records`)."""
+    records = resume_records(resumed_from) if resumed_from else None
+    dirs = make_run_dirs(cfg.path.experiments_root, cfg.name, phase, records) if info.is_main else None
     setup_logger(dirs.logs / f"{phase}.log" if dirs is not None else None,
                  logging.INFO if info.is_main else logging.WARNING)
     if info.enabled:
@@ -157,40 +170,40 @@ def setup_run(cfg: TFSDiffConfig, phase: str, info: DistInfo) -> tuple[RunDirs |
     else:
         device, device_ids, where = select_device(cfg.gpu_ids)
     log.info("run folder %s; %s", dirs.root if dirs is not None else "-", where)
+    if resumed_from and info.is_main:
+        for stale in remove_stale_temporaries(checkpoint_folder(resumed_from)):
+            log.info("removed %s, left by a save that was killed", stale)
     return dirs, device, device_ids
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        cfg = apply_sampler_args(args, cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=args.phase == "train")
-    if args.phase == "val" and not checkpoint:
-        print("config error: -p val needs a checkpoint: pass --checkpoint or set path.resume_state or path.pretrained",
-              file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    """Train or validate as `args` say; returns the exit code (errors propagate to `core.cli.run_command`)."""
+    cfg = apply_sampler_args(args, load_config(args.config))
+    training = args.phase == "train"
+    checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=training)
+    if not training and not checkpoint:
+        raise UsageError("-p val needs a checkpoint: pass --checkpoint or set path.resume_state or path.pretrained")
     info = init_distributed()
     try:
-        dirs, device, device_ids = setup_run(cfg, args.phase, info)
+        dirs, device, device_ids = setup_run(cfg, args.phase, info, checkpoint if training else None)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         prepare_data(cfg, info, not args.no_progress)
         model = TFSDiffModel(cfg, device, device_ids, info)
         if checkpoint:
-            model.load(checkpoint, weights_only=args.phase == "val", use_ema=not args.no_ema)
+            model.load(checkpoint, weights_only=not training, use_ema=not args.no_ema)
             log.info("loaded checkpoint %s (step %d, epoch %d)", checkpoint, model.step, model.epoch)
-        if args.phase == "train":
+        if training:
             return train(cfg, model, dirs, not args.no_progress)
         return validate(cfg, model, dirs, not args.no_progress) if dirs is not None else 0
-    except (DatasetError, CheckpointError, ValueError) as err:
-        log.error("%s", err)
-        return 1
     finally:
         shutdown_distributed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logger()
+    return run_command(lambda: run(args), (ConfigError, DatasetError, CheckpointError), args.debug, log)
 
 
 if __name__ == "__main__":

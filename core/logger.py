@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,18 +24,30 @@ class RunDirs:
     checkpoint: Path
 
 
-def make_run_dirs(experiments_root: str | Path, name: str, phase: str) -> RunDirs:
-    """Create a fresh `<experiments_root>/<name>_<phase>_<yymmdd_HHMMSS>` run folder with its subfolders."""
+def make_run_dirs(experiments_root: str | Path, name: str, phase: str,
+                  checkpoint_files: Mapping[str, str] | None = None) -> RunDirs:
+    """Create a fresh `<experiments_root>/<name>_<phase>_<yymmdd_HHMMSS>` run folder with its subfolders.
+
+    The folder appears at once, complete: it is built under a hidden temporary name, with `checkpoint_files`
+    (name -> text, e.g. the checkpoint a resumed run starts from) already in `checkpoint/`, and then renamed.
+    """
     stamp = datetime.now().strftime("%y%m%d_%H%M%S")
     root = Path(experiments_root) / f"{name}_{phase}_{stamp}"
     suffix = 1
     while root.exists():
         root = Path(experiments_root) / f"{name}_{phase}_{stamp}_{suffix}"
         suffix += 1
-    dirs = RunDirs(root, root / "logs", root / "tb_logger", root / "results", root / "checkpoint")
-    for folder in (dirs.logs, dirs.tb_logger, dirs.results, dirs.checkpoint):
-        folder.mkdir(parents=True, exist_ok=False)
-    return dirs
+    building = root.with_name(f".{root.name}.tmp{os.getpid()}")
+    try:
+        for folder in ("logs", "tb_logger", "results", "checkpoint"):
+            (building / folder).mkdir(parents=True)
+        for file_name, text in (checkpoint_files or {}).items():
+            (building / "checkpoint" / file_name).write_text(text, encoding="utf-8")
+        os.rename(building, root)
+    finally:
+        if building.exists():
+            shutil.rmtree(building)
+    return RunDirs(root, root / "logs", root / "tb_logger", root / "results", root / "checkpoint")
 
 
 def setup_logger(log_file: Path | None = None, level: int = logging.INFO) -> logging.Logger:

@@ -131,7 +131,7 @@ def test_config_error_exits_with_key_path(tmp_path: Path, write_config: WriteCon
 
 def test_missing_dataset_folder_is_a_clear_error(tmp_path: Path, write_config: WriteConfig) -> None:
     cfg = write_config("nodata", {"datasets.train.dataroot": str(tmp_path / "nowhere")})
-    assert sr.main(["-c", str(cfg), "--no-progress"]) == 1
+    assert sr.main(["-c", str(cfg), "--no-progress"]) == 2  # an input error
     assert "nowhere" in (run_dir(tmp_path, "nodata") / "logs" / "train.log").read_text()
 
 
