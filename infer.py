@@ -1,13 +1,15 @@
 """Fuse with a trained TFS-Diff model (or a classical rule) over a data split or one case; write images by case id.
 
-    python infer.py -c CONFIG [--checkpoint PATH] [--split test|val] [--out DIR] [--process]
+    python infer.py -c CONFIG [--checkpoint PATH] [--split test|val] [--out DIR] [--process] [--overwrite]
     python infer.py -c CONFIG [--checkpoint PATH] --sampler ddim --steps 50   # a fast sampler instead of model.sampler
     python infer.py -c CONFIG --method average|maximum|laplacian_ycbcr|pca|dwt [--split test|val] [--out DIR]
     python infer.py -c CONFIG --checkpoint PATH --inputs T1.png T2.png SPECT.png --out fused.png [--process]
+    add --debug to any of them for the traceback of an error
 
 Split mode writes, per case id, `<id>_fused.png`, `<id>_src{1,2,3}.png` (the bicubic-upsampled inputs of the
 dataset), `<id>_hr.png` (when the split has a ground truth) and, with --process, `<id>_process.png` (the
-denoising-process strip) into `results/<config name>/<split>/<method>/` (method `tfsdiff` for the model). The model
+denoising-process strip) into `results/<config name>/<split>/<method>/`, or `DIR/<method>/` with `--out DIR` (method
+`tfsdiff` for the model), so that every method keeps its own folder for `eval.py`. The model
 runs through `model.evaluation.evaluate_model`, the path `sr.py` validation uses, with the config's val noise schedule,
 its sampler (`model.sampler`), the model's sampling (EMA) weights and a generator seeded with the config's seed.
 Without --checkpoint the weights are the config's `path.resume_state`, else its released weights `path.pretrained`
@@ -26,13 +28,19 @@ bicubic-upsampled inputs and adds the detail it learned to restore, which sharpe
 With --method the rule fuses the same upsampled sources (bicubic-then-fuse). With --process the strip is written
 next to the output as `<out stem>_process.png`.
 
-Exit status: 0 success; 2 for a usage or input error (config, missing checkpoint, missing or unreadable image);
-1 for a failure while running.
+Results are written under a temporary name and renamed into place when complete, so a failed run leaves no partial
+output. An existing result (a non-empty method folder, or the single-case output file) is replaced only with
+--overwrite.
+
+Exit status (`core.cli.run_command`): 0 success; 2 for a usage or input error (config, missing or unreadable
+checkpoint, missing or unreadable image, images too small, an existing result without --overwrite, an unusable
+path); 1 for a failure while running (disk full, anything unexpected). --debug shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -43,7 +51,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from core.cli import add_sampler_args, apply_sampler_args, checkpoint_to_load
+from core.cli import UsageError, add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, \
+    run_command
 from core.config import ConfigError, TFSDiffConfig, load_config
 from core.logger import setup_logger
 from core.results_layout import result_path
@@ -60,7 +69,7 @@ MIN_OUTPUT_SIDE = 8  # the fusion rules' smallest side (data.fusion_rules), and 
 log = logging.getLogger("tfsdiff")
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """A user-supplied file, option or config entry is missing or unusable (exit status 2)."""
 
 
@@ -78,8 +87,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-size", nargs=2, type=int, metavar=("H", "W"),
                         help="single-case mode: size of the fused image (default: the inputs' size times the scale)")
     parser.add_argument("--process", action="store_true", help="also write the denoising-process strip")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing result (method folder or output file) once the new one is done")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_sampler_args(parser)
+    add_debug_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -112,17 +124,54 @@ def split_loader(cfg: TFSDiffConfig, split: str) -> DataLoader:
     return dataset_from_config(ds_cfg, seed=cfg.seed, train=False, require_target=False)[2]
 
 
+def split_output(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
+    """The method folder of split mode: `DIR/<method>/` for `--out DIR`, else `results/<name>/<split>/<method>/`."""
+    base = Path(args.out) if args.out else Path("results") / cfg.name / args.split
+    return base / args.method
+
+
+def check_replaceable(path: Path, overwrite: bool, folder: bool) -> None:
+    """InputError unless `path` may be written: absent (or an empty folder), or an existing result with
+    `overwrite`; a file where a folder is meant (or the reverse) is always an error."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() != folder:
+        raise InputError(f"{path} is {'a file' if folder else 'a folder'}; it would be replaced by "
+                         f"{'a folder of results' if folder else 'the fused image'}: choose another --out")
+    if folder and not any(path.iterdir()):
+        return
+    if not overwrite:
+        what = "holds results" if folder else "exists"
+        raise InputError(f"{path} already {what}: pass --overwrite to replace it, or choose another --out")
+
+
+def publish_folder(staging: Path, final: Path) -> None:
+    """Move the complete folder `staging` to `final`, replacing what is there (the old folder is removed last)."""
+    old = final.with_name(f".{final.name}.old{os.getpid()}")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
+    out_dir = split_output(cfg, args)
+    check_replaceable(out_dir, args.overwrite, folder=True)
     loader = split_loader(cfg, args.split)
-    dataset = loader.dataset
-    out_dir = Path(args.out) if args.out else Path("results") / cfg.name / args.split / args.method
-    if args.method != MODEL_METHOD:
-        fuse_with_rule(args.method, loader, out_dir)
-    else:
-        model = load_model(cfg, checkpoint_to_load(args.checkpoint, cfg, for_training=False))
-        result = evaluate_model(model, loader, out_dir, save_process=args.process, progress=not args.no_progress)
-        log.info("model: %s", result.describe())
-    log.info("%d cases of split %r fused with %s into %s", len(dataset), args.split, args.method, out_dir)
+    model = None if args.method != MODEL_METHOD else load_model(
+        cfg, checkpoint_to_load(args.checkpoint, cfg, for_training=False))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    try:
+        if model is None:
+            fuse_with_rule(args.method, loader, staging)
+        else:
+            result = evaluate_model(model, loader, staging, save_process=args.process, progress=not args.no_progress)
+            log.info("model: %s", result.describe())
+        publish_folder(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("%d cases of split %r fused with %s into %s", len(loader.dataset), args.split, args.method, out_dir)
     return out_dir
 
 
@@ -171,47 +220,56 @@ def fuse_single_with_model(model: TFSDiffModel, sources: list[np.ndarray], progr
         return evaluate_model(model, [batch], None, progress=progress).fused[0]
     with tempfile.TemporaryDirectory(prefix="tfsdiff_infer_") as tmp:
         result = evaluate_model(model, [batch], Path(tmp), save_process=True, progress=progress)
-        shutil.copyfile(result_path(Path(tmp), "input", "process"), process_out)
+        save_image_atomic(np.asarray(Image.open(result_path(Path(tmp), "input", "process"))), process_out)
     return result.fused[0]
 
 
+def save_image_atomic(image: np.ndarray, path: Path) -> None:
+    """Save a uint8 image to a temporary file next to `path` (same extension), then rename it over `path`."""
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        Image.fromarray(image).save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    process_out = out.with_name(f"{out.stem}_process.png") if args.process else None
+    for path in (out, process_out) if process_out else (out,):
+        check_replaceable(path, args.overwrite, folder=False)
     images = read_inputs(args.inputs)
     size = output_size(images[0].shape[:2], model_scale(cfg), args.out_size)
     sources = upsample(images, size)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.method != MODEL_METHOD:
         fused = fuse(args.method, sources)
     else:
         model = load_model(cfg, checkpoint_to_load(args.checkpoint, cfg, for_training=False))
-        process_out = out.with_name(f"{out.stem}_process.png") if args.process else None
         fused = fuse_single_with_model(model, sources, not args.no_progress, process_out)
-    Image.fromarray(fused).save(out)
+    save_image_atomic(fused, out)
     log.info("fused %s (%dx%d) with %s into %s (%dx%d)", ", ".join(args.inputs), images[0].shape[1],
              images[0].shape[0], args.method, out, size[1], size[0])
     return out
 
 
+def run(args: argparse.Namespace) -> int:
+    """Fuse as `args` say; returns the exit code (errors propagate to `core.cli.run_command`)."""
+    _check_args(args)
+    cfg = apply_sampler_args(args, load_config(args.config))
+    torch.manual_seed(cfg.seed)
+    if args.inputs:
+        run_single(cfg, args)
+    else:
+        run_split(cfg, args)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logger()
-    try:
-        _check_args(args)
-        cfg = load_config(args.config)
-        cfg = apply_sampler_args(args, cfg)
-        torch.manual_seed(cfg.seed)
-        if args.inputs:
-            run_single(cfg, args)
-        else:
-            run_split(cfg, args)
-    except (InputError, ConfigError, CheckpointError, DatasetError) as err:
-        log.error("%s", err)
-        return 2
-    except (RuntimeError, ValueError, OSError) as err:
-        log.error("inference failed: %s", err)
-        return 1
-    return 0
+    return run_command(lambda: run(args), (ConfigError, CheckpointError, DatasetError), args.debug, log)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,8 @@ def test_infer_single_case_any_size(tmp_path: Path, config: Path, make_rgb: Make
     _save(paths[1], make_rgb(2, (21, 13), grey=True))
     _save(paths[2], make_rgb(3, (21, 13)))
     out = tmp_path / "fused" / "case.png"
-    args = ["-c", str(config), "--checkpoint", str(checkpoint), "--inputs", *map(str, paths), "--out", str(out)]
+    args = ["-c", str(config), "--checkpoint", str(checkpoint), "--inputs", *map(str, paths), "--out", str(out),
+            "--overwrite"]
     for extra, size in (([], (26, 42)), (["--out-size", "16", "16"], (16, 16)), (["--out-size", "21", "30"], (30, 21))):
         assert infer.main([*args, *extra, "--process", "--no-progress"]) == 0
         with Image.open(out) as img:
