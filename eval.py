@@ -24,7 +24,10 @@ without them the column shows n/a and the command says where to put the file (no
 
 Writes PREFIX.md, PREFIX.csv (mean and std per method and metric), PREFIX_per_image.csv and PREFIX.tex; the default
 PREFIX is `<first RESULT_DIR>/metrics_<reference>` (`metrics_<reference>_cddfuse` with `--convention cddfuse`).
-The Markdown is also printed.
+The Markdown is also printed. The tables are derived from the result folders, so they are rewritten on every run.
+
+Exit status (`core.cli.run_command`): 0 success; 2 for a usage or input error (unpaired or unreadable results, an
+unusable path); 1 for a failure while running. --debug shows the traceback.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.cli import add_debug_arg, run_command
 from core.figure import FigureSection, comparison_figure
 from core.fusion_metrics import CONVENTIONS
 from core.lpips import Lpips, alexnet_weights_path, load_lpips, missing_weights_note
@@ -65,6 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--figure", help="also write the comparison figure to this PNG file")
     parser.add_argument("--cases", nargs="+", metavar="ID", help="case ids of the figure (default: the first three)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_debug_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -186,18 +191,13 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.cases and not args.figure:
-        print("error: --cases selects the rows of --figure; give --figure FILE too", file=sys.stderr)
-        return 2
-    try:
+
+    def evaluate() -> int:
+        if args.cases and not args.figure:
+            raise EvalError("--cases selects the rows of --figure; give --figure FILE too")
         run(args)
-    except (EvalError, ScoringError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as err:
-        print(f"evaluation failed: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+    return run_command(evaluate, (EvalError, ScoringError), args.debug)
 
 
 if __name__ == "__main__":
