@@ -23,7 +23,8 @@
 5. ``--figure FILE``: ``core.figure.comparison_figure`` of 4 cases spread over the subjects.
 
 The checkpoint is --checkpoint, else the config's ``path.resume_state``, else ``path.pretrained``. A missing folder,
-a config without a checkpoint, an unreadable image and the like print one line ``error: ...`` and exit with 2.
+a config without a checkpoint, an unreadable image and the like print one line ``error: ...`` and exit with 2
+(``core.cli.run_command``'s policy; ``--debug`` adds the traceback).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from bench import real_scans_report as report
-from core.cli import add_sampler_args, apply_sampler_args, checkpoint_to_load, run_and_report
+from core.cli import add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, run_and_report
 from core.config import ConfigError, DatasetConfig, TFSDiffConfig, load_config
 from core.figure import FigureSection, comparison_figure
 from core.fusion_metrics import CONVENTIONS
@@ -104,6 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--figure", type=Path, help="also write a comparison figure of 4 cases to this PNG file")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_debug_arg(parser)
     add_sampler_args(parser)
     return parser.parse_args(argv)
 
@@ -252,7 +254,7 @@ ERRORS = (BenchError, ConfigError, CheckpointError, PrepareError, DatasetError, 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logger()
-    return run_and_report(lambda: run(args), ERRORS)
+    return run_and_report(lambda: run(args), ERRORS, debug=args.debug)
 
 
 if __name__ == "__main__":
