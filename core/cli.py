@@ -43,6 +43,9 @@ _OS_ERRORS: dict[int, tuple[int, str, str]] = {
     errno.EDQUOT: (EXIT_FAILURE, "disk quota exceeded", "free some space and run again"),
 }
 
+_OS_ERROR_CLASSES = {FileExistsError: errno.EEXIST, PermissionError: errno.EACCES, NotADirectoryError: errno.ENOTDIR,
+                     IsADirectoryError: errno.EISDIR, FileNotFoundError: errno.ENOENT}
+
 
 class UsageError(ValueError):
     """A usage or input error that is not a config, dataset or checkpoint error (exit status 2)."""
@@ -93,10 +96,16 @@ def add_debug_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def describe_os_error(err: OSError) -> tuple[int, str]:
-    """(exit code, one-line message naming the path and what to do) for a filesystem error."""
-    code, what, todo = _OS_ERRORS.get(err.errno or 0, (EXIT_FAILURE, err.strerror or str(err), "check the path"))
+    """(exit code, one-line message naming the path and what to do) for a filesystem error; an OSError raised with
+    a message only (no errno) is classified by its subclass and keeps its message."""
+    number = err.errno if err.errno is not None else next(
+        (n for cls, n in _OS_ERROR_CLASSES.items() if isinstance(err, cls)), None)
+    code, what, todo = _OS_ERRORS.get(number or 0, (EXIT_FAILURE, err.strerror or "input/output error",
+                                                    "check the path and the device"))
+    if err.errno is None:
+        return code, f"{err}: {todo}"
     paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
-    return code, f"{paths}: {what}: {todo}" if paths else f"{what} ({err}): {todo}"
+    return code, f"{paths}: {what}: {todo}" if paths else f"{what}: {todo}"
 
 
 def _first_line(err: BaseException) -> str:

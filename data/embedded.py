@@ -43,7 +43,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from core.cli import run_and_report
+from core.cli import add_debug_arg, run_and_report
 from data.fusion_rules import fuse
 from data.layout import SPLITS, write_case
 from data.resample import resize_bicubic
@@ -310,10 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="lesion seed (default 0)")
     parser.add_argument("--limit", type=int, default=None, help="at most N cases per split (tests)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_debug_arg(parser)
     args = parser.parse_args(argv)
     return run_and_report(
         lambda: ensure_embedded_dataset(args.root, args.size, args.scales, args.seed, not args.quiet, args.limit),
-        (ValueError, FileExistsError))
+        (ValueError,), debug=args.debug)
 
 
 if __name__ == "__main__":

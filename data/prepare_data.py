@@ -25,7 +25,8 @@ requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
 * Pairs (the public Harvard AANLIB pair layout): split by subject, real triplets for test, derived and augmented
   triplets for train/val; rules in ``data/harvard_pairs.py``, ``data/harvard_cases.py`` and ``data/triplets.py``;
   ``--splits`` writes only the named splits (the manifest lists them as ``written_splits``).
-* Everything is written into a hidden sibling folder, renamed to ``OUT`` at the end; errors exit with code 2.
+* Everything is written into a hidden sibling folder, renamed to ``OUT`` at the end; input errors exit with code 2,
+  failures while running (e.g. disk full) with 1 (``core.cli.run_command``; ``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from core.cli import run_and_report
+from core.cli import add_debug_arg, run_and_report
 from data import harvard_cases, layout, pairs_form
 from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
@@ -327,6 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--workers", type=int, default=0, help="worker processes; 0 or 1 = in-process (default 0)")
     base.add_argument("--overwrite", action="store_true", help="replace an existing output once the new one is done")
     base.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_debug_arg(base)
     common = argparse.ArgumentParser(add_help=False, parents=[base])
     common.add_argument("--modalities", nargs=3, metavar="NAME", help="modality names in order, e.g. MR-T1 MR-T2 "
                         "SPECT (default: the folder names or file stems)")
@@ -397,9 +399,10 @@ def _prepare(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns 0 after printing the dataset folder, or 2 after printing ``error: ...`` to stderr."""
+    """CLI entry point; returns 0 after printing the dataset folder, else the exit code of `core.cli.run_command`
+    after printing ``error: ...`` to stderr."""
     args = _parser().parse_args(argv)
-    return run_and_report(lambda: _prepare(args), (PrepareError,))
+    return run_and_report(lambda: _prepare(args), (PrepareError,), debug=args.debug)
 
 
 if __name__ == "__main__":
