@@ -157,9 +157,9 @@ def publish_folder(staging: Path, final: Path) -> None:
 def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     out_dir = split_output(cfg, args)
     check_replaceable(out_dir, args.overwrite, folder=True)
-    loader = split_loader(cfg, args.split)
     model = None if args.method != MODEL_METHOD else load_model(
         cfg, checkpoint_to_load(args.checkpoint, cfg, for_training=False))
+    loader = split_loader(cfg, args.split)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     try:

@@ -22,7 +22,10 @@ import torch
 from bench.end_to_end import benchmark_end_to_end
 from bench.measure import machine_info, matmul_peak_gflops
 from bench.network import PATHS, benchmark_network, optimised_performance
+from core.cli import add_debug_arg, run_command
 from core.config import ConfigError, load_config
+from data.fusion_dataset import DatasetError
+from model.checkpoint_io import CheckpointError, check_readable
 
 NETWORK_CONFIGS = ("config/demo.json", "config/tfsdiff_x4_64_256.json")
 # (training reps, sampling reps) per config; --quick uses fewer on the paper config.
@@ -42,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cases", type=int, help="end to end: only the first CASES test cases")
     parser.add_argument("--compile", action="store_true", help="add torch.compile to the optimised path (slow start)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_debug_arg(parser)
     return parser.parse_args(argv)
 
 
@@ -80,11 +84,14 @@ def end_to_end_table(e2e: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        checkpoint = args.checkpoint or load_config(args.e2e_config).path.sampling_checkpoint()
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: run(args), (ConfigError, CheckpointError, DatasetError), args.debug)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the tables and write the JSON report; errors propagate to `core.cli.run_command`."""
+    checkpoint = args.checkpoint or load_config(args.e2e_config).path.sampling_checkpoint()
+    if checkpoint:
+        check_readable(checkpoint)  # now, not after the network part
     device = torch.device(args.device)
     mode = "quick" if args.quick else "full"
     started = time.perf_counter()

@@ -218,3 +218,12 @@ def read_checkpoint(location: Path) -> dict[str, Any]:
         lacks = ", ".join(missing) or "a model state dict"
         raise CheckpointError(f"{location} is an incomplete TFS-Diff checkpoint (no {lacks}): pass another checkpoint")
     return state
+
+
+def check_readable(path: str | Path) -> None:
+    """Fail early (CheckpointError naming the file) when `path` names no readable checkpoint, ours or official."""
+    kind, location = resolve_checkpoint(path)
+    if kind == "ours":
+        read_checkpoint(location)
+    else:
+        load_file(Path(f"{location}_gen.pth"), "official checkpoint")
