@@ -52,7 +52,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from core.cli import UsageError, add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, \
-    run_command
+    naming_path, run_command
 from core.config import ConfigError, TFSDiffConfig, load_config
 from core.logger import setup_logger
 from core.results_layout import result_path
@@ -225,11 +225,14 @@ def fuse_single_with_model(model: TFSDiffModel, sources: list[np.ndarray], progr
 
 
 def save_image_atomic(image: np.ndarray, path: Path) -> None:
-    """Save a uint8 image to a temporary file next to `path` (same extension), then rename it over `path`."""
+    """Save a uint8 image to a temporary file next to `path` (same extension), then rename it over `path`. An OSError
+    names `path`."""
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         Image.fromarray(image).save(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        raise naming_path(err, path) from err
     finally:
         tmp.unlink(missing_ok=True)
 

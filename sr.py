@@ -36,7 +36,7 @@ from core.metrics import PSNR_GREY_LABEL, PSNR_RGB_LABEL, SSIM_GREY_LABEL, SSIM_
 from data.fusion_dataset import DatasetError
 from data.loader import dataset_from_config, ensure_config_data
 from model.evaluation import Evaluation, evaluate_model
-from model.checkpoint_io import checkpoint_folder, remove_stale_temporaries, resume_records
+from model.checkpoint_io import RESUMED_FROM, checkpoint_folder, remove_stale_temporaries, resume_records
 from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel
 
 log = logging.getLogger("tfsdiff")
@@ -170,7 +170,8 @@ def setup_run(cfg: TFSDiffConfig, phase: str, info: DistInfo,
     else:
         device, device_ids, where = select_device(cfg.gpu_ids)
     log.info("run folder %s; %s", dirs.root if dirs is not None else "-", where)
-    if resumed_from and info.is_main:
+    if records is not None and dirs is not None:
+        log.info("resuming from %s (recorded in %s)", records[RESUMED_FROM].strip(), dirs.checkpoint / RESUMED_FROM)
         for stale in remove_stale_temporaries(checkpoint_folder(resumed_from)):
             log.info("removed %s, left by a save that was killed", stale)
     return dirs, device, device_ids

@@ -23,6 +23,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar
 
 from core.config import ConfigError, SamplerConfig, TFSDiffConfig
@@ -106,6 +107,12 @@ def describe_os_error(err: OSError) -> tuple[int, str]:
         return code, f"{err}: {todo}"
     paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
     return code, f"{paths}: {what}: {todo}" if paths else f"{what}: {todo}"
+
+
+def naming_path(err: OSError, path: str | Path) -> OSError:
+    """`err` with `path` as its file name (for errors raised by writes to a temporary file or an open file, which
+    would name the temporary file or nothing); an error without errno is returned unchanged."""
+    return err if err.errno is None else type(err)(err.errno, err.strerror, str(path))
 
 
 def _first_line(err: BaseException) -> str:

@@ -37,6 +37,7 @@ def make_run_dirs(experiments_root: str | Path, name: str, phase: str,
     while root.exists():
         root = Path(experiments_root) / f"{name}_{phase}_{stamp}_{suffix}"
         suffix += 1
+    root.parent.mkdir(parents=True, exist_ok=True)
     building = root.with_name(f".{root.name}.tmp{os.getpid()}")
     try:
         for folder in ("logs", "tb_logger", "results", "checkpoint"):

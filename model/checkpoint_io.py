@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from core.cli import naming_path
 from core.hashing import sha256_file
 
 CHECKPOINT_VERSION = 2
@@ -51,7 +52,7 @@ def atomic_save(obj: Any, path: Path) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        raise OSError(err.errno, err.strerror, str(path)) from err
+        raise naming_path(err, path) from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -126,8 +127,9 @@ def _checkpoint_in_folder(folder: Path) -> Path:
     record = folder / RESUMED_FROM
     if not record.is_file():
         raise CheckpointError(f"{folder} holds no complete checkpoint (no '{LATEST}' file, no I<step>_E<epoch>.pth) "
-                              "and records no checkpoint it resumed from (for a run folder: the run stopped before its first "
-                              "save): pass the checkpoint it started from, or start again without --checkpoint")
+                              "and records no checkpoint it resumed from (for a run folder: the run stopped before "
+                              "its first save): pass the checkpoint it started from, or start again without "
+                              "--checkpoint")
     source = Path(record.read_text(encoding="utf-8").strip())
     if not source.is_file() and not Path(f"{source}_gen.pth").is_file():
         raise CheckpointError(f"{folder} holds no complete checkpoint, and {source}, which its '{RESUMED_FROM}' "
