@@ -1,0 +1,447 @@
+"""Bad inputs over every command line, as a table (core.cli.run_command's policy): each case asserts the exit code
+(2 usage or input error, 1 failure while running), one message naming the bad thing, no traceback, existing outputs
+untouched and no partial output. Then the image rules of single-case inference (16-bit, RGBA) and --debug.
+
+Every command's ``main()`` runs in-process. A read-only folder is a chmod 555 folder, or /sys when the tests run as
+root (root ignores permission bits); the read-only cases skip when neither is available.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import pickle
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as eval_cli
+import infer
+import sr
+from bench import real_scans
+from bench import run as bench_run
+from core.config import load_config
+from data import embedded, prepare_data
+from data.fusion_rules import fuse
+from data.images import read_image
+from data.layout import hr_dir, sr_dir
+from model import release
+from model.model import TFSDiffModel
+
+CLIS: dict[str, Callable[[list[str]], int]] = {
+    "sr": sr.main, "infer": infer.main, "eval": eval_cli.main, "prepare": prepare_data.main,
+    "embedded": embedded.main, "release": release.main, "bench": bench_run.main, "real_scans": real_scans.main}
+SIZE, LOW = 16, 8  # the infer config: a x2 model of 16x16 images
+
+
+@dataclass(frozen=True)
+class World:
+    """One folder of inputs shared by the cases: configs, a dataset, checkpoints good and bad, images, results."""
+
+    root: Path
+    ro: Path | None  # a folder nobody may write into
+
+    def __truediv__(self, relative: str) -> Path:
+        return self.root / relative
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@contextmanager
+def _read_only_folder(root: Path) -> Iterator[Path | None]:
+    """A folder nobody may create files in (restored on exit), or None."""
+    if os.geteuid() != 0:
+        folder = root / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    try:
+        (Path("/sys") / "tfsdiff_probe").mkdir()
+    except PermissionError:
+        yield Path("/sys")
+        return
+    except OSError:
+        pass
+    yield None
+
+
+def _bad_checkpoints(folder: Path, good: Path) -> None:
+    folder.mkdir()
+    data = good.read_bytes()
+    (folder / "random.pth").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    (folder / "empty.pth").write_bytes(b"")
+    (folder / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (folder / "pickle.pth").write_bytes(pickle.dumps({"model": [1, 2, 3], "note": Exception("x")}))
+    (folder / "lfs.pth").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
+    (folder / "text.pth").write_bytes(b"hello, I am not a checkpoint\n")
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, buffer)
+    (folder / "foreign.pth").write_bytes(buffer.getvalue())
+    (folder / "folder.pth").mkdir()
+    (folder / "bad_gen.pth").write_bytes(b"\x00" * 64)  # an official prefix "bad" whose _gen.pth is garbage
+
+
+def _infer_config(root: Path, make_tiny_config: Callable[..., dict[str, Any]], make_rgb: Callable[..., np.ndarray],
+                  ) -> None:
+    data = root / "data"
+    split = {"dataroot": str(data), "l_resolution": LOW, "r_resolution": SIZE, "batch_size": 2}
+    cfg = make_tiny_config(SIZE, SIZE // LOW, steps=3, changes={
+        "path.experiments_root": str(root / "experiments"), "datasets.train": split, "datasets.val": split,
+        "datasets.test": split, "model.unet.inner_channel": 8, "model.unet.norm_groups": 4, "model.unet.attn_res": []})
+    for i, case in enumerate(["p1", "p2"]):
+        for k in (1, 2, 3):
+            _save(sr_dir(data, k, LOW, SIZE) / f"{case}.png", make_rgb(10 * i + k))
+        _save(hr_dir(data, SIZE) / f"{case}.png", make_rgb(50 + i))
+    (root / "tiny.json").write_text(json.dumps(cfg), encoding="utf-8")
+    del cfg["datasets"]["test"]
+    (root / "no_test.json").write_text(json.dumps(cfg), encoding="utf-8")
+    cfg["train"]["val_frq"] = 3
+    (root / "bad_key.json").write_text(json.dumps(cfg), encoding="utf-8")
+
+
+def _images(folder: Path, make_rgb: Callable[..., np.ndarray]) -> None:
+    for k in (1, 2, 3):
+        _save(folder / f"lr{k}.png", make_rgb(k, (LOW, LOW)))
+        _save(folder / f"one{k}.png", make_rgb(k, (1, 1)))
+    _save(folder / "other_size.png", make_rgb(4, (LOW + 2, LOW)))
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (folder / "text.png").write_text("not an image", encoding="utf-8")
+
+
+def _slices(folder: Path, make_rgb: Callable[..., np.ndarray]) -> None:
+    for name in ("T1", "T2", "SPECT"):
+        for case in range(3):
+            _save(folder / name / f"c{case}.png", make_rgb(case, (32, 32)))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, make_tiny_config: Callable[..., dict[str, Any]],
+          make_rgb: Callable[..., np.ndarray], make_results: Callable[..., None],
+          make_run_config: Callable[..., Path]) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("world")
+    _infer_config(root, make_tiny_config, make_rgb)
+    torch.manual_seed(0)
+    good = TFSDiffModel(load_config(root / "tiny.json"), torch.device("cpu")).save(root / "ckpt")
+    release.export_release(good, "tiny.json", root / "release" / "r.pth", use_ema=False)
+    _bad_checkpoints(root / "bad", good)
+    (root / "empty_run" / "checkpoint").mkdir(parents=True)
+    (root / "lost_run" / "checkpoint").mkdir(parents=True)
+    (root / "lost_run" / "checkpoint" / "resumed_from").write_text(f"{root / 'gone.pth'}\n", encoding="utf-8")
+    _images(root / "img", make_rgb)
+    _save(root / "out" / "existing.png", make_rgb(9))
+    _save(root / "out" / "split" / "tfsdiff" / "p1_fused.png", make_rgb(9, (SIZE, SIZE)))
+    (root / "out" / "split_file").mkdir()
+    (root / "out" / "split_file" / "average").write_text("a file where results would go", encoding="utf-8")
+    (root / "out" / "folder.png").mkdir()
+    (root / "afile").write_text("a file", encoding="utf-8")
+    make_results(root / "results" / "tfsdiff", ["a", "b"], 200)
+    make_results(root / "unpaired" / "m1", ["a", "b"], 200)
+    make_results(root / "unpaired" / "m2", ["a"], 200)
+    make_results(root / "corrupt" / "m", ["a", "b"], 200)
+    (root / "corrupt" / "m" / "b_fused.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    _slices(root / "slices", make_rgb)
+    (root / "existing_dataset").mkdir()
+    (root / "existing_dataset" / "keep.txt").write_text("keep", encoding="utf-8")
+    one_step = {"train.n_iter": 1, "train.save_checkpoint_freq": 1, "train.val_freq": 1000}
+    with _read_only_folder(root) as ro:
+        for name, changes in {"run": one_step, "run_full": one_step,
+                              "run_nodata": {"datasets.train.dataroot": "/nonexistent/tfsdiff/train"},
+                              "run_ro": {"path.experiments_root": str((ro or root) / "exp")},
+                              "run_under_file": {"path.experiments_root": str(root / "afile" / "exp")}}.items():
+            make_run_config(root, name, changes)
+        yield World(root, ro)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A command line that must fail with `code` and a message containing `names(world)`."""
+
+    cli: str
+    argv: Callable[[World], list[str]]
+    code: int
+    names: Callable[[World], str]
+    absent: Callable[[World], Path] | None = None  # must not exist afterwards: no partial output
+    read_only: bool = False  # the case uses world.ro
+    setup: Callable[[pytest.MonkeyPatch], None] | None = None
+
+
+def _disk_full(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _infer_single(w: World, *extra: str, inputs: tuple[str, str, str] = ("lr1", "lr2", "lr3")) -> list[str]:
+    return ["-c", str(w / "tiny.json"), "--inputs", *(str(w / "img" / f"{name}.png") for name in inputs), *extra]
+
+
+def _rule(w: World, out: Path, *extra: str) -> list[str]:
+    return _infer_single(w, "--method", "average", "--out", str(out), *extra)
+
+
+def _with_ckpt(w: World, checkpoint: Path, out: str = "o.png") -> list[str]:
+    return _infer_single(w, "--checkpoint", str(checkpoint), "--out", str(w.root / out), "--no-progress")
+
+
+def _release(w: World, out: Path, checkpoint: Path | None = None) -> list[str]:
+    return ["--checkpoint", str(checkpoint or w / "ckpt"), "--config", "tiny.json", "--out", str(out), "--no-ema"]
+
+
+def _sr(w: World, config: str, *extra: str) -> list[str]:
+    return ["-c", str(w.root / f"{config}.json"), "--no-progress", *extra]
+
+
+def _slices_args(w: World, out: Path, *extra: str) -> list[str]:
+    return ["slices", "--input", str(w / "slices"), "--folders", "T1", "T2", "SPECT", "--out", str(out), "--size", "32",
+            "--scales", "2", "--split", "1:1:1", "--quiet", *extra]
+
+
+def _ro(w: World) -> Path:
+    assert w.ro is not None
+    return w.ro
+
+
+CASES: dict[str, Case] = {
+    # infer.py: unreadable checkpoints of every kind
+    "infer-ckpt-random-bytes": Case("infer", lambda w: _with_ckpt(w, w / "bad" / "random.pth"), 2,
+                                    lambda w: str(w / "bad" / "random.pth"), lambda w: w.root / "o.png"),
+    "infer-ckpt-empty": Case("infer", lambda w: _with_ckpt(w, w / "bad" / "empty.pth"), 2,
+                             lambda w: "empty.pth is empty"),
+    "infer-ckpt-truncated": Case("infer", lambda w: _with_ckpt(w, w / "bad" / "truncated.pth"), 2,
+                                 lambda w: "truncated.pth: truncated or damaged"),
+    "infer-ckpt-other-pickle": Case("infer", lambda w: _with_ckpt(w, w / "bad" / "pickle.pth"), 2,
+                                    lambda w: "pickle.pth: not a PyTorch checkpoint"),
+    "infer-ckpt-lfs-pointer": Case("infer", lambda w: _with_ckpt(w, w / "bad" / "lfs.pth"), 2,
+                                   lambda w: "lfs.pth is a Git LFS pointer"),
+    "infer-ckpt-text": Case("infer", lambda w: _with_ckpt(w, w / "bad" / "text.pth"), 2, lambda w: "text.pth"),
+    "infer-ckpt-foreign-dict": Case("infer", lambda w: _with_ckpt(w, w / "bad" / "foreign.pth"), 2,
+                                    lambda w: "foreign.pth is not a TFS-Diff checkpoint"),
+    "infer-ckpt-folder-named-pth": Case("infer", lambda w: _with_ckpt(w, w / "bad" / "folder.pth"), 2,
+                                        lambda w: "folder.pth holds no complete checkpoint"),
+    "infer-ckpt-official-garbage": Case("infer", lambda w: _with_ckpt(w, w / "bad" / "bad"), 2,
+                                        lambda w: "bad_gen.pth"),
+    "infer-ckpt-missing": Case("infer", lambda w: _with_ckpt(w, w.root / "nowhere.pth"), 2,
+                               lambda w: "nowhere.pth"),
+    "infer-ckpt-empty-run": Case("infer", lambda w: _with_ckpt(w, w / "empty_run"), 2,
+                                 lambda w: "holds no complete checkpoint"),
+    "infer-ckpt-lost-source": Case("infer", lambda w: _with_ckpt(w, w / "lost_run"), 2,
+                                   lambda w: "gone.pth, which its 'resumed_from' names, no longer exists"),
+    # infer.py: images
+    "infer-1x1-rule": Case("infer", lambda w: _infer_single(
+        w, "--method", "laplacian_ycbcr", "--out", str(w.root / "o.png"), inputs=("one1", "one2", "one3")),
+                           2, lambda w: "at least 8 pixels", lambda w: w.root / "o.png"),
+    "infer-1x1-model": Case("infer", lambda w: _infer_single(
+        w, "--checkpoint", str(w / "ckpt"), "--out", str(w.root / "o.png"), inputs=("one1", "one2", "one3")),
+                            2, lambda w: "at least 8 pixels", lambda w: w.root / "o.png"),
+    "infer-out-size-too-small": Case("infer", lambda w: _rule(w, w.root / "o.png", "--out-size", "4", "4"), 2,
+                                     lambda w: "4x4"),
+    "infer-sizes-differ": Case("infer", lambda w: _infer_single(
+        w, "--method", "average", "--out", str(w.root / "o.png"), inputs=("lr1", "other_size", "lr3")), 2,
+                               lambda w: "other_size.png: 8x10"),
+    "infer-missing-image": Case("infer", lambda w: _infer_single(
+        w, "--method", "average", "--out", str(w.root / "o.png"), inputs=("lr1", "lr2", "nope")), 2,
+                                lambda w: "nope.png"),
+    "infer-corrupt-image": Case("infer", lambda w: _infer_single(
+        w, "--method", "average", "--out", str(w.root / "o.png"), inputs=("lr1", "corrupt", "lr3")), 2,
+                                lambda w: "corrupt.png"),
+    "infer-text-as-image": Case("infer", lambda w: _infer_single(
+        w, "--method", "average", "--out", str(w.root / "o.png"), inputs=("text", "lr2", "lr3")), 2,
+                                lambda w: "text.png"),
+    # infer.py: outputs
+    "infer-single-exists": Case("infer", lambda w: _rule(w, w / "out" / "existing.png"), 2,
+                                lambda w: "existing.png already exists: pass --overwrite"),
+    "infer-single-out-is-folder": Case("infer", lambda w: _rule(w, w / "out" / "folder.png"), 2,
+                                       lambda w: "folder.png is a folder"),
+    "infer-single-out-not-image": Case("infer", lambda w: _rule(w, w.root / "o.txt"), 2, lambda w: "o.txt"),
+    "infer-single-out-under-file": Case("infer", lambda w: _rule(w, w / "afile" / "o.png"), 2,
+                                        lambda w: str(w / "afile")),
+    "infer-single-out-read-only": Case("infer", lambda w: _rule(w, _ro(w) / "o.png"), 2,
+                                       lambda w: f"{_ro(w)}/", read_only=True),
+    "infer-single-disk-full": Case("infer", lambda w: _rule(w, w.root / "full.png"), 1,
+                                   lambda w: "no space left on the device", lambda w: w.root / "full.png",
+                                   setup=lambda mp: mp.setattr(Image.Image, "save", _disk_full)),
+    "infer-split-results-exist": Case("infer", lambda w: ["-c", str(w / "tiny.json"), "--checkpoint", str(w / "ckpt"),
+                                                          "--out", str(w / "out/split"), "--no-progress"], 2,
+                                      lambda w: "tfsdiff already holds results: pass --overwrite"),
+    "infer-split-method-is-file": Case("infer", lambda w: ["-c", str(w / "tiny.json"), "--method", "average",
+                                                           "--out", str(w / "out/split_file")], 2,
+                                       lambda w: "average is a file"),
+    "infer-split-out-read-only": Case("infer", lambda w: ["-c", str(w / "tiny.json"), "--method", "average",
+                                                          "--out", str(_ro(w) / "res")], 2,
+                                      lambda w: str(_ro(w)), read_only=True),
+    "infer-split-without-test": Case("infer", lambda w: ["-c", str(w / "no_test.json"), "--method", "average"], 2,
+                                     lambda w: "datasets.test"),
+    "infer-process-with-rule": Case("infer", lambda w: _rule(w, w.root / "o.png", "--process"), 2,
+                                    lambda w: "--process"),
+    "infer-out-size-without-inputs": Case("infer", lambda w: ["-c", str(w / "tiny.json"), "--out-size", "8", "8"], 2,
+                                          lambda w: "--out-size"),
+    "infer-inputs-without-out": Case("infer", lambda w: _infer_single(w, "--method", "average"), 2,
+                                     lambda w: "--out"),
+    "infer-config-missing": Case("infer", lambda w: ["-c", str(w.root / "none.json"), "--method", "average"], 2,
+                                 lambda w: "none.json"),
+    "infer-config-unknown-key": Case("infer", lambda w: ["-c", str(w / "bad_key.json"), "--method", "average"], 2,
+                                     lambda w: "train.val_frq"),
+    "infer-steps-too-many": Case("infer", lambda w: _with_ckpt(w, w / "ckpt") + ["--sampler", "ddim", "--steps", "99"],
+                                 2, lambda w: "--steps"),
+    "infer-unknown-method": Case("infer", lambda w: _infer_single(w, "--method", "median", "--out", "o.png"), 2,
+                                 lambda w: "median"),
+    # sr.py
+    "sr-experiments-read-only": Case("sr", lambda w: _sr(w, "run_ro"), 2, lambda w: str(_ro(w)), read_only=True),
+    "sr-experiments-under-file": Case("sr", lambda w: _sr(w, "run_under_file"), 2, lambda w: str(w / "afile")),
+    "sr-ckpt-random-bytes": Case("sr", lambda w: _sr(w, "run", "--checkpoint", str(w / "bad" / "random.pth")), 2,
+                                 lambda w: "random.pth: not a PyTorch checkpoint"),
+    "sr-ckpt-truncated": Case("sr", lambda w: _sr(w, "run", "--checkpoint", str(w / "bad" / "truncated.pth")), 2,
+                              lambda w: "truncated.pth"),
+    "sr-ckpt-of-another-network": Case("sr", lambda w: _sr(w, "run", "--checkpoint", str(w / "release" / "r.pth")), 2,
+                            lambda w: "r.pth was trained with model.unet"),
+    "sr-ckpt-empty-run": Case("sr", lambda w: _sr(w, "run", "--checkpoint", str(w / "empty_run")), 2,
+                              lambda w: "empty_run/checkpoint holds no complete checkpoint"),
+    "sr-val-without-ckpt": Case("sr", lambda w: _sr(w, "run", "-p", "val"), 2, lambda w: "--checkpoint"),
+    "sr-config-missing": Case("sr", lambda w: _sr(w, "none"), 2, lambda w: "none.json"),
+    "sr-dataset-missing": Case("sr", lambda w: _sr(w, "run_nodata"), 2, lambda w: "/nonexistent/tfsdiff/train"),
+    "sr-disk-full-at-save": Case("sr", lambda w: _sr(w, "run_full"), 1, lambda w: "I1_E0.pth: no space left",
+                                 setup=lambda mp: mp.setattr(torch, "save", _disk_full)),
+    # python -m model.release
+    "release-out-read-only": Case("release", lambda w: _release(w, _ro(w) / "r.pth"), 2,
+                                  lambda w: f"{_ro(w)}/r.pth", read_only=True),
+    "release-out-under-file": Case("release", lambda w: _release(w, w / "afile" / "r.pth"), 2,
+                                   lambda w: str(w / "afile")),
+    "release-out-exists": Case("release", lambda w: _release(w, w / "release" / "r.pth"), 2,
+                               lambda w: "r.pth already exists: pass --overwrite"),
+    "release-out-is-folder": Case("release", lambda w: _release(w, w / "bad" / "folder.pth"), 2,
+                                  lambda w: "folder.pth is a folder"),
+    "release-out-not-pth": Case("release", lambda w: _release(w, w.root / "r.bin"), 2, lambda w: "r.bin"),
+    "release-ckpt-random-bytes": Case("release", lambda w: _release(w, w.root / "s.pth", w / "bad" / "random.pth"), 2,
+                                      lambda w: "random.pth", lambda w: w.root / "s.pth"),
+    "release-of-a-release": Case("release", lambda w: _release(w, w.root / "s.pth", w / "release" / "r.pth"), 2,
+                                 lambda w: "already a release", lambda w: w.root / "s.pth"),
+    "release-disk-full": Case("release", lambda w: _release(w, w.root / "s.pth"), 1,
+                              lambda w: "s.pth: no space left", lambda w: w.root / "s.pth",
+                              setup=lambda mp: mp.setattr(torch, "save", _disk_full)),
+    # eval.py
+    "eval-missing-folder": Case("eval", lambda w: [str(w.root / "nowhere")], 2, lambda w: "nowhere"),
+    "eval-cases-without-figure": Case("eval", lambda w: [str(w / "results"), "--cases", "a"], 2, lambda w: "--figure"),
+    "eval-unpaired": Case("eval", lambda w: [str(w / "unpaired"), "--no-progress"], 2, lambda w: "m2: missing b"),
+    "eval-corrupt-image": Case("eval", lambda w: [str(w / "corrupt"), "--no-progress"], 2, lambda w: "b_fused.png"),
+    "eval-out-under-file": Case("eval", lambda w: [str(w / "results"), "--out", str(w / "afile" / "m"),
+                                                   "--no-progress"],
+                                2, lambda w: str(w / "afile")),
+    "eval-out-read-only": Case("eval", lambda w: [str(w / "results"), "--out", str(_ro(w) / "m" / "t"),
+                                                  "--no-progress"],
+                               2, lambda w: str(_ro(w)), read_only=True),
+    # data/prepare_data.py and data/embedded.py
+    "prepare-input-missing": Case("prepare", lambda w: ["slices", "--input", str(w.root / "nowhere"), "--folders",
+                                                        "T1", "T2", "SPECT", "--out", str(w.root / "ds")], 2,
+                                  lambda w: "nowhere", lambda w: w.root / "ds"),
+    "prepare-out-exists": Case("prepare", lambda w: _slices_args(w, (w / "existing_dataset")), 2,
+                               lambda w: "existing_dataset already exists; pass --overwrite"),
+    "prepare-out-under-file": Case("prepare", lambda w: _slices_args(w, w / "afile" / "ds"), 2,
+                                   lambda w: str(w / "afile")),
+    "prepare-out-read-only": Case("prepare", lambda w: _slices_args(w, _ro(w) / "ds"), 2, lambda w: str(_ro(w)),
+                                  read_only=True),
+    "embedded-root-not-empty": Case("embedded", lambda w: ["--root", str(w / "existing_dataset"), "--quiet"], 2,
+                                    lambda w: "existing_dataset already exists and is not empty"),
+    # benchmarks
+    "bench-ckpt-random-bytes": Case("bench", lambda w: ["--checkpoint", str(w / "bad" / "random.pth"), "--out",
+                                                        str(w.root / "b.json")], 2, lambda w: "random.pth",
+                                    lambda w: w.root / "b.json"),
+    "bench-config-missing": Case("bench", lambda w: ["--e2e-config", str(w.root / "none.json"), "--out",
+                                                     str(w.root / "b.json")], 2, lambda w: "none.json"),
+    "real-scans-data-missing": Case("real_scans", lambda w: ["--data", str(w.root / "nowhere"), "--out",
+                                                             str(w.root / "rs")], 2, lambda w: "nowhere",
+                                    lambda w: w.root / "rs"),
+}
+
+
+def _snapshot(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_table_has_at_least_40_cases() -> None:
+    assert len(CASES) >= 40
+    assert set(CLIS) == {case.cli for case in CASES.values()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name: str, world: World, capsys: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    case = CASES[name]
+    if case.read_only and world.ro is None:
+        pytest.skip("no read-only folder here (root without /sys)")
+    monkeypatch.chdir(world.root)
+    before = _snapshot(world.root)
+    if case.setup is not None:
+        case.setup(monkeypatch)
+    try:
+        code = CLIS[case.cli](case.argv(world))
+    except SystemExit as stop:  # argparse's usage errors
+        code = stop.code
+    monkeypatch.undo()
+    out, err = capsys.readouterr()
+    assert code == case.code, err
+    assert "Traceback" not in out + err
+    assert case.names(world) in err, err
+    after = _snapshot(world.root)
+    changed = [str(p) for p, data in before.items() if after.get(p) != data]
+    assert not changed, f"existing files changed: {changed}"
+    if case.absent is not None:
+        target = case.absent(world)
+        assert not target.exists()
+        assert not [p for p in target.parent.iterdir() if p.name.startswith(f".{target.stem}")], "partial output"
+
+
+# ----------------------------------------------------------------------------------------------- accepted inputs
+
+def test_infer_reads_16_bit_and_rgba_sources_as_prepare_data_does(world: World, tmp_path: Path) -> None:
+    """Issue cases 5 and 6: a 16-bit source is scaled by min-max (PIL's RGB conversion would clip it) and an RGBA
+    source with white transparent pixels is composited on black, exactly as prepare_data reads them."""
+    ramp = np.linspace(0, 4000, LOW * LOW).reshape(LOW, LOW).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "t1_16bit.png")
+    rgba = np.random.default_rng(5).integers(0, 256, (LOW, LOW, 4), dtype=np.uint8)
+    rgba[: LOW // 2, :, :3], rgba[: LOW // 2, :, 3] = 255, 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "spect_rgba.png")
+    paths = [tmp_path / "t1_16bit.png", world / "img" / "lr2.png", tmp_path / "spect_rgba.png"]
+    out = tmp_path / "fused.png"
+    assert infer.main(["-c", str(world / "tiny.json"), "--method", "average", "--inputs", *map(str, paths),
+                       "--out", str(out)]) == 0
+    read = [read_image(p) for p in paths]
+    assert read[0].max() == 255 and (read[0] == 255).mean() < 0.05  # min-max, not clipped
+    assert (read[2][: LOW // 2] == 0).all()  # transparent -> black
+    expected = fuse("average", infer.upsample(read, (SIZE, SIZE)))
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
+
+
+def test_infer_split_out_writes_one_folder_per_method_and_overwrites_on_request(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    base = ["-c", str(world / "tiny.json"), "--out", str(out), "--no-progress"]
+    assert infer.main([*base, "--checkpoint", str(world / "ckpt")]) == 0
+    assert infer.main([*base, "--method", "laplacian_ycbcr"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["laplacian_ycbcr", "tfsdiff"]
+    model_fused = (out / "tfsdiff" / "p1_fused.png").read_bytes()
+    assert infer.main([*base, "--method", "laplacian_ycbcr"]) == 2
+    (out / "laplacian_ycbcr" / "stale_fused.png").write_bytes(b"old")
+    assert infer.main([*base, "--method", "laplacian_ycbcr", "--overwrite"]) == 0
+    assert not (out / "laplacian_ycbcr" / "stale_fused.png").exists()  # replaced, not merged
+    assert (out / "tfsdiff" / "p1_fused.png").read_bytes() == model_fused
+    assert sorted(p.name for p in out.iterdir()) == ["laplacian_ycbcr", "tfsdiff"]  # no temporary left
+    assert eval_cli.main([str(out), "--no-progress"]) == 0
+
+
+def test_debug_shows_the_traceback_with_the_same_exit_code(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    args = _with_ckpt(world, world / "bad" / "random.pth")
+    assert infer.main(args) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert infer.main([*args, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "random.pth" in err
