@@ -77,16 +77,22 @@ def _scale_of(folder: Path) -> str:
     return folder.parent.name if SCALE_NAME.fullmatch(folder.parent.name) else ""
 
 
+def _sub_folders(path: Path) -> list[Path]:
+    """The sub-folders of `path`, sorted, without hidden ones (e.g. the temporary folder of an unfinished infer.py
+    run)."""
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _method_folders(path: Path) -> list[Path]:
     """The method folders at `path`: itself, its sub-folders, or its scale folders' sub-folders."""
     if not path.is_dir():
         raise EvalError(f"result folder {path} does not exist")
     if fused_case_ids(path):
         return [path]
-    subs = sorted(p for p in path.iterdir() if p.is_dir())
+    subs = _sub_folders(path)
     found = [p for p in subs if fused_case_ids(p)]
     for scale in (s for s in subs if SCALE_NAME.fullmatch(s.name)):
-        found += [m for m in sorted(scale.iterdir()) if m.is_dir() and fused_case_ids(m)]
+        found += [m for m in _sub_folders(scale) if fused_case_ids(m)]
     if not found:
         raise EvalError(f"no method folder (with {result_path(Path('*'), '*', 'fused').name} files) in {path}, its "
                         "sub-folders or its x<N> scale folders")

@@ -220,7 +220,7 @@ def fuse_single_with_model(model: TFSDiffModel, sources: list[np.ndarray], progr
         return evaluate_model(model, [batch], None, progress=progress).fused[0]
     with tempfile.TemporaryDirectory(prefix="tfsdiff_infer_") as tmp:
         result = evaluate_model(model, [batch], Path(tmp), save_process=True, progress=progress)
-        save_image_atomic(np.asarray(Image.open(result_path(Path(tmp), "input", "process"))), process_out)
+        save_image_atomic(read_image(result_path(Path(tmp), "input", "process")), process_out)
     return result.fused[0]
 
 

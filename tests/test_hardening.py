@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -422,7 +423,8 @@ def test_infer_reads_16_bit_and_rgba_sources_as_prepare_data_does(world: World, 
     np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
 
 
-def test_infer_split_out_writes_one_folder_per_method_and_overwrites_on_request(world: World, tmp_path: Path) -> None:
+def test_infer_split_out_writes_one_folder_per_method_and_overwrites_on_request(
+        world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "res"
     base = ["-c", str(world / "tiny.json"), "--out", str(out), "--no-progress"]
     assert infer.main([*base, "--checkpoint", str(world / "ckpt")]) == 0
@@ -435,7 +437,11 @@ def test_infer_split_out_writes_one_folder_per_method_and_overwrites_on_request(
     assert not (out / "laplacian_ycbcr" / "stale_fused.png").exists()  # replaced, not merged
     assert (out / "tfsdiff" / "p1_fused.png").read_bytes() == model_fused
     assert sorted(p.name for p in out.iterdir()) == ["laplacian_ycbcr", "tfsdiff"]  # no temporary left
+    shutil.copytree(out / "tfsdiff", out / ".tfsdiff.tmp1")  # what a killed run leaves: eval.py skips it
+    capsys.readouterr()
     assert eval_cli.main([str(out), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "Laplacian-YCbCr" in table and "TFS-Diff" in table and ".tfsdiff.tmp1" not in table
 
 
 def test_debug_shows_the_traceback_with_the_same_exit_code(world: World, capsys: pytest.CaptureFixture[str]) -> None:
