@@ -86,7 +86,7 @@ def _sub_folders(path: Path) -> list[Path]:
 def _method_folders(path: Path) -> list[Path]:
     """The method folders at `path`: itself, its sub-folders, or its scale folders' sub-folders."""
     if not path.is_dir():
-        raise EvalError(f"result folder {path} does not exist")
+        raise EvalError(f"result folder {path} " + ("is a file" if path.exists() else "does not exist"))
     if fused_case_ids(path):
         return [path]
     subs = _sub_folders(path)
@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     def evaluate() -> int:
         if args.cases and not args.figure:
             raise EvalError("--cases selects the rows of --figure; give --figure FILE too")
+        if args.figure and Path(args.figure).suffix.lower() != ".png":
+            raise EvalError(f"--figure {args.figure}: expected a .png file name")
         run(args)
         return 0
     return run_command(evaluate, (EvalError, ScoringError), args.debug)

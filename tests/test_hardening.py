@@ -120,6 +120,7 @@ def _images(folder: Path, make_rgb: Callable[..., np.ndarray]) -> None:
     _save(folder / "other_size.png", make_rgb(4, (LOW + 2, LOW)))
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (folder / "text.png").write_text("not an image", encoding="utf-8")
+    (folder / "folder.png").mkdir()
 
 
 def _slices(folder: Path, make_rgb: Callable[..., np.ndarray]) -> None:
@@ -247,6 +248,11 @@ CASES: dict[str, Case] = {
                             2, lambda w: "at least 8 pixels", lambda w: w.root / "o.png"),
     "infer-out-size-too-small": Case("infer", lambda w: _rule(w, w.root / "o.png", "--out-size", "4", "4"), 2,
                                      lambda w: "4x4"),
+    "infer-out-size-zero": Case("infer", lambda w: _rule(w, w.root / "o.png", "--out-size", "0", "0"), 2,
+                                lambda w: "0x0"),
+    "infer-input-is-folder": Case("infer", lambda w: _infer_single(
+        w, "--method", "average", "--out", str(w.root / "o.png"), inputs=("lr1", "lr2", "folder")), 2,
+                                  lambda w: "folder.png: [Errno 21] Is a directory"),
     "infer-sizes-differ": Case("infer", lambda w: _infer_single(
         w, "--method", "average", "--out", str(w.root / "o.png"), inputs=("lr1", "other_size", "lr3")), 2,
                                lambda w: "other_size.png: 8x10"),
@@ -291,6 +297,10 @@ CASES: dict[str, Case] = {
                                      lambda w: "--out"),
     "infer-config-missing": Case("infer", lambda w: ["-c", str(w.root / "none.json"), "--method", "average"], 2,
                                  lambda w: "none.json"),
+    "infer-config-is-folder": Case("infer", lambda w: ["-c", str(w / "img"), "--method", "average"], 2,
+                                   lambda w: f"{w / 'img'}: cannot read file"),
+    "infer-config-not-json": Case("infer", lambda w: ["-c", str(w / "img" / "lr1.png"), "--method", "average"], 2,
+                                  lambda w: "lr1.png: cannot read file"),
     "infer-config-unknown-key": Case("infer", lambda w: ["-c", str(w / "bad_key.json"), "--method", "average"], 2,
                                      lambda w: "train.val_frq"),
     "infer-steps-too-many": Case("infer", lambda w: _with_ckpt(w, w / "ckpt") + ["--sampler", "ddim", "--steps", "99"],
@@ -333,6 +343,9 @@ CASES: dict[str, Case] = {
     # eval.py
     "eval-missing-folder": Case("eval", lambda w: [str(w.root / "nowhere")], 2, lambda w: "nowhere"),
     "eval-cases-without-figure": Case("eval", lambda w: [str(w / "results"), "--cases", "a"], 2, lambda w: "--figure"),
+    "eval-figure-not-png": Case("eval", lambda w: [str(w / "results"), "--figure", str(w / "fig.txt")], 2,
+                                lambda w: "fig.txt: expected a .png"),
+    "eval-folder-is-file": Case("eval", lambda w: [str(w / "afile")], 2, lambda w: "afile is a file"),
     "eval-unpaired": Case("eval", lambda w: [str(w / "unpaired"), "--no-progress"], 2, lambda w: "m2: missing b"),
     "eval-corrupt-image": Case("eval", lambda w: [str(w / "corrupt"), "--no-progress"], 2, lambda w: "b_fused.png"),
     "eval-out-under-file": Case("eval", lambda w: [str(w / "results"), "--out", str(w / "afile" / "m"),
