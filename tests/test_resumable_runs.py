@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import sr
+from core.logger import setup_logger
 from model.checkpoint_io import (CheckpointError, RESUMED_FROM, remove_stale_temporaries, resolve_checkpoint,
                                  resume_records)
 
@@ -28,6 +29,7 @@ KILLED_RUN = """
 import os, signal, sys
 import torch
 import sr
+from core.logger import setup_logger
 from model.model import TFSDiffModel
 
 def die(*args, **kwargs):
@@ -120,8 +122,12 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> Non
 def test_save_removes_stale_temporaries_with_a_log_line(tmp_path: Path, make_tiny_model: Callable[..., Any],
                                                         caplog: pytest.LogCaptureFixture) -> None:
     stale = _touch(tmp_path / f".I0_E0.pth.tmp{_dead_pid()}")
-    with caplog.at_level("INFO", logger="tfsdiff"):
+    logger = setup_logger()  # the project logger does not propagate: listen to it directly
+    logger.addHandler(caplog.handler)
+    try:
         make_tiny_model().save(tmp_path)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["I0_E0.pth", "latest"]
     assert f"removed {stale}" in caplog.text
