@@ -4,8 +4,9 @@ A checkpoint folder holds `I{step}_E{epoch}.pth` files, each written to a tempor
 and renamed (so a file of that name is always complete), and a `latest` file naming the newest one. A run that
 resumed from another checkpoint records its absolute path in `resumed_from` before its first step. A folder given
 as a checkpoint resolves to the file `latest` names, else to its newest complete checkpoint, else to the one it
-resumed from; a run folder stands for its `checkpoint/` sub-folder. Temporary files left by a killed save are
-removed by the next save in their folder (`remove_stale_temporaries`).
+resumed from; a run folder stands for its `checkpoint/` sub-folder. Temporary files left by a killed save never
+count as checkpoints; the next save in their folder, or the next run resuming from it, removes them
+(`remove_stale_temporaries`).
 
 Released weights (see `model.release`) come with a manifest `<name>.json` next to `<name>.pth` that records the
 file's size and SHA-256; `read_checkpoint` checks them before reading, so a truncated file or a Git LFS pointer
@@ -58,11 +59,13 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file next to `path`, then rename it over `path`."""
+    """Write `text` to a temporary file next to `path`, then rename it over `path`. An OSError names `path`."""
     tmp = _temporary(path)
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+    except OSError as err:
+        raise naming_path(err, path) from err
     finally:
         tmp.unlink(missing_ok=True)
 
