@@ -1,6 +1,7 @@
 """Bad inputs over every command line, as a table (core.cli.run_command's policy): each case asserts the exit code
 (2 usage or input error, 1 failure while running), one message naming the bad thing, no traceback, existing outputs
-untouched and no partial output. Then the image rules of single-case inference (16-bit, RGBA) and --debug.
+untouched and no partial output. Then the image rules of single-case inference (16-bit, RGBA), --out DIR/<method>
+and --overwrite, --debug, and the policy itself (`core.cli.run_command`) exception by exception.
 
 Every command's ``main()`` runs in-process. A read-only folder is a chmod 555 folder, or /sys when the tests run as
 root (root ignores permission bits); the read-only cases skip when neither is available.
@@ -29,6 +30,7 @@ import infer
 import sr
 from bench import real_scans
 from bench import run as bench_run
+from core.cli import UsageError, run_command
 from core.config import load_config
 from data import embedded, prepare_data
 from data.fusion_rules import fuse
@@ -464,3 +466,29 @@ def test_debug_shows_the_traceback_with_the_same_exit_code(world: World, capsys:
     assert infer.main([*args, "--debug"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and "random.pth" in err
+
+
+def _raises(err: BaseException) -> Callable[[], int]:
+    def action() -> int:
+        raise err
+    return action
+
+
+@pytest.mark.parametrize("err, code, message", [
+    (UsageError("--x: bad"), 2, "error: --x: bad"),
+    (PermissionError(errno.EACCES, "Permission denied", "/a/b"), 2, "error: /a/b: permission denied: fix its"),
+    (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/a/f/x"), 2, "/a/f/x: a part of the path is a file"),
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "/a/d"), 2, "/a/d: is a folder where a file is expected"),
+    (FileExistsError("/a/out already exists"), 2, "/a/out already exists: remove it or choose another path"),
+    (OSError(errno.ENOSPC, "No space left on device"), 1, "no space left on the device: free some space"),
+    (OSError(errno.EIO, "Input/output error", "/dev/x"), 1, "/dev/x: Input/output error"),
+    (RuntimeError("CUDA out of memory.\nmore lines"), 1, "failed with RuntimeError: CUDA out of memory. (run again "
+                                                         "with --debug"),
+    (KeyboardInterrupt(), 130, "error: interrupted"),
+])
+def test_run_command_policy(err: BaseException, code: int, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_command(_raises(err)) == code
+    printed = capsys.readouterr().err
+    assert message in printed and "Traceback" not in printed and "more lines" not in printed
+    assert run_command(_raises(err), debug=True) == code
+    assert "Traceback" in capsys.readouterr().err
