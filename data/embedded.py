@@ -44,6 +44,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from core.cli import add_debug_arg, run_and_report
+from data.fusion_dataset import DatasetError
 from data.fusion_rules import fuse
 from data.layout import SPLITS, write_case
 from data.resample import resize_bicubic
@@ -275,14 +276,15 @@ def _read_manifest(root: Path) -> dict[str, object]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+        raise DatasetError(f"{path} is not valid JSON: {error}; delete {root} to rebuild it") from error
 
 
 def ensure_embedded_dataset(root: str | Path, r_resolution: int, scales: Sequence[int] = (2, 4, 8), seed: int = 0,
                             progress: bool = True, limit: int | None = None) -> Path:
     """Return ``root``, building it first when ``root/manifest.json`` is missing.
 
-    Raises ValueError naming ``root`` and the parameter when an existing dataset was built differently.
+    Raises DatasetError (an input error) naming ``root`` and the parameter when an existing dataset was built
+    differently or its manifest is unreadable.
     """
     root = Path(root)
     if not (root / MANIFEST).is_file():
@@ -296,7 +298,7 @@ def ensure_embedded_dataset(root: str | Path, r_resolution: int, scales: Sequenc
               "scales": [int(s) for s in scales], "seed": seed, "limit": limit}
     for key, value in wanted.items():
         if manifest.get(key) != value:
-            raise ValueError(f"{root}: existing embedded dataset has {key}={manifest.get(key)!r} but {value!r} was "
+            raise DatasetError(f"{root}: existing embedded dataset has {key}={manifest.get(key)!r} but {value!r} was "
                              f"requested; delete {root} or use another root")
     return root
 

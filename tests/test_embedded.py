@@ -11,6 +11,7 @@ from PIL import Image
 
 from data import embedded
 from data.embedded import build_embedded_dataset, ensure_embedded_dataset, main
+from data.fusion_dataset import DatasetError
 from data.fusion_rules import fuse, laplacian_ycbcr, rgb_to_ycbcr
 from data.layout import SPLITS, split_dir
 from data.resample import degrade, resize_bicubic
@@ -135,7 +136,7 @@ def test_ensure_reuses_existing(built: dict[str, Path], monkeypatch: pytest.Monk
 def test_ensure_refuses_mismatched_parameters(built: dict[str, Path], kwargs: dict, key: str) -> None:
     params = {"r_resolution": R, "scales": SCALES, "seed": 0, "limit": LIMIT, **kwargs}
     before = _all_files(built["a"])
-    with pytest.raises(ValueError, match=key) as info:
+    with pytest.raises(DatasetError, match=key) as info:  # an input error: exit 2 in sr.py and infer.py
         ensure_embedded_dataset(built["a"], params["r_resolution"], params["scales"], params["seed"],
                                 progress=False, limit=params["limit"])
     assert str(built["a"]) in str(info.value)
