@@ -131,19 +131,31 @@ def build_test_split(args: argparse.Namespace, split: DatasetConfig) -> tuple[Pa
     return root / "test", subjects
 
 
-def fuse_all(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, scale_dir: Path, progress: bool) -> Fused:
-    """Every baseline rule and TFS-Diff into ``scale_dir/<method>/`` (each folder emptied first)."""
-    folders = {rule: scale_dir / rule for rule in FUSION_RULES} | {MODEL_RUN: scale_dir / MODEL_RUN}
-    for folder in folders.values():
+def fuse_baselines(loader: DataLoader, scale_dir: Path) -> dict[str, Path]:
+    """Every rule of FUSION_RULES into ``scale_dir/<rule>/`` (each folder emptied first); rule -> folder."""
+    folders = {rule: scale_dir / rule for rule in FUSION_RULES}
+    for rule, folder in folders.items():
         if folder.exists():
             shutil.rmtree(folder)
-    for rule in FUSION_RULES:
-        fuse_with_rule(rule, loader, folders[rule])
+        fuse_with_rule(rule, loader, folder)
+    return folders
+
+
+def fuse_model(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, folder: Path, progress: bool) -> float:
+    """TFS-Diff into ``folder`` (emptied first); returns its seconds per fused image (model loading excluded)."""
+    if folder.exists():
+        shutil.rmtree(folder)
     model = load_for_sampling(cfg, checkpoint)
     start = time.perf_counter()
-    evaluation = evaluate_model(model, loader, folders[MODEL_RUN], progress=progress)
-    seconds = time.perf_counter() - start
-    return Fused(folders, seconds / len(evaluation.cases))
+    evaluation = evaluate_model(model, loader, folder, progress=progress)
+    return (time.perf_counter() - start) / len(evaluation.cases)
+
+
+def fuse_all(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, scale_dir: Path, progress: bool) -> Fused:
+    """Every baseline rule and TFS-Diff into ``scale_dir/<method>/`` (each folder emptied first)."""
+    folders = fuse_baselines(loader, scale_dir) | {MODEL_RUN: scale_dir / MODEL_RUN}
+    seconds_per_image = fuse_model(cfg, checkpoint, loader, folders[MODEL_RUN], progress)
+    return Fused(folders, seconds_per_image)
 
 
 def score_all(folders: dict[str, Path], ids: list[str], progress: bool) -> tuple[dict[str, list[MethodScores]],
