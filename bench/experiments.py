@@ -1,0 +1,267 @@
+"""The paper's experiments at laptop scale (issue 15): evaluate each trained row on the real test triplets, and
+rebuild the Table 1-like, Table 2-like and ablation-difference tables from the saved results.
+
+    python -m bench.experiments --run ROW --data <folder of the public Harvard pairs> [--triplets DIR ...]
+        [--config FILE] [--checkpoint PATH] [--allow-partial] [--cases N] [--out DIR] [--no-progress]
+    python -m bench.experiments --table [--out DIR]
+
+Rows (``bench.experiments_results.ROWS``): tfsdiff_x4, wo_tmfa_x4, wo_psf_x4, official_x4, tfsdiff_x2, tfsdiff_x8,
+each trained by ``python sr.py -p train -c config/experiments/<row>.json``.
+
+``--run ROW``, through the functions of ``bench.real_scans``:
+
+1. Config ``config/experiments/<ROW>.json`` (or ``--config``; its scale must be the row's). Checkpoint: --checkpoint,
+   else the newest run folder ``<experiments_root>/<name>_train_*`` (the file its ``checkpoint/latest`` names, as
+   ``sr.py --checkpoint`` resolves a run folder). The checkpoint must be at the budget (step == ``train.n_iter``;
+   ``--allow-partial`` evaluates an earlier one, and the tables then say so) and, when it records its config, must
+   have been trained with the row's training keys (``seed``, ``datasets.train`` but ``num_workers``, ``model`` but
+   ``sampler``, ``train.optimizer``, ``train.ema_scheduler``): evaluating a checkpoint under the wrong row is an error
+   naming the keys that differ.
+2. The real test split at the row's scale (``real_scans.build_test_split``) into ``<out>/<scale>/data``.
+3. The bicubic-then-fuse baselines of that scale (``real_scans.fuse_baselines``, ``real_scans.score_all``) into
+   ``<out>/<scale>/<rule>/`` with their records, once per scale: again only when their records are missing or hold
+   other cases or inputs.
+4. The row (``real_scans.fuse_model``, ``real_scans.score_all``) into ``<out>/<scale>/<ROW>/`` and its record
+   ``<out>/<scale>/<ROW>.json`` (layout: ``bench.experiments_results``), then the tables are rebuilt.
+
+``--table`` rebuilds ``<out>/tables.md`` and ``<out>/tables.json`` from the records alone
+(``bench.experiments_tables``); a row without a record is reported as "not trained yet" (or "trained, not evaluated
+yet" when a run folder of it exists), never with numbers. Errors print one ``error: ...`` line and exit with 2
+(``core.cli.run_command``'s policy; ``--debug`` adds the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from bench import experiments_results as layout
+from bench import real_scans
+from bench.experiments_tables import build_tables
+from core.cli import add_debug_arg, run_and_report
+from core.config import ConfigError, DatasetConfig, TFSDiffConfig, config_to_dict, load_config, parse_config
+from core.logger import setup_logger
+from core.scoring import ScoringError
+from data.fusion_dataset import DatasetError
+from data.fusion_rules import FUSION_RULES
+from data.images import ImageReadError
+from data.loader import dataset_from_config
+from data.splits import PrepareError
+from model.checkpoint_io import CHECKPOINT_FILE, CheckpointError, read_checkpoint, resolve_checkpoint
+
+CONFIG_DIR = Path("config/experiments")
+DEFAULT_OUT = Path("results/experiments")
+TRAINING_KEYS = ("seed", "datasets.train.", "model.", "train.optimizer.", "train.ema_scheduler")
+IGNORED_KEYS = ("datasets.train.num_workers", "model.sampler.")
+SHOWN_DIFFERENCES = 5
+
+
+class ExperimentError(ValueError):
+    """A command-line input is missing or unusable (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The row, its config and config file, the split whose l_resolution / r_resolution set the scale
+    (datasets.test, else datasets.val), the checkpoint to sample with and its training step (None: unknown)."""
+
+    row: layout.Row
+    config: str
+    cfg: TFSDiffConfig
+    split: DatasetConfig
+    checkpoint: str
+    step: int | None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--run", choices=tuple(layout.ROWS), metavar="ROW",
+                        help=f"evaluate one trained row: {', '.join(layout.ROWS)}")
+    action.add_argument("--table", action="store_true", help="rebuild the tables from the saved results only")
+    parser.add_argument("--data", type=Path, help="with --run: folder of the public Harvard pairs (CT-MRI/, PET-MRI/, "
+                        "SPECT-MRI/)")
+    parser.add_argument("--triplets", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="folders of real triplets <case>_<k>_<modality>.png (like harvard_trimodal)")
+    parser.add_argument("--config", help=f"the row's config (default {CONFIG_DIR}/<ROW>.json)")
+    parser.add_argument("--checkpoint", help="weights to evaluate (default: the newest run folder of the row)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="evaluate a checkpoint before the budget train.n_iter (the tables mark the row partial)")
+    parser.add_argument("--cases", type=int, help="only the first N test cases (quick checks)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results root (default {DEFAULT_OUT})")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_debug_arg(parser)
+    return parser.parse_args(argv)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b.c": leaf}`` (lists and scalars are leaves)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(flatten(value, f"{prefix}{key}."))
+    return {k.removesuffix("."): v for k, v in flat.items()}
+
+
+def training_differences(cfg: TFSDiffConfig, trained: TFSDiffConfig) -> list[str]:
+    """``key: row value != checkpoint value`` for each training key (TRAINING_KEYS but IGNORED_KEYS) that differs."""
+    ours, theirs = flatten(config_to_dict(cfg)), flatten(config_to_dict(trained))
+    keys = sorted(k for k in ours.keys() | theirs.keys()
+                  if k.startswith(TRAINING_KEYS) and not k.startswith(IGNORED_KEYS))
+    return [f"{k}: {ours.get(k)!r} != {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)]
+
+
+def latest_run(cfg: TFSDiffConfig) -> Path:
+    """The newest run folder ``<experiments_root>/<name>_train_<stamp>`` of the row's config."""
+    root = Path(cfg.path.experiments_root)
+    runs = sorted(p for p in root.glob(f"{cfg.name}_train_*") if p.is_dir()) if root.is_dir() else []
+    if not runs:
+        raise ExperimentError(f"no training run of {cfg.name}: no folder {root}/{cfg.name}_train_*; train it "
+                              f"(python sr.py -p train -c {CONFIG_DIR}/{cfg.name}.json) or pass --checkpoint")
+    return runs[-1]
+
+
+def checkpoint_facts(checkpoint: str) -> tuple[Path, int | None, TFSDiffConfig | None]:
+    """(the file or official prefix a checkpoint path names, the training step and the training config it records;
+    None where it does not, as for official prefixes, whose step comes from their ``I{step}_E{epoch}`` name)."""
+    kind, location = resolve_checkpoint(checkpoint)
+    if kind == "official":
+        match = CHECKPOINT_FILE.fullmatch(f"{location.name}.pth")
+        return location, (int(match.group(1)) if match else None), None
+    state = read_checkpoint(location)
+    trained = state.get("config")
+    try:
+        return location, int(state["step"]), None if trained is None else parse_config(trained, str(location))
+    except ConfigError as err:
+        raise ExperimentError(f"{location}: the config it records does not parse ({err}); pass a checkpoint of "
+                              "this code") from None
+
+
+def row_setup(args: argparse.Namespace) -> Setup:
+    """The row's config, its checkpoint and step, checked against the row (scale, budget, training keys)."""
+    row = layout.ROWS[args.run]
+    config = args.config or str(CONFIG_DIR / f"{row.name}.json")
+    cfg = load_config(config)
+    split = cfg.datasets.test or cfg.datasets.val
+    scale = f"x{split.r_resolution // split.l_resolution}"
+    if scale != row.scale:
+        raise ExperimentError(f"{config}: its test split is at scale {scale}, but row {row.name} is {row.scale}")
+    location, step, trained = checkpoint_facts(args.checkpoint or str(latest_run(cfg)))
+    checkpoint = str(location)
+    if step != cfg.train.n_iter and not args.allow_partial:
+        raise ExperimentError(f"checkpoint {checkpoint} is at step {step}, not at the budget train.n_iter "
+                              f"{cfg.train.n_iter} of {config}: finish the training (sr.py -p train -c {config} "
+                              "--checkpoint <run folder>) or pass --allow-partial")
+    differing = [] if trained is None else training_differences(cfg, trained)
+    if differing:
+        shown = "; ".join(differing[:SHOWN_DIFFERENCES]) + ("; ..." if len(differing) > SHOWN_DIFFERENCES else "")
+        raise ExperimentError(f"checkpoint {checkpoint} was not trained as row {row.name} ({config}): {shown}")
+    return Setup(row, config, cfg, split, checkpoint, step)
+
+
+def _inputs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"data": str(args.data.resolve()), "triplets": [str(t.resolve()) for t in args.triplets]}
+
+
+def _baselines_current(out: Path, scale: str, ids: list[str], inputs: dict[str, Any]) -> bool:
+    """Whether every baseline of ``scale`` has a record of exactly ``ids`` from the same input folders."""
+    for rule in FUSION_RULES:
+        path = layout.record_path(out, scale, rule)
+        if not path.is_file():
+            return False
+        record = layout.load_record(path)
+        if list(record.scores["paper"].case_ids) != ids or {k: record.info.get(k) for k in inputs} != inputs:
+            return False
+    return True
+
+
+def _score_and_save(args: argparse.Namespace, folders: dict[str, Path], ids: list[str], scale: str,
+                    subjects: dict[str, str | None], info: dict[str, dict[str, Any]]) -> None:
+    """Score each method folder (``real_scans.score_all``) and save its record with ``info[method]``."""
+    scores, lpips_missing = real_scans.score_all(folders, ids, not args.no_progress)
+    for i, method in enumerate(folders):
+        kind = "row" if method in layout.ROWS else "baseline"
+        per_convention = {convention: methods[i] for convention, methods in scores.items()}
+        layout.save_record(args.out, scale, method, kind, per_convention, subjects,
+                           info[method] | _inputs(args) | {"lpips": lpips_missing})
+
+
+def _loader(args: argparse.Namespace, setup: Setup, scale_dir: Path) -> tuple[DataLoader, dict[str, str | None]]:
+    where = argparse.Namespace(data=args.data, triplets=args.triplets, out=scale_dir, no_progress=args.no_progress)
+    test_root, subjects = real_scans.build_test_split(where, setup.split)
+    loader = dataset_from_config(replace(setup.split, dataroot=str(test_root), data_len=args.cases or -1),
+                                 seed=setup.cfg.seed, train=False)[2]
+    return loader, subjects
+
+
+def run_row(args: argparse.Namespace, argv: list[str]) -> str:
+    """Evaluate one row (and the baselines of its scale when needed); returns the rebuilt tables' Markdown."""
+    if args.data is None or not args.data.is_dir():
+        raise ExperimentError("--run needs --data, an existing folder of the public Harvard pairs")
+    for folder in args.triplets:
+        if not folder.is_dir():
+            raise ExperimentError(f"--triplets folder {folder} does not exist")
+    if args.cases is not None and args.cases < 1:
+        raise ExperimentError(f"--cases must be at least 1, got {args.cases}")
+    setup = row_setup(args)
+    scale, scale_dir = setup.row.scale, args.out / setup.row.scale
+    loader, subjects = _loader(args, setup, scale_dir)
+    ids = list(loader.dataset.case_ids)
+    command = " ".join(["python -m bench.experiments", *argv])
+    if not _baselines_current(args.out, scale, ids, _inputs(args)):
+        folders = real_scans.fuse_baselines(loader, scale_dir)
+        _score_and_save(args, folders, ids, scale, subjects, dict.fromkeys(folders, {"command": command}))
+    folder = layout.method_folder(args.out, scale, setup.row.name)
+    seconds = real_scans.fuse_model(setup.cfg, setup.checkpoint, loader, folder, not args.no_progress)
+    info = {"command": command, "config": setup.config, "checkpoint": setup.checkpoint, "step": setup.step,
+            "n_iter": setup.cfg.train.n_iter, "sampler": config_to_dict(setup.cfg)["model"]["sampler"],
+            "seconds_per_image": seconds, "l_resolution": setup.split.l_resolution,
+            "r_resolution": setup.split.r_resolution}
+    _score_and_save(args, {setup.row.name: folder}, ids, scale, subjects, {setup.row.name: info})
+    return rebuild_tables(args.out)
+
+
+def status_of(method: str) -> str:
+    """Why a method has no record: a row is "not trained yet" unless a run folder of it exists under its config's
+    experiments_root; a baseline is made by the first --run at its scale."""
+    if method not in layout.ROWS:
+        return "not evaluated yet (the first --run at this scale makes it)"
+    try:
+        root = Path(load_config(CONFIG_DIR / f"{method}.json").path.experiments_root)
+    except ConfigError:
+        root = Path("experiments")
+    trained = root.is_dir() and any(p.is_dir() for p in root.glob(f"{method}_train_*"))
+    return "trained, not evaluated yet" if trained else "not trained yet"
+
+
+def rebuild_tables(out: Path) -> str:
+    """Write ``<out>/tables.md`` and ``<out>/tables.json`` from the saved records; returns the Markdown."""
+    markdown, doc = build_tables(layout.load_records(out), status_of)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / layout.TABLES_MD).write_text(markdown, encoding="utf-8")
+    (out / layout.TABLES_JSON).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print(f"written {out / layout.TABLES_MD} and {out / layout.TABLES_JSON}", file=sys.stderr)
+    return markdown
+
+
+ERRORS = (ExperimentError, layout.ResultsError, ConfigError, CheckpointError, PrepareError, DatasetError,
+          ImageReadError, ScoringError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    setup_logger()
+    if args.table:
+        return run_and_report(lambda: rebuild_tables(args.out), ERRORS, debug=args.debug)
+    return run_and_report(lambda: run_row(args, argv), ERRORS, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The rows of the paper's experiments (issue 15) and the files their results are saved in (the one owner of that
+layout; ``bench.experiments`` writes it, ``bench.experiments_tables`` reads it).
+
+Under the results root (default ``results/experiments``)::
+
+    <scale>/data/              the real test split of that scale (bench.real_scans.build_test_split)
+    <scale>/<method>/          fused images in the results layout (core.results_layout), so eval.py reads them too
+    <scale>/<method>.json      the record: provenance and the per-case numbers of both metric conventions
+    tables.md, tables.json     the tables rebuilt from the records (bench.experiments --table)
+
+``<method>`` is a row name (``tfsdiff_x4``, ``wo_tmfa_x4``, ...) or a bicubic-then-fuse rule of
+``data.fusion_rules.FUSION_RULES``. A record (``format_version`` 1) holds ``method``, ``kind`` (``row`` or
+``baseline``), ``scale``, ``cases`` (``[{"case_id", "subject"}]``, in the order scored), ``per_case``
+(convention -> case id -> metric -> value, null where unavailable, e.g. LPIPS without its weights) and, for the
+record of a run, ``command``, ``config``, ``checkpoint``, ``step``, ``n_iter``, ``sampler``, ``seconds_per_image``,
+``l_resolution``, ``r_resolution``, ``data``, ``triplets`` and ``lpips`` (why LPIPS is n/a, or null).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.fusion_metrics import CONVENTIONS
+from core.scoring import PAPER_METRICS, MethodScores
+
+FORMAT_VERSION = 1
+DATA_FOLDER = "data"
+TABLES_MD, TABLES_JSON = "tables.md", "tables.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the paper's tables: its name (= config ``name``, config file stem and results folder), its label
+    in the tables, and its scale folder."""
+
+    name: str
+    label: str
+    scale: str
+
+
+ROWS: dict[str, Row] = {row.name: row for row in (
+    Row("tfsdiff_x4", "TFS-Diff", "x4"),
+    Row("wo_tmfa_x4", "w/o TMFA", "x4"),
+    Row("wo_psf_x4", "w/o PSF", "x4"),
+    Row("official_x4", "Official placement and loss", "x4"),
+    Row("tfsdiff_x2", "TFS-Diff", "x2"),
+    Row("tfsdiff_x8", "TFS-Diff", "x8"),
+)}
+SCALES: tuple[str, ...] = ("x2", "x4", "x8")
+MAIN_ROWS: dict[str, str] = {"x2": "tfsdiff_x2", "x4": "tfsdiff_x4", "x8": "tfsdiff_x8"}  # Table 1: scale -> row
+ABLATION_REFERENCE = "tfsdiff_x4"
+ABLATION_ROWS: tuple[str, ...] = ("wo_tmfa_x4", "wo_psf_x4", "official_x4")  # Table 2, after the reference
+
+
+class ResultsError(ValueError):
+    """A saved record is unreadable or malformed (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One saved record: the method's scores per convention (NaN where unavailable) and the record's other fields."""
+
+    path: Path
+    method: str
+    kind: str
+    scale: str
+    subjects: dict[str, str | None]
+    scores: dict[str, MethodScores]
+    info: dict[str, Any]
+
+
+def record_path(root: Path, scale: str, method: str) -> Path:
+    return root / scale / f"{method}.json"
+
+
+def method_folder(root: Path, scale: str, method: str) -> Path:
+    return root / scale / method
+
+
+def save_record(root: Path, scale: str, method: str, kind: str, scores: dict[str, MethodScores],
+                subjects: dict[str, str | None], info: dict[str, Any]) -> Path:
+    """Write the record of ``method`` (``scores``: convention -> its MethodScores, all over the same cases)."""
+    cases = scores["paper"].case_ids
+    per_case = {convention: {case: {metric: _finite(float(values[i])) for metric, values in s.values.items()}
+                             for i, case in enumerate(s.case_ids)} for convention, s in scores.items()}
+    record = {"format_version": FORMAT_VERSION, "method": method, "kind": kind, "scale": scale,
+              "cases": [{"case_id": c, "subject": subjects.get(c)} for c in cases], **info, "per_case": per_case}
+    path = record_path(root, scale, method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
+def _scores(path: Path, method: str, cases: list[str], per_case: dict[str, Any]) -> dict[str, MethodScores]:
+    result = {}
+    for convention in CONVENTIONS:
+        table = per_case.get(convention)
+        if not isinstance(table, dict) or sorted(table) != sorted(cases):
+            raise ResultsError(f"{path}: per_case.{convention} must have exactly the record's cases {cases}")
+        values = {m: np.array([np.nan if (v := table[c].get(m)) is None else v for c in cases], dtype=np.float64)
+                  for m in PAPER_METRICS}
+        result[convention] = MethodScores(method, tuple(cases), values)
+    return result
+
+
+def _parse(path: Path, data: Any) -> Record:
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ResultsError(f"{path}: format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+    cases = [c["case_id"] for c in data["cases"]]
+    subjects = {c["case_id"]: c["subject"] for c in data["cases"]}
+    scores = _scores(path, data["method"], cases, data["per_case"])
+    info = {k: v for k, v in data.items() if k not in ("method", "kind", "scale", "cases", "per_case")}
+    return Record(path, data["method"], data["kind"], data["scale"], subjects, scores, info)
+
+
+def load_record(path: Path) -> Record:
+    """Read one record; ResultsError naming the file when it is not a record of this format."""
+    redo = "delete it and run bench.experiments --run again"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: not a JSON record ({err}); {redo}") from None
+    try:
+        return _parse(path, data)
+    except ResultsError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ResultsError(f"{path}: malformed record ({type(err).__name__}: {err}); {redo}") from None
+
+
+def load_records(root: Path) -> dict[str, dict[str, Record]]:
+    """scale -> method -> record of every ``<root>/<scale>/<method>.json`` of the known scales."""
+    found: dict[str, dict[str, Record]] = {}
+    for scale in SCALES:
+        folder = root / scale
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            record = load_record(path)
+            if record.method != path.stem or record.scale != scale:
+                raise ResultsError(f"{path}: records method {record.method!r} at scale {record.scale!r}; expected "
+                                   f"{path.stem!r} at {scale!r} (the file's name and folder)")
+            found.setdefault(scale, {})[record.method] = record
+    return found
