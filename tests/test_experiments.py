@@ -1,0 +1,347 @@
+"""Tests of the paper's experiments (issue 15): the committed row configs (config/experiments/) against the real-scan
+recipe, the paired statistics (bench/experiments_stats.py), the tables rebuilt from saved records
+(bench/experiments_tables.py, bench/experiments_results.py) and one ``--run`` end to end on synthetic pair folders
+with a tiny untrained checkpoint (bench/experiments.py). Nothing here trains."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import experiments
+from bench import experiments_results as layout
+from bench.experiments_stats import RESAMPLES, bootstrap_interval, paired_difference, sign_flip_p
+from core.config import config_to_dict, load_config
+from core.scoring import PAPER_METRICS, MethodScores
+from core.typed_json import read_json_with_comments
+from data.fusion_rules import FUSION_RULES
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "config" / "harvard_x4_64_256.json"
+CONFIG_DIR = ROOT / "config" / "experiments"
+SCALE_KEYS = tuple(f"datasets.{s}.{k}" for s in ("train", "val", "test") for k in ("dataroot", "l_resolution"))
+# row -> the dotted keys (or key prefixes) in which it may differ from the recipe besides name and train.n_iter, and
+# the keys that must differ (what the row is about).
+ROW_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "tfsdiff_x4": ((), ()),
+    "wo_tmfa_x4": (("model.tmfa.placement",), ("model.tmfa.placement",)),
+    "wo_psf_x4": (("model.loss.",), ("model.loss.type",)),
+    "official_x4": (("model.tmfa.placement", "model.loss."), ("model.tmfa.placement", "model.loss.type")),
+    "tfsdiff_x2": (SCALE_KEYS, SCALE_KEYS),
+    "tfsdiff_x8": (SCALE_KEYS, SCALE_KEYS),
+}
+ALWAYS = ("name", "train.n_iter")
+
+
+def _flat(path: Path) -> dict[str, Any]:
+    return experiments.flatten(config_to_dict(load_config(path)))
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+def test_every_row_has_a_config_and_no_config_is_left_over() -> None:
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.json")) == sorted(layout.ROWS) == sorted(ROW_KEYS)
+
+
+@pytest.mark.parametrize("row", sorted(ROW_KEYS))
+def test_config_differs_from_the_recipe_only_in_its_row_keys(row: str) -> None:
+    recipe, ours = _flat(RECIPE), _flat(CONFIG_DIR / f"{row}.json")
+    allowed, required = ROW_KEYS[row]
+    differing = {k for k in recipe.keys() | ours.keys() if recipe.get(k) != ours.get(k)}
+    stray = {k for k in differing if k not in ALWAYS and not k.startswith(allowed)}
+    assert not stray, f"{row} differs from the recipe in {sorted(stray)}"
+    assert set(required) <= differing, f"{row} must change {sorted(set(required) - differing)}"
+    assert ours["name"] == row
+
+
+def test_every_row_has_the_same_budget() -> None:
+    budgets = {row: {k: v for k, v in _flat(CONFIG_DIR / f"{row}.json").items() if k.startswith("train.")}
+               for row in ROW_KEYS}
+    assert all(b == budgets["tfsdiff_x4"] for b in budgets.values()), budgets
+    assert budgets["tfsdiff_x4"]["train.n_iter"] == 6000
+
+
+@pytest.mark.parametrize("row", sorted(ROW_KEYS))
+def test_config_matches_its_row_and_its_prepare_command(row: str) -> None:
+    path = CONFIG_DIR / f"{row}.json"
+    cfg = load_config(path)
+    scale = cfg.datasets.test.r_resolution // cfg.datasets.test.l_resolution
+    assert f"x{scale}" == layout.ROWS[row].scale and cfg.datasets.test.r_resolution == 256
+    text = path.read_text(encoding="utf-8")
+    command = re.search(r"// Data: +(python data/prepare_data\.py pairs .*?)\n(?!//  )", text, re.S)
+    assert command, f"{path} names no prepare command"
+    words = command.group(1).replace("\\\n//", " ").split()
+    out = words[words.index("--out") + 1]
+    scales = words[words.index("--scales") + 1:words.index("--copies")]
+    assert cfg.datasets.train.dataroot == f"{out}/train" and str(scale) in scales
+    assert f"python -m bench.experiments --run {row} " in text and f"-c config/experiments/{row}.json" in text
+    assert read_json_with_comments(path)["name"] == row
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def test_sign_flip_p_is_exact_for_small_samples() -> None:
+    # 8 sign vectors of (1, 2, 3): only all-plus and all-minus reach |mean| 2
+    assert sign_flip_p(np.array([1.0, 2.0, 3.0])) == (0.25, True)
+    assert sign_flip_p(np.array([1.0, -1.0])) == (1.0, True)
+
+
+def test_sign_flip_p_monte_carlo_bound_and_null() -> None:
+    p, exact = sign_flip_p(np.linspace(1.0, 2.0, 30))
+    assert not exact and p == 1 / (1 + RESAMPLES)
+    p_null, _ = sign_flip_p(np.random.default_rng(1).standard_normal(40))
+    assert p_null > 0.05
+
+
+def test_bootstrap_is_reproducible_contains_the_mean_and_depends_on_the_seed() -> None:
+    diff = np.random.default_rng(2).normal(0.4, 1.0, 34)
+    low, high = bootstrap_interval(diff)
+    assert (low, high) == bootstrap_interval(diff) and low < diff.mean() < high
+    assert bootstrap_interval(diff, seed=1) != (low, high)
+    result = paired_difference(diff + 10.0, np.full(34, 10.0))
+    assert result.mean == pytest.approx(diff.mean(), abs=1e-12) and result.n == 34
+
+
+def test_zero_differences_and_bad_inputs() -> None:
+    result = paired_difference(np.ones(5), np.ones(5))
+    assert (result.mean, result.ci_low, result.ci_high, result.p_value) == (0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="same cases"):
+        paired_difference(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="finite"):
+        paired_difference(np.array([1.0, np.nan]), np.ones(2))
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def _scores(method: str, cases: list[str], seed: int, shift: float = 0.0) -> dict[str, MethodScores]:
+    """Random per-case values of every paper metric, both conventions (LPIPS unavailable: NaN)."""
+    rng = np.random.default_rng(seed)
+    result = {}
+    for k, convention in enumerate(("paper", "cddfuse")):
+        values = {m: rng.uniform(0.2, 0.9, len(cases)) + shift + k for m in PAPER_METRICS}
+        values["LPIPS"] = np.full(len(cases), np.nan)
+        result[convention] = MethodScores(method, tuple(cases), values)
+    return result
+
+
+CASES = [f"real_ct_spect_{s}{i:03d}" for s in (21, 28) for i in range(5, 11)]
+
+
+@pytest.fixture()
+def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Records of the x4 baselines, TFS-Diff x4, w/o TMFA (all cases) and w/o PSF (the first 9 cases); a run folder
+    of official_x4 without results; then ``--table``. The working folder is ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments" / "official_x4_train_260101_000000").mkdir(parents=True)
+    out = tmp_path / "results"
+    subjects = {c: c[14:16] for c in CASES}
+    records: dict[str, dict[str, MethodScores]] = {}
+    for i, rule in enumerate(FUSION_RULES):
+        records[rule] = _scores(rule, CASES, seed=i)
+        layout.save_record(out, "x4", rule, "baseline", records[rule], subjects, {"command": "test"})
+    for seed, (row, cases, step) in enumerate((("tfsdiff_x4", CASES, 6000), ("wo_tmfa_x4", CASES, 6000),
+                                               ("wo_psf_x4", CASES[:9], 3000)), start=10):
+        records[row] = _scores(row, cases, seed, shift=0.5 if row == "tfsdiff_x4" else 0.0)
+        info = {"checkpoint": f"experiments/{row}_train_x/checkpoint/I{step}_E1.pth", "step": step, "n_iter": 6000,
+                "sampler": {"type": "respaced", "steps": 20, "eta": 0.0}, "seconds_per_image": 1.5,
+                "l_resolution": 64, "r_resolution": 256}
+        layout.save_record(out, "x4", row, "row", records[row], subjects, info)
+    assert experiments.main(["--table", "--out", str(out)]) == 0
+    return {"out": out, "records": records, "doc": json.loads((out / "tables.json").read_text()),
+            "markdown": (out / "tables.md").read_text()}
+
+
+def _line(markdown: str, label: str, section: str = "") -> list[str]:
+    """The cells of the first table line whose first cell is ``label``, after the heading ``section``."""
+    lines = markdown.splitlines()
+    start = lines.index(section) if section else 0
+    line = next(x for x in lines[start:] if x.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_tables_are_the_per_case_means_and_stds(saved: dict[str, Any]) -> None:
+    doc, records = saved["doc"], saved["records"]
+    for method in (*FUSION_RULES, "tfsdiff_x4"):
+        table = doc["table1"]["x4"][method]
+        for convention, suffix in (("paper", ""), ("cddfuse", "_cddfuse")):
+            for metric in ("PSNR", "SSIM") if suffix else PAPER_METRICS:
+                values = records[method][convention].values[metric]
+                cell = table["metrics"][metric + suffix]
+                if metric == "LPIPS":
+                    assert cell == {"mean": None, "std": None}
+                else:
+                    assert cell == {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    for method in ("tfsdiff_x4", "wo_tmfa_x4", "wo_psf_x4"):
+        values = records[method]["paper"].values["PSNR"]
+        assert doc["table2"][method]["metrics"]["PSNR"]["mean"] == float(np.mean(values))
+    assert doc["table2"]["wo_psf_x4"]["n"] == 9
+
+
+def test_markdown_cells_show_the_saved_numbers(saved: dict[str, Any]) -> None:
+    markdown, records = saved["markdown"], saved["records"]
+    cells = _line(markdown, "Bicubic + PCA", "## Table 1-like, ×4")
+    ssim = records["pca"]["paper"].values["SSIM"]
+    assert cells[1] == "12" and cells[3 + 1].strip("*") == f"{np.mean(ssim):.3f} ± {np.std(ssim):.3f}"
+    psnr = records["tfsdiff_x4"]["paper"].values["PSNR"]
+    assert f"**{np.mean(psnr):.2f} ± {np.std(psnr):.2f}**" in _line(markdown, "TFS-Diff (tfsdiff_x4)")  # best
+    assert _line(markdown, "TFS-Diff (tfsdiff_x4)")[5 + 1] == "n/a"  # LPIPS
+    assert "w/o PSF (wo_psf_x4), partial: step 3000 of 6000" in markdown
+
+
+def test_ablation_differences_are_paired_over_common_cases(saved: dict[str, Any]) -> None:
+    diffs = {(d["row"], d["metric"]): d for d in saved["doc"]["differences"]}
+    ref = saved["records"]["tfsdiff_x4"]["paper"]
+    for row, n in (("wo_tmfa_x4", 12), ("wo_psf_x4", 9)):
+        for metric in ("PSNR", "SSIM"):
+            d = diffs[row, metric]
+            other = saved["records"][row]["paper"]
+            expected = ref.values[metric][:n] - other.values[metric]
+            assert d["n"] == n and d["cases"] == CASES[:n]
+            assert d["mean_difference"] == float(expected.mean())
+            assert d["ci_low"] < d["mean_difference"] < d["ci_high"]
+            assert (d["ci_low"], d["ci_high"]) == bootstrap_interval(expected)
+            assert d["p_value"] == sign_flip_p(expected)[0]
+    line = _line(saved["markdown"], "w/o TMFA")
+    assert line[3] == f"{diffs['wo_tmfa_x4', 'PSNR']['mean_difference']:+.2f}"
+
+
+def test_tables_are_reproducible(saved: dict[str, Any]) -> None:
+    assert experiments.main(["--table", "--out", str(saved["out"])]) == 0
+    assert json.loads((saved["out"] / "tables.json").read_text()) == saved["doc"]
+    assert (saved["out"] / "tables.md").read_text() == saved["markdown"]
+
+
+def test_missing_rows_are_reported_never_invented(saved: dict[str, Any]) -> None:
+    doc, markdown = saved["doc"], saved["markdown"]
+    assert {m["method"]: m["status"] for m in doc["missing"]} == {
+        "official_x4": "trained, not evaluated yet", "tfsdiff_x2": "not trained yet", "tfsdiff_x8": "not trained yet"}
+    for scale in ("x2", "x8"):
+        assert all("metrics" not in entry for entry in doc["table1"][scale].values())
+        assert _line(markdown, f"TFS-Diff (tfsdiff_{scale})")[1:3] == ["not trained yet", "—"]
+        assert doc["table1"][scale]["pca"]["status"].startswith("not evaluated yet")
+    assert "metrics" not in doc["table2"]["official_x4"]
+    official = [d for d in doc["differences"] if d["row"] == "official_x4"]
+    assert len(official) == 2 and all(d["status"].endswith("trained, not evaluated yet") for d in official)
+    assert "No row has results yet" not in markdown
+
+
+def test_no_results_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert experiments.main(["--table", "--out", str(tmp_path / "results")]) == 0
+    doc = json.loads((tmp_path / "results" / "tables.json").read_text())
+    assert [m["method"] for m in doc["missing"]] == list(layout.ROWS) and doc["records"] == []
+    assert "No row has results yet" in (tmp_path / "results" / "tables.md").read_text()
+
+
+def test_a_malformed_record_is_an_error_naming_it(saved: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    path = saved["out"] / "x4" / "pca.json"
+    record = json.loads(path.read_text())
+    del record["per_case"]["cddfuse"][CASES[0]]
+    path.write_text(json.dumps(record))
+    assert experiments.main(["--table", "--out", str(saved["out"])]) == 2
+    assert f"error: {path}: per_case.cddfuse must have exactly the record's cases" in capsys.readouterr().err
+    path.write_text("{")
+    assert experiments.main(["--table", "--out", str(saved["out"])]) == 2
+    assert f"error: {path}: not a JSON record" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ --run end to end
+
+SIZE, SCALE, PAIR_SIZE = 16, 4, 32
+PAIRS = {"CT-MRI": (("CT", "MRI"), ("11001", "21001", "28001")),
+         "SPECT-MRI": (("MRI", "SPECT"), ("13001", "21001", "28001")),
+         "PET-MRI": (("MRI", "PET"), ("15001", "41001"))}
+MODALITIES = ("CT", "MRI", "SPECT", "PET")
+
+
+def _pairs(root: Path, make_rgb: Callable[..., np.ndarray]) -> Path:
+    """Pair folders with two real test triplets (21001, 28001: the same MRI in both kinds), a PET-MRI pair of test
+    subject 41 and three train pairs."""
+    for kind, (names, ids) in PAIRS.items():
+        for name in names:
+            for pair_id in ids:
+                seed = int(pair_id) * 10 + MODALITIES.index(name)
+                path = root / kind / name / f"{pair_id}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(make_rgb(seed, (PAIR_SIZE, PAIR_SIZE), grey=name in ("CT", "MRI"))).save(path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_inputs(tmp_path_factory: pytest.TempPathFactory, make_rgb, make_tiny_config, make_tiny_model) -> dict:
+    """Synthetic pairs; tiny configs of rows tfsdiff_x4 and wo_tmfa_x4 (budget 10 steps); an untrained tiny model
+    saved as step 10 in a tfsdiff_x4 run folder and as step 5 elsewhere."""
+    root = tmp_path_factory.mktemp("experiments_run")
+    test = {"dataroot": "unused", "l_resolution": SIZE // SCALE, "r_resolution": SIZE, "batch_size": 2}
+    configs = {}
+    for row, extra in (("tfsdiff_x4", {}), ("wo_tmfa_x4", {"model.tmfa.placement": "off"})):
+        changes = {"name": row, "datasets.test": test, "path.experiments_root": str(root / "experiments"), **extra}
+        configs[row] = root / f"{row}.json"
+        configs[row].write_text(json.dumps(make_tiny_config(SIZE, SCALE, changes=changes)), encoding="utf-8")
+    model = make_tiny_model(size=SIZE, scale=SCALE)
+    model.step = 10
+    final = model.save(root / "experiments" / "tfsdiff_x4_train_260101_000000" / "checkpoint")
+    model.step = 5
+    early = model.save(root / "early")
+    return {"root": root, "pairs": _pairs(root / "pairs", make_rgb), "configs": configs, "final": final,
+            "early": early}
+
+
+def _run(inputs: dict, row: str, out: Path, *extra: str) -> int:
+    return experiments.main(["--run", row, "--config", str(inputs["configs"][row]), "--data", str(inputs["pairs"]),
+                             "--out", str(out), "--no-progress", *extra])
+
+
+def test_run_evaluates_the_newest_run_and_the_baselines_once(run_inputs: dict, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    assert _run(run_inputs, "tfsdiff_x4", out) == 0
+    record = json.loads((out / "x4" / "tfsdiff_x4.json").read_text())
+    ids = ["real_ct_spect_21001", "real_ct_spect_28001"]
+    assert [c["case_id"] for c in record["cases"]] == ids and [c["subject"] for c in record["cases"]] == ["21", "28"]
+    assert record["checkpoint"] == str(run_inputs["final"]) and (record["step"], record["n_iter"]) == (10, 10)
+    assert sorted(p.name for p in (out / "x4" / "tfsdiff_x4").iterdir()) == sorted(
+        f"{c}_{k}.png" for c in ids for k in ("src1", "src2", "src3", "fused", "hr"))
+    baseline_times = {r: (out / "x4" / f"{r}.json").stat().st_mtime_ns for r in FUSION_RULES}
+    doc = json.loads((out / "tables.json").read_text())
+    psnr = [record["per_case"]["paper"][c]["PSNR"] for c in ids]
+    assert doc["table1"]["x4"]["tfsdiff_x4"]["metrics"]["PSNR"]["mean"] == float(np.mean(psnr))
+    assert set(doc["table1"]["x4"]) == {*FUSION_RULES, "tfsdiff_x4"}
+    assert all("metrics" in doc["table1"]["x4"][r] for r in FUSION_RULES)
+    assert _run(run_inputs, "tfsdiff_x4", out, "--checkpoint", str(run_inputs["final"])) == 0
+    assert baseline_times == {r: (out / "x4" / f"{r}.json").stat().st_mtime_ns for r in FUSION_RULES}
+
+
+def test_run_refuses_a_partial_or_foreign_checkpoint(run_inputs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    assert _run(run_inputs, "tfsdiff_x4", out, "--checkpoint", str(run_inputs["early"])) == 2
+    assert "is at step 5, not at the budget train.n_iter 10" in capsys.readouterr().err
+    assert _run(run_inputs, "wo_tmfa_x4", out, "--checkpoint", str(run_inputs["final"])) == 2
+    assert "was not trained as row wo_tmfa_x4 (" in (err := capsys.readouterr().err)
+    assert "model.tmfa.placement: 'off' != 'condition'" in err
+    assert _run(run_inputs, "wo_tmfa_x4", out) == 2  # it has no run folder
+    assert "no training run of wo_tmfa_x4" in capsys.readouterr().err
+    assert experiments.main(["--run", "tfsdiff_x2", "--config", str(run_inputs["configs"]["tfsdiff_x4"]), "--data",
+                             str(run_inputs["pairs"]), "--out", str(out)]) == 2
+    assert "its test split is at scale x4, but row tfsdiff_x2 is x2" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_run_with_allow_partial_marks_the_row(run_inputs: dict, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    assert _run(run_inputs, "tfsdiff_x4", out, "--checkpoint", str(run_inputs["early"]), "--allow-partial") == 0
+    assert "TFS-Diff (tfsdiff_x4), partial: step 5 of 10" in (out / "tables.md").read_text()
