@@ -39,6 +39,7 @@ import numpy as np
 from data import harvard_pairs as hp
 from data import triplets
 from data.embedded import train_cases
+from data.images import pad_to_square
 from data.splits import SPLITS, PrepareError
 
 __all__ = ["MODALITIES", "KIND_CODES", "CaseSpec", "Plan", "plan_cases", "case_sources", "manifest_fields",
@@ -120,14 +121,6 @@ def plan_cases(pairs: dict[str, dict[str, hp.Pair]], subjects: dict[str, list[st
                 subjects, real + kept, dropped, held_out)
 
 
-def _pad_square(image: np.ndarray) -> np.ndarray:
-    """Zero-pad an (H, W, 3) image (centred) to (S, S, 3), S = max(H, W)."""
-    height, width = image.shape[:2]
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
-    return np.pad(image, ((top, side - height - top), (left, side - width - left), (0, 0)))
-
-
 def _read_case(files: tuple[Path, ...]) -> list[np.ndarray]:
     """The case's images as (S, S, 3) uint8; they must share one size (the error names the files)."""
     images = [hp.read_rgb(path) for path in files]
@@ -135,7 +128,7 @@ def _read_case(files: tuple[Path, ...]) -> list[np.ndarray]:
     if len(sizes) > 1:
         described = ", ".join(f"{path} ({image.shape[1]}x{image.shape[0]})" for path, image in zip(files, images))
         raise PrepareError(f"images of one pair/triplet differ in size: {described}")
-    return [_pad_square(image) for image in images]
+    return [pad_to_square(image) for image in images]
 
 
 def _grey3(image: np.ndarray) -> np.ndarray:

@@ -128,3 +128,14 @@ def pair_by_stem(listings: Mapping[str, Collection[str]]) -> list[str]:
     if problems:
         raise PairingError("\n".join(problems))
     return sorted(every)
+
+
+def pad_to_square(array: np.ndarray) -> np.ndarray:
+    """Zero-pad an (H, W) or (H, W, C) image, centred, to a square of side max(H, W) (the extra row or column of an
+    odd difference goes to the bottom or right)."""
+    height, width = array.shape[:2]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    pad = ((top, side - height - top), (left, side - width - left)) + ((0, 0),) * (array.ndim - 2)
+    return np.pad(array, pad)
+

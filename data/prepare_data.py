@@ -53,7 +53,7 @@ from tqdm import tqdm
 from core.cli import add_debug_arg, run_and_report
 from data import harvard_cases, layout, pairs_form
 from data.fusion_rules import FUSION_RULES, fuse
-from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from data.images import IMAGE_EXTENSIONS, ImageReadError, pad_to_square, read_image
 from data.resample import resize_bicubic
 from data.splits import SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split, split_cases
 from data.volumes import AXES, PERCENTILES, find_subjects, single_subject, subject_slices
@@ -111,12 +111,7 @@ def _read(path: Path) -> np.ndarray:
 
 def _square_hr(array: np.ndarray, r_resolution: int) -> Image.Image:
     """HxW or HxWx3 uint8 -> r x r RGB PIL image: zero-pad centred to a square, then bicubic resize."""
-    height, width = array.shape[:2]
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
-    pad = ((top, side - height - top), (left, side - width - left)) + ((0, 0),) * (array.ndim - 2)
-    img = Image.fromarray(np.pad(array, pad))
-    return resize_bicubic(img, r_resolution).convert("RGB")
+    return resize_bicubic(Image.fromarray(pad_to_square(array)), r_resolution).convert("RGB")
 
 
 def _case_arrays(job: CaseJob) -> list[np.ndarray]:
