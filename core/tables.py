@@ -143,7 +143,7 @@ def to_markdown(sections: list[ScaleSection], reference: Reference, convention: 
     out += [f"- {line}" for line in _header_lines(reference, convention, lpips_missing)]
     for section in sections:
         n = max((len(m.case_ids) for m in section.methods), default=0)
-        out += ["", f"## {scale_title(section.scale)} ({n} cases)"]
+        out += ["", f"## {scale_title(section.scale)} ({n} case{'' if n == 1 else 's'})"]
         for title, rows, columns in split_tables(section):
             best = {c: best_rows(rows, c) for c in columns}
             header = " | ".join(_column(c, reference, convention, False) for c in columns)
