@@ -55,6 +55,7 @@ from data.splits import PrepareError
 from model.checkpoint_io import CHECKPOINT_FILE, CheckpointError, read_checkpoint, resolve_checkpoint
 
 CONFIG_DIR = Path("config/experiments")
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path("results/experiments")
 TRAINING_KEYS = ("seed", "datasets.train.", "model.", "train.optimizer.", "train.ema_scheduler")
 IGNORED_KEYS = ("datasets.train.num_workers", "model.sampler.")
@@ -228,16 +229,26 @@ def run_row(args: argparse.Namespace, argv: list[str]) -> str:
 
 
 def status_of(method: str) -> str:
-    """Why a method has no record: a row is "not trained yet" unless a run folder of it exists under its config's
-    experiments_root; a baseline is made by the first --run at its scale."""
+    """Why a method has no record. A row: "not trained yet" without a run folder ``<experiments_root>/<row>_train_*``;
+    with one, the newest checkpoint step over its run folders against the budget ``train.n_iter`` ("trained, not
+    evaluated yet" once a checkpoint reaches it, else "training: step S of N"). A baseline is made by the first
+    --run at its scale."""
     if method not in layout.ROWS:
         return "not evaluated yet (the first --run at this scale makes it)"
     try:
-        root = Path(load_config(CONFIG_DIR / f"{method}.json").path.experiments_root)
+        cfg = load_config(REPO / CONFIG_DIR / f"{method}.json")
+        root, budget = Path(cfg.path.experiments_root), cfg.train.n_iter
     except ConfigError:
-        root = Path("experiments")
-    trained = root.is_dir() and any(p.is_dir() for p in root.glob(f"{method}_train_*"))
-    return "trained, not evaluated yet" if trained else "not trained yet"
+        root, budget = Path("experiments"), None
+    runs = [p for p in root.glob(f"{method}_train_*") if p.is_dir()] if root.is_dir() else []
+    if not runs:
+        return "not trained yet"
+    steps = [int(CHECKPOINT_FILE.fullmatch(c.name).group(1)) for run in runs if (run / "checkpoint").is_dir()
+             for c in (run / "checkpoint").iterdir() if CHECKPOINT_FILE.fullmatch(c.name)]
+    step = max(steps, default=0)
+    if budget is None or step >= budget:
+        return "trained, not evaluated yet"
+    return f"training: step {step} of {budget}"
 
 
 def rebuild_tables(out: Path) -> str:

@@ -139,9 +139,14 @@ CASES = [f"real_ct_spect_{s}{i:03d}" for s in (21, 28) for i in range(5, 11)]
 @pytest.fixture()
 def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Records of the x4 baselines, TFS-Diff x4, w/o TMFA (all cases) and w/o PSF (the first 9 cases); a run folder
-    of official_x4 without results; then ``--table``. The working folder is ``tmp_path``."""
+    of official_x4 with a checkpoint at the budget but no results, and one of tfsdiff_x2 part-way; then ``--table``.
+    The working folder is ``tmp_path``."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "experiments" / "official_x4_train_260101_000000").mkdir(parents=True)
+    for run, name in (("official_x4_train_260101_000000", "I6000_E18.pth"), ("official_x4_train_260102_000000",
+                      "I2000_E6.pth"), ("tfsdiff_x2_train_260101_000000", "I3000_E9.pth")):
+        (tmp_path / "experiments" / run / "checkpoint").mkdir(parents=True)
+        (tmp_path / "experiments" / run / "checkpoint" / name).write_bytes(b"")
+    (tmp_path / "experiments" / "tfsdiff_x8_train_260101_000000").mkdir(parents=True)
     out = tmp_path / "results"
     subjects = {c: c[14:16] for c in CASES}
     records: dict[str, dict[str, MethodScores]] = {}
@@ -223,10 +228,11 @@ def test_tables_are_reproducible(saved: dict[str, Any]) -> None:
 def test_missing_rows_are_reported_never_invented(saved: dict[str, Any]) -> None:
     doc, markdown = saved["doc"], saved["markdown"]
     assert {m["method"]: m["status"] for m in doc["missing"]} == {
-        "official_x4": "trained, not evaluated yet", "tfsdiff_x2": "not trained yet", "tfsdiff_x8": "not trained yet"}
-    for scale in ("x2", "x8"):
+        "official_x4": "trained, not evaluated yet", "tfsdiff_x2": "training: step 3000 of 6000",
+        "tfsdiff_x8": "training: step 0 of 6000"}
+    for scale, status in (("x2", "training: step 3000 of 6000"), ("x8", "training: step 0 of 6000")):
         assert all("metrics" not in entry for entry in doc["table1"][scale].values())
-        assert _line(markdown, f"TFS-Diff (tfsdiff_{scale})")[1:3] == ["not trained yet", "—"]
+        assert _line(markdown, f"TFS-Diff (tfsdiff_{scale})")[1:3] == [status, "—"]
         assert doc["table1"][scale]["pca"]["status"].startswith("not evaluated yet")
     assert "metrics" not in doc["table2"]["official_x4"]
     official = [d for d in doc["differences"] if d["row"] == "official_x4"]
