@@ -231,7 +231,7 @@ class TFSDiffModel:
         elif ema_state is not None:
             log.warning("%s has EMA weights but train.ema_scheduler is not set: training continues without EMA",
                         location)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer(state["optimizer"], location)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.batch_in_epoch = state["batch_in_epoch"]
@@ -241,6 +241,18 @@ class TFSDiffModel:
         self.generator.set_state(state["rng"]["train_generator"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _load_optimizer(self, state: dict, location: Path) -> None:
+        """Adam's moments and step counts from `state`; the learning rate stays the config's
+        (`train.optimizer.lr`), so a run resumed with a new rate (e.g. a lower one to finish) trains at it."""
+        self.optimizer.load_state_dict(state)
+        lr = self.cfg.train.optimizer.lr
+        saved = sorted({group["lr"] for group in self.optimizer.param_groups})
+        if saved != [lr]:
+            log.info("learning rate %s (train.optimizer.lr) instead of the %s saved in %s",
+                     lr, ", ".join(map(str, saved)), location)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _restart_ema(self, reason: str) -> None:
         """Make the EMA (if configured) equal to the loaded weights, so sampling uses exactly those."""
@@ -281,7 +293,7 @@ class TFSDiffModel:
         opt_state = load_file(opt, "official optimiser state")
         if not isinstance(opt_state, dict) or not {"optimizer", "iter", "epoch"} <= opt_state.keys():
             raise CheckpointError(f"{opt} is not an official optimiser state (no optimizer, iter and epoch)")
-        self.optimizer.load_state_dict(opt_state["optimizer"])
+        self._load_optimizer(opt_state["optimizer"], opt)
         self.step, self.epoch = int(opt_state["iter"]), int(opt_state["epoch"])
         log.info("resumed official training state %s at iteration %d, epoch %d (RNG states are not in official "
                  "checkpoints, so the continuation is not bit-exact)", opt, self.step, self.epoch)

@@ -133,6 +133,29 @@ def test_save_removes_stale_temporaries_with_a_log_line(tmp_path: Path, make_tin
     assert f"removed {stale}" in caplog.text
 
 
+def test_resume_keeps_adams_moments_but_trains_at_the_configs_learning_rate(
+        tmp_path: Path, make_tiny_model: Callable[..., Any], make_batches: Callable[[int], Any],
+        train_steps: Callable[..., None], caplog: pytest.LogCaptureFixture) -> None:
+    first = make_tiny_model(changes={"train.optimizer.lr": 1e-3})
+    train_steps(first, make_batches(2))
+    saved = first.save(tmp_path)
+    resumed = make_tiny_model(changes={"train.optimizer.lr": 2.5e-4})
+    logger = setup_logger()
+    logger.addHandler(caplog.handler)
+    try:
+        resumed.load(saved)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [2.5e-4]
+    moments = [s["exp_avg"] for s in first.optimizer.state_dict()["state"].values()]
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, resumed.optimizer.state_dict()["state"].values()))
+    assert "learning rate 0.00025 (train.optimizer.lr) instead of the 0.001 saved in" in caplog.text
+    same = make_tiny_model(changes={"train.optimizer.lr": 1e-3})
+    caplog.clear()
+    same.load(saved)
+    assert [g["lr"] for g in same.optimizer.param_groups] == [1e-3] and "learning rate" not in caplog.text
+
+
 # ----------------------------------------------------------------------------------------------- kill -9
 
 @pytest.fixture(scope="module")
