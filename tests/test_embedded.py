@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +219,12 @@ def test_degrade_returns_documented_pair() -> None:
     assert np.array_equal(np.asarray(sr), np.asarray(lr.resize((32, 32), Image.Resampling.BICUBIC)))
     with pytest.raises(ValueError, match="square"):
         degrade(hr.crop((0, 0, 32, 16)), 8)
+
+
+@pytest.mark.parametrize("invocation", [["data/embedded.py"], ["-m", "data.embedded"]])
+def test_cli_runs_as_script_and_module(tmp_path: Path, invocation: list[str]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, *invocation, "--root", str(tmp_path / "e"), "--size", "32", "--scales", "4",
+                          "--limit", "2", "--quiet"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "e" / "manifest.json").is_file()
