@@ -52,10 +52,10 @@ from data.fusion_rules import FUSION_RULES
 from data.images import ImageReadError
 from data.loader import dataset_from_config
 from data.splits import PrepareError
-from model.checkpoint_io import CHECKPOINT_FILE, CheckpointError, read_checkpoint, resolve_checkpoint
+from model.checkpoint_io import (CHECKPOINT_FILE, CheckpointError, newest_checkpoint, read_checkpoint,
+                                 resolve_checkpoint)
 
-CONFIG_DIR = Path("config/experiments")
-REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "experiments"  # the rows' configs, from any folder
 DEFAULT_OUT = Path("results/experiments")
 TRAINING_KEYS = ("seed", "datasets.train.", "model.", "train.optimizer.", "train.ema_scheduler")
 IGNORED_KEYS = ("datasets.train.num_workers", "model.sampler.")
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "SPECT-MRI/)")
     parser.add_argument("--triplets", nargs="+", type=Path, default=[], metavar="DIR",
                         help="folders of real triplets <case>_<k>_<modality>.png (like harvard_trimodal)")
-    parser.add_argument("--config", help=f"the row's config (default {CONFIG_DIR}/<ROW>.json)")
+    parser.add_argument("--config", help="the row's config (default: the repository's config/experiments/<ROW>.json)")
     parser.add_argument("--checkpoint", help="weights to evaluate (default: the newest run folder of the row)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="evaluate a checkpoint before the budget train.n_iter (the tables mark the row partial)")
@@ -124,7 +124,7 @@ def latest_run(cfg: TFSDiffConfig) -> Path:
     runs = sorted(p for p in root.glob(f"{cfg.name}_train_*") if p.is_dir()) if root.is_dir() else []
     if not runs:
         raise ExperimentError(f"no training run of {cfg.name}: no folder {root}/{cfg.name}_train_*; train it "
-                              f"(python sr.py -p train -c {CONFIG_DIR}/{cfg.name}.json) or pass --checkpoint")
+                              f"(python sr.py -p train -c config/experiments/{cfg.name}.json) or pass --checkpoint")
     return runs[-1]
 
 
@@ -236,16 +236,15 @@ def status_of(method: str) -> str:
     if method not in layout.ROWS:
         return "not evaluated yet (the first --run at this scale makes it)"
     try:
-        cfg = load_config(REPO / CONFIG_DIR / f"{method}.json")
+        cfg = load_config(CONFIG_DIR / f"{method}.json")
         root, budget = Path(cfg.path.experiments_root), cfg.train.n_iter
     except ConfigError:
         root, budget = Path("experiments"), None
     runs = [p for p in root.glob(f"{method}_train_*") if p.is_dir()] if root.is_dir() else []
     if not runs:
         return "not trained yet"
-    steps = [int(CHECKPOINT_FILE.fullmatch(c.name).group(1)) for run in runs if (run / "checkpoint").is_dir()
-             for c in (run / "checkpoint").iterdir() if CHECKPOINT_FILE.fullmatch(c.name)]
-    step = max(steps, default=0)
+    newest = [newest_checkpoint(run / "checkpoint") for run in runs if (run / "checkpoint").is_dir()]
+    step = max((int(CHECKPOINT_FILE.fullmatch(p.name).group(1)) for p in newest if p is not None), default=0)
     if budget is None or step >= budget:
         return "trained, not evaluated yet"
     return f"training: step {step} of {budget}"
