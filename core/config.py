@@ -69,6 +69,7 @@ class DatasetConfig:
     use_shuffle: bool = True
     data_len: int = -1  # -1: all; else >= 1
     patch_size: int | None = None  # train only: side of aligned random HR crops, a multiple of r / l; None: whole
+    cache_images: bool = False  # keep every decoded image in memory (per loader process) after its first read
 
     def __post_init__(self) -> None:
         low, high = self.l_resolution, self.r_resolution

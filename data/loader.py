@@ -36,7 +36,7 @@ def dataset_from_config(ds_cfg: DatasetConfig, *, seed: int, train: bool, dist: 
     """
     dist = dist or DistInfo()
     dataset = FusionDataset(ds_cfg.dataroot, ds_cfg.l_resolution, ds_cfg.r_resolution, data_len=ds_cfg.data_len,
-                            require_target=require_target)
+                            require_target=require_target, cache_images=ds_cfg.cache_images)
     shuffle = ds_cfg.use_shuffle and train
     batch = ds_cfg.batch_size
     patches = None

@@ -194,6 +194,7 @@ def test_sr3_null_gpu_ids_and_empty_resume_state() -> None:
     ("datasets.train.patch_size", 36, "datasets.train.patch_size: expected null or a multiple of the scale"),
     ("datasets.train.patch_size", True, "datasets.train.patch_size: expected an integer, got True"),
     ("datasets.val.patch_size", 16, "datasets.val.patch_size: only datasets.train crops patches"),
+    ("datasets.train.cache_images", "yes", "datasets.train.cache_images: expected"),
     ("datasets.embedded", {"root": "e", "r_resolution": 24}, "datasets.embedded.r_resolution: expected a power"),
     ("datasets.embedded", {"root": "e", "r_resolution": 8}, "datasets.embedded.r_resolution: expected a power"),
     ("datasets.embedded", {"root": "e", "r_resolution": 32, "scales": [3]}, "datasets.embedded.scales[0]: expected"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.epoch_sampler import EpochSampler
+from data.epoch_sampler import Crop, EpochSampler
 from data.fusion_dataset import DatasetError, FusionBatch, FusionDataset, collate_fusion, create_dataloader
 
 L_RES, R_RES = 8, 16
@@ -260,3 +260,54 @@ def test_data_len(layout: Path) -> None:
     assert FusionDataset(layout, L_RES, R_RES, data_len=99).case_ids == CASES
     with pytest.raises(DatasetError, match="data_len"):
         FusionDataset(layout, L_RES, R_RES, data_len=0)
+
+
+def _items(ds: FusionDataset, items: list) -> list[dict]:
+    return [ds[item] for item in items]
+
+
+def test_cached_items_are_the_same_bytes_and_read_each_file_once(layout: Path) -> None:
+    items = [0, (1, True), (2, False, Crop(4, 8, 8)), (2, True, Crop(0, 4, 8)), (4, True)]
+    plain = _items(FusionDataset(layout, L_RES, R_RES), items)
+    cached = FusionDataset(layout, L_RES, R_RES, cache_images=True)
+    assert cached.caches_images and not FusionDataset(layout, L_RES, R_RES).caches_images
+    first = _items(cached, items)
+    for folder in layout.iterdir():
+        for path in folder.iterdir():
+            path.unlink()
+    again = _items(cached, items)  # every file is gone: the second pass can only come from the cache
+    for one, two, three in zip(plain, first, again):
+        for key in ("src1", "src2", "src3", "target"):
+            assert torch.equal(one[key], two[key]) and torch.equal(one[key], three[key])
+    with pytest.raises(DatasetError, match="case_d"):  # never read before: not in the cache
+        cached[3]
+
+
+def test_cache_keeps_the_size_check_and_does_not_store_a_bad_image(layout: Path, make_rgb: MakeRGB) -> None:
+    bad = layout / f"3_sr_{L_RES}_{R_RES}" / "case_d.png"
+    _save(bad, make_rgb(1, (R_RES + 2, R_RES + 2)))
+    ds = FusionDataset(layout, L_RES, R_RES, cache_images=True)
+    for _ in range(2):
+        with pytest.raises(DatasetError, match=rf"{bad}.*18x18, expected 16x16"):
+            ds[3]
+
+
+def test_cached_loader_keeps_its_worker_and_cache_between_epochs(layout: Path) -> None:
+    def two_epochs(ds: FusionDataset, between: Callable[[], None]) -> list[torch.Tensor]:
+        sampler = EpochSampler(len(ds), seed=3, shuffle=True, flip=True)
+        loader = create_dataloader(ds, 2, shuffle=True, flip=True, num_workers=1, seed=3, sampler=sampler)
+        assert loader.persistent_workers == ds.caches_images
+        out = []
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            out += [torch.cat([b.src1, b.src2, b.src3, b.target]) for b in loader]
+            between()
+        return out
+
+    def delete_all() -> None:
+        for path in layout.glob("*/*"):
+            path.unlink()
+
+    plain = two_epochs(FusionDataset(layout, L_RES, R_RES), lambda: None)
+    cached = two_epochs(FusionDataset(layout, L_RES, R_RES, cache_images=True), delete_all)
+    assert len(plain) == len(cached) == 6 and all(torch.equal(a, b) for a, b in zip(plain, cached))
