@@ -58,7 +58,7 @@ from model.checkpoint_io import (CHECKPOINT_FILE, CheckpointError, newest_checkp
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "experiments"  # the rows' configs, from any folder
 DEFAULT_OUT = Path("results/experiments")
 TRAINING_KEYS = ("seed", "datasets.train.", "model.", "train.optimizer.", "train.ema_scheduler")
-IGNORED_KEYS = ("datasets.train.num_workers", "model.sampler.")
+IGNORED_KEYS = ("datasets.train.num_workers", "datasets.train.cache_images", "model.sampler.")  # change no weights
 SHOWN_DIFFERENCES = 5
 
 
@@ -166,6 +166,15 @@ def row_setup(args: argparse.Namespace) -> Setup:
     return Setup(row, config, cfg, split, checkpoint, step)
 
 
+def repository_relative(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it (records stay valid in another clone), else as
+    given."""
+    try:
+        return str(Path(path).resolve().relative_to(CONFIG_DIR.parents[1]))
+    except ValueError:
+        return path
+
+
 def _inputs(args: argparse.Namespace) -> dict[str, Any]:
     return {"data": str(args.data.resolve()), "triplets": [str(t.resolve()) for t in args.triplets]}
 
@@ -220,7 +229,7 @@ def run_row(args: argparse.Namespace, argv: list[str]) -> str:
         _score_and_save(args, folders, ids, scale, subjects, dict.fromkeys(folders, {"command": command}))
     folder = layout.method_folder(args.out, scale, setup.row.name)
     seconds = real_scans.fuse_model(setup.cfg, setup.checkpoint, loader, folder, not args.no_progress)
-    info = {"command": command, "config": setup.config, "checkpoint": setup.checkpoint, "step": setup.step,
+    info = {"command": command, "config": repository_relative(setup.config), "checkpoint": setup.checkpoint, "step": setup.step,
             "n_iter": setup.cfg.train.n_iter, "sampler": config_to_dict(setup.cfg)["model"]["sampler"],
             "seconds_per_image": seconds, "l_resolution": setup.split.l_resolution,
             "r_resolution": setup.split.r_resolution}

@@ -88,6 +88,23 @@ def test_config_matches_its_row_and_its_prepare_command(row: str) -> None:
 # ------------------------------------------------------------------------------------------------ statistics
 
 
+def test_training_differences_ignore_loader_and_sampler_keys_only() -> None:
+    cfg = load_config(CONFIG_DIR / "tfsdiff_x4.json")
+    data = config_to_dict(cfg)
+    data["datasets"]["train"].update(num_workers=3, cache_images=not cfg.datasets.train.cache_images)
+    data["model"]["sampler"]["steps"] = 7
+    data["datasets"]["val"]["data_len"] = 2
+    assert experiments.training_differences(cfg, experiments.parse_config(data, "loader")) == []
+    data["train"]["optimizer"]["lr"] = 1e-3
+    assert experiments.training_differences(cfg, experiments.parse_config(data, "optimiser")) == [
+        f"train.optimizer.lr: {cfg.train.optimizer.lr!r} != 0.001"]
+
+
+def test_records_name_repository_configs_relative_to_the_repository(tmp_path: Path) -> None:
+    assert experiments.repository_relative(str(CONFIG_DIR / "wo_psf_x4.json")) == "config/experiments/wo_psf_x4.json"
+    assert experiments.repository_relative(str(tmp_path / "mine.json")) == str(tmp_path / "mine.json")
+
+
 def test_sign_flip_p_is_exact_for_small_samples() -> None:
     # 8 sign vectors of (1, 2, 3): only all-plus and all-minus reach |mean| 2
     assert sign_flip_p(np.array([1.0, 2.0, 3.0])) == (0.25, True)
