@@ -267,9 +267,21 @@ class OptimizerConfig:
 
     type: Literal["adam"] = "adam"
     lr: float = 1e-4  # > 0
+    lr_milestones: tuple[int, ...] = ()  # steps, increasing, >= 1; from each one on the rate is multiplied by lr_gamma
+    lr_gamma: float = 0.1  # in (0, 1]
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", f"expected a number > 0, got {self.lr}")
+        steps = self.lr_milestones
+        _check(all(m >= 1 for m in steps) and all(a < b for a, b in zip(steps, steps[1:])), "lr_milestones",
+               f"expected increasing steps >= 1, got {list(steps)}")
+        _check(0 < self.lr_gamma <= 1, "lr_gamma", f"expected a number in (0, 1], got {self.lr_gamma}")
+
+    def lr_at(self, step: int) -> float:
+        """The rate of the optimisation step that follows ``step`` completed steps: ``lr * lr_gamma ** k`` with k the
+        number of milestones <= ``step`` (PyTorch's MultiStepLR, as a pure function of the step, so a resumed run
+        needs no scheduler state)."""
+        return self.lr * self.lr_gamma ** sum(step >= m for m in self.lr_milestones)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -152,6 +152,7 @@ class TFSDiffModel:
         if any_rank(not finite, self.dist, self.device):
             raise NonFiniteLossError(f"non-finite loss at step {self.step + 1}: {values}"
                                      + (f" (rank {self.dist.rank})" if self.dist.enabled else ""))
+        self._set_lr(self.cfg.train.optimizer.lr_at(self.step))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)
@@ -243,14 +244,18 @@ class TFSDiffModel:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def _load_optimizer(self, state: dict, location: Path) -> None:
-        """Adam's moments and step counts from `state`; the learning rate stays the config's
-        (`train.optimizer.lr`), so a run resumed with a new rate (e.g. a lower one to finish) trains at it."""
+        """Adam's moments and step counts from `state` (call it once `self.step` is loaded); the learning rate stays
+        the config's (`train.optimizer.lr_at(step)`), so a run resumed with a new rate or new milestones trains at
+        it."""
         self.optimizer.load_state_dict(state)
-        lr = self.cfg.train.optimizer.lr
+        lr = self.cfg.train.optimizer.lr_at(self.step)
         saved = sorted({group["lr"] for group in self.optimizer.param_groups})
         if saved != [lr]:
-            log.info("learning rate %s (train.optimizer.lr) instead of the %s saved in %s",
-                     lr, ", ".join(map(str, saved)), location)
+            log.info("learning rate %s (train.optimizer at step %d) instead of the %s saved in %s",
+                     lr, self.step, ", ".join(map(str, saved)), location)
+        self._set_lr(lr)
+
+    def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -293,8 +298,8 @@ class TFSDiffModel:
         opt_state = load_file(opt, "official optimiser state")
         if not isinstance(opt_state, dict) or not {"optimizer", "iter", "epoch"} <= opt_state.keys():
             raise CheckpointError(f"{opt} is not an official optimiser state (no optimizer, iter and epoch)")
-        self._load_optimizer(opt_state["optimizer"], opt)
         self.step, self.epoch = int(opt_state["iter"]), int(opt_state["epoch"])
+        self._load_optimizer(opt_state["optimizer"], opt)
         log.info("resumed official training state %s at iteration %d, epoch %d (RNG states are not in official "
                  "checkpoints, so the continuation is not bit-exact)", opt, self.step, self.epoch)
 

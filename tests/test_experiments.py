@@ -36,7 +36,8 @@ ROW_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tfsdiff_x2": (SCALE_KEYS, SCALE_KEYS),
     "tfsdiff_x8": (SCALE_KEYS, SCALE_KEYS),
 }
-ALWAYS = ("name", "train.n_iter")
+# the budget: the rows train 6,000 steps at a constant rate, the recipe longer with a late drop of the rate
+ALWAYS = ("name", "train.n_iter", "train.optimizer.lr_milestones", "train.optimizer.lr_gamma")
 
 
 def _flat(path: Path) -> dict[str, Any]:

@@ -149,11 +149,32 @@ def test_resume_keeps_adams_moments_but_trains_at_the_configs_learning_rate(
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [2.5e-4]
     moments = [s["exp_avg"] for s in first.optimizer.state_dict()["state"].values()]
     assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, resumed.optimizer.state_dict()["state"].values()))
-    assert "learning rate 0.00025 (train.optimizer.lr) instead of the 0.001 saved in" in caplog.text
+    assert "learning rate 0.00025 (train.optimizer at step 2) instead of the 0.001 saved in" in caplog.text
     same = make_tiny_model(changes={"train.optimizer.lr": 1e-3})
     caplog.clear()
     same.load(saved)
     assert [g["lr"] for g in same.optimizer.param_groups] == [1e-3] and "learning rate" not in caplog.text
+
+
+def test_learning_rate_milestones_apply_by_step_and_survive_a_resume(
+        tmp_path: Path, make_tiny_model: Callable[..., Any], make_batches: Callable[[int], Any],
+        train_steps: Callable[..., None]) -> None:
+    changes = {"train.optimizer.lr": 1e-3, "train.optimizer.lr_milestones": [2, 3], "train.optimizer.lr_gamma": 0.5,
+               "model.unet.dropout": 0.0}  # no dropout: the global RNG differs between the two models
+    straight = make_tiny_model(changes=changes)
+    rates = []
+    for batch in make_batches(4):
+        train_steps(straight, [batch])
+        rates.append(straight.optimizer.param_groups[0]["lr"])
+    assert rates == [1e-3, 1e-3, 5e-4, 2.5e-4]  # the rates of steps 1..4: x0.5 from step 2 done, again from step 3
+    first = make_tiny_model(changes=changes)
+    train_steps(first, make_batches(4)[:2])
+    resumed = make_tiny_model(changes=changes)
+    resumed.load(first.save(tmp_path))
+    assert resumed.optimizer.param_groups[0]["lr"] == 5e-4
+    train_steps(resumed, make_batches(4)[2:])
+    assert all(torch.equal(a, b) for a, b in zip(straight.diffusion.state_dict().values(),
+                                                 resumed.diffusion.state_dict().values()))
 
 
 # ----------------------------------------------------------------------------------------------- kill -9
