@@ -46,6 +46,7 @@ from core.results_layout import fused_case_ids, result_path
 from core.scoring import ScoringError, metric_names, score_folder
 from core.tables import ABLATION_RUNS, MODEL_RUN, ScaleSection, to_latex, to_markdown, to_per_image_csv, \
     to_summary_csv
+from data.fusion_rules import FUSION_RULES
 from data.images import ImageReadError, PairingError, format_ids, pair_by_stem, read_image
 
 SCALE_NAME = re.compile(r"x\d+")
@@ -113,7 +114,10 @@ def discover(paths: list[str]) -> dict[str, dict[str, Path]]:
 
 
 def _method_order(method: str) -> tuple[int, str]:
-    return (2 if method == MODEL_RUN else 1 if method in ABLATION_RUNS else 0), method
+    """Columns and rows: the classical fusion rules, other methods (e.g. experiment rows), ablations, TFS-Diff; each
+    group by name."""
+    group = 3 if method == MODEL_RUN else 2 if method in ABLATION_RUNS else 0 if method in FUSION_RULES else 1
+    return group, method
 
 
 def paired_ids(scale: str, methods: dict[str, Path]) -> list[str]:

@@ -102,6 +102,12 @@ def test_eval_writes_tables_per_scale_with_ablation_and_figure(tmp_path: Path, c
         assert img.height == 30 + 2 * (128 + 4) and img.width == 120 + 7 * (128 + 4)
 
 
+def test_methods_are_ordered_rules_then_other_methods_then_ablations_then_tfsdiff() -> None:
+    names = ["wo_psf_x4", "tfsdiff", "pca", "official_x4", "wo_tmfa", "laplacian_ycbcr", "tfsdiff_x4", "average"]
+    assert sorted(names, key=eval_cli._method_order) == [
+        "average", "laplacian_ycbcr", "pca", "official_x4", "tfsdiff_x4", "wo_psf_x4", "wo_tmfa", "tfsdiff"]
+
+
 def test_eval_sources_reference_and_missing_lpips_weights(tmp_path: Path, monkeypatch, capsys,
                                                           make_results: MakeResults) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
