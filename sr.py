@@ -19,6 +19,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -52,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--no-ema", action="store_true",
                         help="-p val: sample with the trained weights even if the checkpoint has EMA weights")
+    parser.add_argument("--cases", type=int, metavar="N",
+                        help="-p val: score the first N cases of the validation split, -1 for all of them (default: "
+                        "datasets.val.data_len), e.g. to choose a checkpoint on the whole split when periodic "
+                        "validation uses a few cases")
     add_sampler_args(parser)
     add_debug_arg(parser)
     return parser.parse_args(argv)
@@ -181,6 +186,12 @@ def run(args: argparse.Namespace) -> int:
     """Train or validate as `args` say; returns the exit code (errors propagate to `core.cli.run_command`)."""
     cfg = apply_sampler_args(args, load_config(args.config))
     training = args.phase == "train"
+    if args.cases is not None:
+        if training:
+            raise UsageError("--cases is for -p val; training validates on datasets.val.data_len cases")
+        if args.cases == 0 or args.cases < -1:
+            raise UsageError(f"--cases must be -1 (all) or a positive number of cases, got {args.cases}")
+        cfg = replace(cfg, datasets=replace(cfg.datasets, val=replace(cfg.datasets.val, data_len=args.cases)))
     checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=training)
     if not training and not checkpoint:
         raise UsageError("-p val needs a checkpoint: pass --checkpoint or set path.resume_state or path.pretrained")

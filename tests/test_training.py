@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,24 @@ def test_validation_samples_with_finite_psnr(tmp_path: Path, write_config: Write
             assert (results / f"{case}_{suffix}.png").is_file()
         value = psnr_rgb(np.asarray(Image.open(path)), np.asarray(Image.open(results / f"{case}_hr.png")))
         assert np.isfinite(value) and value > 0
+
+
+def test_val_cases_overrides_the_configs_data_len(tmp_path: Path, write_config: WriteConfig,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    cfg = write_config("cases", {"train.n_iter": 1, "train.val_freq": 5})
+    assert sr.main(["-c", str(cfg), "--no-progress"]) == 0
+    ckpt = run_dir(tmp_path, "cases") / "checkpoint"
+    counts = []
+    for cases in ("1", "-1"):
+        for folder in (tmp_path / "experiments").glob("cases_val_*"):
+            shutil.rmtree(folder)
+        assert sr.main(["-p", "val", "-c", str(cfg), "--checkpoint", str(ckpt), "--cases", cases, "--no-progress"]) == 0
+        counts.append(len(list((run_dir(tmp_path, "cases", "val") / "results").glob("*_fused.png"))))
+    assert counts == [1, 4]  # the config's data_len is 2; the embedded val split has 4 cases
+    assert sr.main(["-c", str(cfg), "--cases", "1", "--no-progress"]) == 2
+    assert "--cases is for -p val" in capsys.readouterr().err
+    assert sr.main(["-p", "val", "-c", str(cfg), "--checkpoint", str(ckpt), "--cases", "0", "--no-progress"]) == 2
+    assert "--cases must be -1 (all) or a positive number of cases, got 0" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path: Path, write_config: WriteConfig,
