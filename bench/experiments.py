@@ -229,7 +229,8 @@ def run_row(args: argparse.Namespace, argv: list[str]) -> str:
         _score_and_save(args, folders, ids, scale, subjects, dict.fromkeys(folders, {"command": command}))
     folder = layout.method_folder(args.out, scale, setup.row.name)
     seconds = real_scans.fuse_model(setup.cfg, setup.checkpoint, loader, folder, not args.no_progress)
-    info = {"command": command, "config": repository_relative(setup.config), "checkpoint": setup.checkpoint, "step": setup.step,
+    info = {"command": command, "config": repository_relative(setup.config), "checkpoint": setup.checkpoint,
+            "step": setup.step,
             "n_iter": setup.cfg.train.n_iter, "sampler": config_to_dict(setup.cfg)["model"]["sampler"],
             "seconds_per_image": seconds, "l_resolution": setup.split.l_resolution,
             "r_resolution": setup.split.r_resolution}

@@ -199,8 +199,11 @@ class FusionDataset(Dataset[dict[str, Any]]):
         else:
             index, flip, crop = operator.index(item), False, None
         case_id = self.case_ids[index]
-        src1, src2, src3 = (_crop_flip_tensor(self._decoded(paths[case_id]), flip, crop) for paths in self._sr_paths)
-        target = None if self._hr_paths is None else _crop_flip_tensor(self._decoded(self._hr_paths[case_id]), flip, crop)
+        def item(paths: dict[str, Path]) -> torch.Tensor:
+            return _crop_flip_tensor(self._decoded(paths[case_id]), flip, crop)
+
+        src1, src2, src3 = (item(paths) for paths in self._sr_paths)
+        target = None if self._hr_paths is None else item(self._hr_paths)
         return {"src1": src1, "src2": src2, "src3": src3, "target": target, "case_id": case_id}
 
 
