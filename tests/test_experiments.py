@@ -369,3 +369,26 @@ def test_run_with_allow_partial_marks_the_row(run_inputs: dict, tmp_path: Path,
     out = tmp_path / "results"
     assert _run(run_inputs, "tfsdiff_x4", out, "--checkpoint", str(run_inputs["early"]), "--allow-partial") == 0
     assert "TFS-Diff (tfsdiff_x4), partial: step 5 of 10" in (out / "tables.md").read_text()
+
+
+def test_the_published_tables_are_rebuilt_from_the_committed_records(tmp_path: Path) -> None:
+    """docs/experiments_results holds the per-case records of every row and baseline (numbers only, no images):
+    ``--table`` on a copy of them gives the committed tables.md / tables.json byte for byte, and every line of the
+    Table 1-like, Table 2-like and difference tables appears in docs/experiments.md, so the page cannot drift from
+    the records."""
+    published = ROOT / "docs" / "experiments_results"
+    for record in published.glob("x*/*.json"):
+        (tmp_path / record.parent.name).mkdir(exist_ok=True)
+        (tmp_path / record.parent.name / record.name).write_bytes(record.read_bytes())
+    assert experiments.main(["--table", "--out", str(tmp_path)]) == 0
+    rebuilt = (tmp_path / "tables.md").read_text()
+    assert rebuilt == (published / "tables.md").read_text()
+    doc, committed = (json.loads((folder / "tables.json").read_text()) for folder in (tmp_path, published))
+    names = [Path(record).relative_to(tmp_path).as_posix() for record in doc.pop("records")]
+    assert names == [Path(record).relative_to("docs/experiments_results").as_posix()
+                     for record in committed.pop("records")]
+    assert doc == committed and not doc["missing"]
+    assert {f"{row}.json" for row in layout.ROWS} <= {Path(name).name for name in names}
+    page = (ROOT / "docs" / "experiments.md").read_text().splitlines()
+    table_lines = [line for line in rebuilt.split("## Table 1-like", 1)[1].splitlines() if line.startswith("| ")]
+    assert len(table_lines) >= 30 and [line for line in table_lines if line not in page] == []
