@@ -19,7 +19,8 @@
    manifest's record of each case; ``other`` when unknown).
 4. ``<out>/real_scans.json``: the run, per-case numbers, the summaries, TFS-Diff's seconds per fused image, its PSNR
    and SSIM margins over the best baseline (by mean grey PSNR) overall and per subject, and whether the issue's
-   targets are met (``bench.real_scans_report``).
+   targets are met (``bench.real_scans_report``); the false colour of every method (``bench.false_colour``: mean
+   chroma where all three inputs are grey), per case and per group, also printed for all cases.
 5. ``--figure FILE``: ``core.figure.comparison_figure`` of 4 cases spread over the subjects.
 
 The checkpoint is --checkpoint, else the config's ``path.resume_state``, else ``path.pretrained``. A missing folder,
@@ -40,6 +41,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from bench import real_scans_report as report
+from bench.false_colour import folder_false_colour
 from core.cli import add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, run_and_report
 from core.config import ConfigError, DatasetConfig, TFSDiffConfig, load_config
 from core.figure import FigureSection, comparison_figure
@@ -245,9 +247,11 @@ def run(args: argparse.Namespace) -> str:
     groups = report.case_groups(ids, subjects)
     scores, lpips_missing = score_all(fused.folders, ids, not args.no_progress)
     markdown, numbers = _tables(scores, groups, lpips_missing)
+    colour = {method: folder_false_colour(folder, ids, read_image) for method, folder in fused.folders.items()}
+    numbers["false_colour"] = report.false_colour_summary(colour, groups)
     text = "\n".join([*_heading(args, setup, len(ids)),
-                      *report.verdict_lines(numbers["margins"], numbers["targets"], fused.seconds_per_image), "",
-                      markdown["paper"]])
+                      *report.verdict_lines(numbers["margins"], numbers["targets"], fused.seconds_per_image),
+                      report.false_colour_line(numbers["false_colour"]), "", markdown["paper"]])
     (args.out / "real_scans.md").write_text(text, encoding="utf-8")
     (args.out / "real_scans_cddfuse.md").write_text(markdown["cddfuse"], encoding="utf-8")
     record = _run_info(args, setup, test_root, subjects, groups, fused) | numbers

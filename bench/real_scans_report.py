@@ -5,6 +5,8 @@ margins of TFS-Diff over it, the issue's targets, and the Markdown and JSON they
   order), then ``other`` for the cases whose subject is unknown.
 * Best baseline of a group: the bicubic-then-fuse rule with the highest mean grey PSNR (paper convention) over the
   group's cases; margins are TFS-Diff's mean minus that baseline's, for PSNR (dB) and SSIM.
+* False colour (``bench.false_colour``): each method's mean over a group's cases (cases without a pixel where all
+  inputs are grey left out); reported, not a target.
 * Targets (issue 12): over all cases, PSNR margin >= 1.0 dB and SSIM margin > 0; for each of subjects 21 and 28,
   PSNR and SSIM margins > 0 (a subject without scored cases fails the target: it was not measured).
 """
@@ -14,6 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bench.false_colour import GREY_TOLERANCE
 from core.scoring import MethodScores
 from core.tables import MODEL_RUN, ScaleSection, display_name
 
@@ -114,6 +117,30 @@ def verdict_lines(margins_by_group: Mapping[str, Mapping[str, Any]], checks: Map
     shown = "; ".join(f"{CHECK_LABELS[k]}: {_yes_no(v)}" for k, v in checks.items() if k in CHECK_LABELS)
     lines.append(f"- Targets of issue 12 {'met' if checks['met'] else 'not met'}: {shown}.")
     return lines
+
+
+def false_colour_summary(per_case_values: Mapping[str, Mapping[str, float]],
+                         groups: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """The JSON of the false colour: its rule, per case (None for NaN) and group -> method -> mean (None when no
+    case of the group has a grey pixel)."""
+    means: dict[str, dict[str, float | None]] = {}
+    for group, ids in groups.items():
+        means[group] = {}
+        for method, values in per_case_values.items():
+            finite = [values[c] for c in ids if math.isfinite(values[c])]
+            means[group][method] = sum(finite) / len(finite) if finite else None
+    return {"rule": "mean chroma magnitude sqrt((Cb-128)^2 + (Cr-128)^2) of the fused image, in grey levels, over "
+                    f"the pixels where the chroma of every input is at most {GREY_TOLERANCE} (bench.false_colour)",
+            "per_case": {m: {c: _finite(v) for c, v in values.items()} for m, values in per_case_values.items()},
+            "mean": means}
+
+
+def false_colour_line(summary: Mapping[str, Any]) -> str:
+    """A Markdown bullet line: every method's mean false colour over all cases, TFS-Diff first."""
+    means = summary["mean"][ALL]
+    order = sorted(means, key=lambda m: (m != MODEL_RUN, m))
+    shown = ", ".join(f"{display_name(m)} {'n/a' if means[m] is None else f'{means[m]:.2f}'}" for m in order)
+    return (f"- False colour (mean chroma, in grey levels, where all three inputs are grey; 0 = none): {shown}.")
 
 
 def _yes_no(value: bool | None) -> str:

@@ -110,6 +110,9 @@ def test_writes_the_test_split_results_tables_json_and_figure(bench_run: dict) -
     assert record["seconds_per_image"] > 0 and record["checkpoint"] == str(bench_run["checkpoint"])
     assert set(record["per_case"]) == {"paper", "cddfuse"} and set(record["per_case"]["paper"]) == set(METHODS)
     assert set(record["summary"]["paper"]) == set(record["groups"])
+    colour = record["false_colour"]
+    assert set(colour["per_case"]) == set(METHODS) and all(set(v) == set(ids) for v in colour["per_case"].values())
+    assert set(colour["mean"]) == set(record["groups"]) and "False colour (mean chroma" in markdown
     assert Image.open(bench_run["figure"]).size == (120 + 10 * (128 + 4), 30 + 4 * (128 + 4))  # 4 rows, 10 columns
 
 

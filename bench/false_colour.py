@@ -1,0 +1,40 @@
+"""False colour (issue 12's target "no colour that is in none of the sources"), as a number.
+
+For one fused image and the three sources its method saw (the ``src1..3`` files of the results layout, i.e. the
+bicubic-upsampled inputs): the pixels where every source is grey (the chroma magnitude sqrt((Cb - 128)^2 +
+(Cr - 128)^2), BT.601 full range as in ``data.fusion_rules.rgb_to_ycbcr``, is at most ``GREY_TOLERANCE`` grey levels
+in each source), and over them the mean chroma magnitude of the fused image, in grey levels of 0..255. It is 0 for
+a fused image that is grey wherever its inputs are; the anatomical sources are grey, so these are the pixels where
+the functional map is black or absent. A case without such pixels is NaN.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from core.results_layout import result_path
+from data.fusion_rules import rgb_to_ycbcr
+
+GREY_TOLERANCE = 4.0
+
+
+def chroma_magnitude(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) chroma magnitude, in grey levels, of an (H, W, 3) RGB image in 0..255."""
+    ycc = rgb_to_ycbcr(rgb).astype(np.float64)
+    return np.hypot(ycc[..., 1] - 128.0, ycc[..., 2] - 128.0)
+
+
+def false_colour(fused: np.ndarray, sources: Sequence[np.ndarray]) -> float:
+    """Mean chroma magnitude of ``fused`` where every source is grey (NaN when no pixel is)."""
+    grey = np.logical_and.reduce([chroma_magnitude(s) <= GREY_TOLERANCE for s in sources])
+    if not grey.any():
+        return float("nan")
+    return float(chroma_magnitude(fused)[grey].mean())
+
+
+def folder_false_colour(folder: Path, ids: Sequence[str], read: Callable[[Path], np.ndarray]) -> dict[str, float]:
+    """case id -> :func:`false_colour` of one method's results folder."""
+    return {case: false_colour(read(result_path(folder, case, "fused")),
+                               [read(result_path(folder, case, f"src{k}")) for k in (1, 2, 3)]) for case in ids}
