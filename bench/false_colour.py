@@ -6,16 +6,25 @@ bicubic-upsampled inputs): the pixels where every source is grey (the chroma mag
 in each source), and over them the mean chroma magnitude of the fused image, in grey levels of 0..255. It is 0 for
 a fused image that is grey wherever its inputs are; the anatomical sources are grey, so these are the pixels where
 the functional map is black or absent. A case without such pixels is NaN.
+
+    python -m bench.false_colour FOLDER [FOLDER ...]   # results folders (<id>_fused.png, <id>_src{1,2,3}.png)
+
+prints, for each folder, its cases and the mean and largest false colour over them. A folder without fused images
+or a case with a missing or unreadable source is an error naming it (exit 2).
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from core.results_layout import result_path
+from core.cli import UsageError, add_debug_arg, run_and_report
+from core.results_layout import fused_case_ids, result_path
 from data.fusion_rules import rgb_to_ycbcr
+from data.images import ImageReadError, read_image
 
 GREY_TOLERANCE = 4.0
 
@@ -38,3 +47,29 @@ def folder_false_colour(folder: Path, ids: Sequence[str], read: Callable[[Path],
     """case id -> :func:`false_colour` of one method's results folder."""
     return {case: false_colour(read(result_path(folder, case, "fused")),
                                [read(result_path(folder, case, f"src{k}")) for k in (1, 2, 3)]) for case in ids}
+
+
+def report(folders: Sequence[Path]) -> str:
+    """One Markdown table line per folder: cases, mean and largest false colour (NaN cases left out)."""
+    lines = ["| folder | cases | mean false colour | largest |", "|---|---|---|---|"]
+    for folder in folders:
+        ids = sorted(fused_case_ids(folder))
+        if not ids:
+            raise UsageError(f"{folder}: no <id>_fused.png files (expected a results folder of eval.py's layout)")
+        values = np.array(list(folder_false_colour(folder, ids, read_image).values()))
+        finite = values[np.isfinite(values)]
+        cells = (f"{finite.mean():.2f} | {finite.max():.2f}" if finite.size else "n/a | n/a")
+        lines.append(f"| {folder} | {len(ids)} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path, help="results folders of fused images and their sources")
+    add_debug_arg(parser)
+    args = parser.parse_args(argv)
+    return run_and_report(lambda: report(args.folders), (ImageReadError,), debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

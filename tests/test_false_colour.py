@@ -1,12 +1,15 @@
-"""Tests of the false-colour measure of the real-scan benchmark (bench/false_colour.py, bench/real_scans_report.py)."""
+"""Tests of the false-colour measure (bench/false_colour.py, its CLI, and its summary in bench/real_scans_report.py)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 
-from bench.false_colour import GREY_TOLERANCE, chroma_magnitude, false_colour
+from bench.false_colour import GREY_TOLERANCE, chroma_magnitude, false_colour, main
 from bench.real_scans_report import false_colour_line, false_colour_summary
+from core.results_layout import write_case
 from data.fusion_rules import rgb_to_ycbcr
 
 
@@ -44,3 +47,18 @@ def test_summary_means_skip_nan_cases_and_the_line_puts_tfsdiff_first() -> None:
     assert summary["per_case"]["tfsdiff"]["c"] is None
     line = false_colour_line(summary)
     assert line.index("TFS-Diff (ours) 3.00") < line.index("Bicubic + Average 0.25")
+
+
+def test_cli_prints_each_folder_and_names_a_folder_without_fused_images(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "tfsdiff"
+    tinted = _grey(40)
+    tinted[..., 0] = 70
+    write_case(folder, "a", [_grey(90), _grey(120), _grey(0)], tinted, _grey(40))
+    write_case(folder, "b", [_grey(90), _grey(120), _grey(0)], _grey(40), _grey(40))
+    assert main([str(folder)]) == 0
+    tint = float(chroma_magnitude(tinted)[0, 0])
+    assert f"| {folder} | 2 | {tint / 2:.2f} | {tint:.2f} |" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main([str(folder), str(tmp_path / "empty")]) == 2
+    assert f"{tmp_path / 'empty'}: no <id>_fused.png files" in capsys.readouterr().err
