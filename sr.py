@@ -82,7 +82,8 @@ def log_validation(result: Evaluation, step: int, writer: SummaryWriter | None) 
 def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs | None, progress: bool) -> int:
     """The training loop; `dirs` is None on the ranks other than 0, which write nothing."""
     tcfg, bs, info = cfg.train, cfg.datasets.train.batch_size, model.dist
-    train_set, sampler, loader = dataset_from_config(cfg.datasets.train, seed=cfg.seed, train=True, dist=info)
+    train_set, sampler, loader = dataset_from_config(cfg.datasets.train, seed=cfg.seed, train=True, dist=info,
+                                                    base_rule=cfg.model.diffusion.residual_base)
     _, _, val_loader = dataset_from_config(cfg.datasets.val, seed=cfg.seed, train=False, dist=info)
     writer = SummaryWriter(str(dirs.tb_logger)) if dirs is not None else None
     log.info("training on %d cases, validating on %d; %d parameters; from step %d to %d", len(train_set),
@@ -96,7 +97,7 @@ def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs | None, progres
             sampler.set_epoch(model.epoch, start=model.batch_in_epoch * bs)
             for batch in loader:
                 batch = batch.to(model.device)
-                losses = model.train_step(batch.target, batch.condition)
+                losses = model.train_step(batch.target, batch.condition, batch.base)
                 model.step += 1
                 model.batch_in_epoch += 1
                 if model.batch_in_epoch == batches_per_epoch:

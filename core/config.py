@@ -176,6 +176,9 @@ class DiffusionConfig:
     channels: int = 3  # must equal model.unet.out_channel
     clip_denoised: bool = True
     timestep_sampling: Literal["per_sample", "per_batch"] = "per_sample"  # per_batch = SR3/official (one t)
+    # None (paper, official): diffuse the fused image. A rule of data.fusion_rules: diffuse the residual between the
+    # target and that rule applied to the bicubic-upsampled sources, and add the rule's image back after sampling
+    residual_base: Literal["laplacian_ycbcr", "average", "maximum", "pca", "dwt"] | None = None
 
     def __post_init__(self) -> None:
         _check_min(self.image_size, 1, "image_size")

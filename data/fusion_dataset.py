@@ -17,6 +17,11 @@ With ``cache_images`` every decoded image is kept in memory after its first read
 (patch training otherwise decodes four whole images for each small crop). The items are the same bytes either way.
 Memory: about ``4 * r * r * 3`` bytes per case in every process that loads (each DataLoader worker holds its own
 cache; the loader then keeps its workers between epochs), e.g. 2 GB for 2,564 cases at r = 256.
+
+With ``base_rule`` (a rule of ``data.fusion_rules``; ``model.diffusion.residual_base``) every item also carries that
+rule applied to the three whole bicubic-upsampled sources, cut at the item's crop and flipped with it: the image a
+residual model adds its sampled residual to. It is computed on the whole image before cropping, as it is at
+inference, so a patch sees the same base as the same pixels of the whole image (cached with the images).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from data.images import IMAGE_EXTENSIONS, ImageReadError, PairingError, list_by_stem, pair_by_stem, read_image, \
     to_tensor
 from data.epoch_sampler import Crop, EpochSampler, Item
+from data.fusion_rules import fuse
 from data.layout import SOURCES, hr_dir, sr_dir
 
 
@@ -51,6 +57,7 @@ class FusionBatch:
     src3: torch.Tensor  # (B, 3, H, W) modality 3 (e.g. SPECT)
     target: torch.Tensor | None  # (B, 3, H, W) ground-truth fused HR image, None without an hr_ folder
     case_ids: tuple[str, ...]
+    base: torch.Tensor | None = None  # (B, 3, H, W) the residual base rule on the whole sources (see module doc)
 
     @property
     def condition(self) -> torch.Tensor:
@@ -72,6 +79,7 @@ class FusionBatch:
             src3=fn(self.src3),
             target=None if self.target is None else fn(self.target),
             case_ids=self.case_ids,
+            base=None if self.base is None else fn(self.base),
         )
 
     def __len__(self) -> int:
@@ -124,9 +132,10 @@ class FusionDataset(Dataset[dict[str, Any]]):
     """Tri-modal fusion dataset over the official TFS-Diff folder layout (see module docstring).
 
     Items are ``(index, flip)`` or ``(index, flip, crop)`` as yielded by EpochSampler, or a plain int (no flip, no
-    crop). An item is a dict ``{"src1", "src2", "src3": (3, S, S), "target": (3, S, S) or None, "case_id": str}``,
-    all float32 in [-1, 1], S = r or the crop side; every image of the case is cut at the same ``crop`` (HR / SR
-    pixels, ``data.epoch_sampler.Crop``) and then flipped when ``flip``.
+    crop). An item is a dict ``{"src1", "src2", "src3": (3, S, S), "target": (3, S, S) or None,
+    "base": (3, S, S) or None, "case_id": str}``, all float32 in [-1, 1], S = r or the crop side; every image of the
+    case is cut at the same ``crop`` (HR / SR pixels, ``data.epoch_sampler.Crop``) and then flipped when ``flip``.
+    ``base`` is set when ``base_rule`` is (module docstring).
     """
 
     def __init__(
@@ -137,6 +146,7 @@ class FusionDataset(Dataset[dict[str, Any]]):
         data_len: int = -1,
         require_target: bool = True,
         cache_images: bool = False,
+        base_rule: str | None = None,
     ) -> None:
         self.dataroot = Path(dataroot)
         self.l_resolution = l_resolution
@@ -162,6 +172,8 @@ class FusionDataset(Dataset[dict[str, Any]]):
         self._sr_paths = [folders[name] for name in sr_names]
         self._hr_paths = folders[hr_name] if has_target else None
         self._cache: dict[Path, np.ndarray] | None = {} if cache_images else None
+        self.base_rule = base_rule
+        self._base_cache: dict[str, np.ndarray] | None = {} if cache_images else None
 
     @property
     def caches_images(self) -> bool:
@@ -178,6 +190,16 @@ class FusionDataset(Dataset[dict[str, Any]]):
             array.setflags(write=False)
             self._cache[path] = array
         return array
+
+    def _base(self, case_id: str) -> np.ndarray:
+        """``base_rule`` fused from the case's three whole decoded sources (uint8 RGB), cached like the images."""
+        base = None if self._base_cache is None else self._base_cache.get(case_id)
+        if base is None:
+            base = fuse(self.base_rule, [self._decoded(paths[case_id]) for paths in self._sr_paths])
+            if self._base_cache is not None:
+                base.setflags(write=False)
+                self._base_cache[case_id] = base
+        return base
 
     def _check_folders_exist(self, required: list[str]) -> None:
         missing = [name for name in required if not (self.dataroot / name).is_dir()]
@@ -204,7 +226,8 @@ class FusionDataset(Dataset[dict[str, Any]]):
 
         src1, src2, src3 = (item(paths) for paths in self._sr_paths)
         target = None if self._hr_paths is None else item(self._hr_paths)
-        return {"src1": src1, "src2": src2, "src3": src3, "target": target, "case_id": case_id}
+        base = None if self.base_rule is None else _crop_flip_tensor(self._base(case_id), flip, crop)
+        return {"src1": src1, "src2": src2, "src3": src3, "target": target, "base": base, "case_id": case_id}
 
 
 def _stack_optional(items: list[dict[str, Any]], key: str) -> list[Any] | None:
@@ -222,12 +245,14 @@ def collate_fusion(items: list[dict[str, Any]]) -> FusionBatch:
     if not items:
         raise DatasetError("Cannot collate an empty list of items")
     targets = _stack_optional(items, "target")
+    bases = _stack_optional(items, "base")
     return FusionBatch(
         src1=torch.stack([item["src1"] for item in items]),
         src2=torch.stack([item["src2"] for item in items]),
         src3=torch.stack([item["src3"] for item in items]),
         target=None if targets is None else torch.stack(targets),
         case_ids=tuple(item["case_id"] for item in items),
+        base=None if bases is None else torch.stack(bases),
     )
 
 

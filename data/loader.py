@@ -24,7 +24,8 @@ def ensure_config_data(datasets: DatasetsConfig, progress: bool = True) -> None:
 
 
 def dataset_from_config(ds_cfg: DatasetConfig, *, seed: int, train: bool, dist: DistInfo | None = None,
-                        require_target: bool = True) -> tuple[FusionDataset, EpochSampler, DataLoader]:
+                        require_target: bool = True,
+                        base_rule: str | None = None) -> tuple[FusionDataset, EpochSampler, DataLoader]:
     """The dataset of ``ds_cfg``, its epoch sampler and a loader yielding ``FusionBatch``.
 
     ``train``: the order is shuffled when ``use_shuffle`` is set, every case is flipped at random and, with
@@ -32,11 +33,13 @@ def dataset_from_config(ds_cfg: DatasetConfig, *, seed: int, train: bool, dist: 
     so a resumed run continues exactly; see ``data.epoch_sampler``); otherwise the cases come whole, in order,
     unflipped. Under DDP (``dist`` with more than one process) training loads this process's contiguous shard of
     every global batch of ``batch_size``; evaluation loads every case in every process. ``require_target=False``
-    accepts a split without an ``hr_`` folder (the batches' target is then None).
+    accepts a split without an ``hr_`` folder (the batches' target is then None). ``base_rule``: the batches carry
+    that fusion rule of the whole sources as ``base`` (``model.diffusion.residual_base``; ``FusionDataset``).
     """
     dist = dist or DistInfo()
     dataset = FusionDataset(ds_cfg.dataroot, ds_cfg.l_resolution, ds_cfg.r_resolution, data_len=ds_cfg.data_len,
-                            require_target=require_target, cache_images=ds_cfg.cache_images)
+                            require_target=require_target, cache_images=ds_cfg.cache_images,
+                            base_rule=base_rule)
     shuffle = ds_cfg.use_shuffle and train
     batch = ds_cfg.batch_size
     patches = None

@@ -15,6 +15,9 @@ case it keeps the fused uint8 image and, with `out_dir`, writes the results
 layout of `core.results_layout` (`<case>_fused.png`, `<case>_src{1,2,3}.png`, `<case>_hr.png` when the split has a
 ground truth, `<case>_process.png` on request). Next to the model it scores the bicubic-then-fuse baseline, the
 ground-truth fusion rule applied to the same bicubic-upsampled inputs, so every number has an honest reference.
+
+A model with `model.diffusion.residual_base` samples a residual; the rule's image of the whole bicubic-upsampled
+sources is added to it (and to every frame of the process strip) and the sum clipped to [-1, 1].
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from core.metrics import (PSNR_GREY_LABEL, PSNR_RGB_LABEL, SSIM_GREY_LABEL, SSIM
 from core.results_layout import write_case
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
+from data.images import to_tensor
 from model.model import TFSDiffModel
 from model.samplers import Sampler, build_sampler, sample_loop
 from model.schedule import NoiseSchedule
@@ -112,23 +116,36 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
-def _sample(model: TFSDiffModel, condition: torch.Tensor, sampler: Sampler, generator: torch.Generator,
-            save_process: bool, progress: bool) -> torch.Tensor:
-    """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back."""
+def residual_base(rule: str | None, sources: list[list[np.ndarray]], device: torch.device) -> torch.Tensor | None:
+    """(B, 3, H, W) in [-1, 1]: `rule` applied to each case's three uint8 sources, as `FusionDataset` makes
+    `FusionBatch.base` for training; None without a rule."""
+    if rule is None:
+        return None
+    return torch.stack([to_tensor(fuse(rule, case)) for case in sources]).to(device)
+
+
+def _sample(model: TFSDiffModel, condition: torch.Tensor, base: torch.Tensor | None, sampler: Sampler,
+            generator: torch.Generator, save_process: bool, progress: bool) -> torch.Tensor:
+    """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back; plus
+    `base` for a residual model."""
     h, w = condition.shape[-2:]
     result = sample_loop(model.sampling_net, sampler, pad_to_multiple(condition, model.size_multiple), generator,
                          model.diffusion.channels, continuous=save_process, progress=progress)
-    return result[..., :h, :w]
+    result = result[..., :h, :w]
+    return result if base is None else (result + base).clamp(-1.0, 1.0)
 
 
 def _evaluate_batch(model: TFSDiffModel, batch: FusionBatch, sampler: Sampler, generator: torch.Generator,
                     out_dir: Path | None, save_process: bool,
                     progress: bool) -> tuple[list[CaseResult], list[np.ndarray], np.ndarray]:
-    result = _sample(model, batch.condition, sampler, generator, save_process, progress)
+    case_sources = [[tensor2img(src[i]) for src in (batch.src1, batch.src2, batch.src3)]
+                    for i in range(len(batch))]
+    base = residual_base(model.cfg.model.diffusion.residual_base, case_sources, batch.src1.device)
+    result = _sample(model, batch.condition, base, sampler, generator, save_process, progress)
     fused_t = result[-1] if save_process else result
     cases, fused_images, rows = [], [], []
     for i, case_id in enumerate(batch.case_ids):
-        sources = [tensor2img(src[i]) for src in (batch.src1, batch.src2, batch.src3)]
+        sources = case_sources[i]
         fused = tensor2img(fused_t[i])
         target = tensor2img(batch.target[i]) if batch.target is not None else None
         cases.append(CaseResult(case_id, *_score(fused, target, sources)))

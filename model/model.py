@@ -18,6 +18,7 @@ configuration (`model.tmfa.placement: "all_channels"`, official U-Net sizes).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -135,17 +136,25 @@ class TFSDiffModel:
             self._sampling_runner = NetRunner(module, self.cfg.performance, self.device)
         return self._sampling_runner
 
-    def train_step(self, x0: torch.Tensor, condition: torch.Tensor) -> dict[str, float]:
+    def train_step(self, x0: torch.Tensor, condition: torch.Tensor,
+                   base: torch.Tensor | None = None) -> dict[str, float]:
         """Optimisation step `self.step + 1` on a batch (the caller advances `step`), then the EMA update.
 
-        Raises NonFiniteLossError before touching the weights.
+        With `model.diffusion.residual_base`, `base` is that rule's image of the batch (`FusionBatch.base`): the
+        diffusion noises and denoises the residual x0 - base, and the loss compares base + x0_hat with x0, so the PSF
+        loss's SSIM term still measures the fused image. Raises NonFiniteLossError before touching the weights.
         """
+        if (base is None) != (self.cfg.model.diffusion.residual_base is None):
+            raise ValueError("train_step needs a base image exactly when model.diffusion.residual_base is set")
         self.diffusion.train()
         shard = None
         if self.dist.enabled:
             global_batch = self.cfg.datasets.train.batch_size
             shard = (global_batch, self.dist.shard(global_batch))
-        terms = self.diffusion.training_terms(x0, condition, self.generator, self.train_runner, shard)
+        diffused = x0 if base is None else x0 - base
+        terms = self.diffusion.training_terms(diffused, condition, self.generator, self.train_runner, shard)
+        if base is not None:
+            terms = dataclasses.replace(terms, x0_hat=terms.x0_hat + base)
         losses = self.loss_fn(terms, x0)
         values = {name: float(v.detach()) for name, v in losses.items()}
         finite = all(math.isfinite(v) for v in values.values())
@@ -274,6 +283,10 @@ class TFSDiffModel:
             if saved_model.get(key) != current[key]:
                 raise CheckpointError(f"{location} was trained with model.{key} = {saved_model.get(key)}, "
                                       f"but the config has model.{key} = {current[key]}")
+        saved_base = saved_model.get("diffusion", {}).get("residual_base")
+        if saved_base != current["diffusion"]["residual_base"]:
+            raise CheckpointError(f"{location} was trained with model.diffusion.residual_base = {saved_base}, but the "
+                                  f"config has {current['diffusion']['residual_base']}")
 
     def _load_model_state(self, state: dict[str, torch.Tensor], location: Path) -> None:
         betas = state.get("betas")

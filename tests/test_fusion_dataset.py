@@ -68,7 +68,7 @@ def test_item_values_shapes_and_ranges(layout: Path) -> None:
         np.testing.assert_allclose(tensor.numpy(), _expected(layout / folder / "case_b.png"), atol=1e-6)
     grey = item["src1"]
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
-    assert set(item) == {"src1", "src2", "src3", "target", "case_id"}
+    assert set(item) == {"src1", "src2", "src3", "target", "base", "case_id"} and item["base"] is None
 
 
 def test_rgba_is_composited_on_black_and_extremes_map_to_minus_one_and_one(tmp_path: Path, make_rgb: MakeRGB) -> None:

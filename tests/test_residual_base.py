@@ -1,0 +1,118 @@
+"""model.diffusion.residual_base: the diffusion models the residual between the target and a fusion rule applied to
+the bicubic-upsampled sources; training batches carry that rule's image of the whole sources, cropped and flipped
+with the case; sampling adds it back."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sr
+from core.config import DatasetConfig
+from data.fusion_dataset import FusionBatch
+from data.fusion_rules import fuse
+from data.images import read_image, to_tensor
+from data.layout import sr_dir, write_case
+from data.loader import dataset_from_config
+from model.checkpoint_io import CheckpointError
+from model.evaluation import evaluate_model
+from model.model import TFSDiffModel
+
+R_RES, L_RES, PATCH = 32, 8, 16
+RULE = "laplacian_ycbcr"
+RESIDUAL = {"model.diffusion.residual_base": RULE}
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory, make_rgb: Callable[..., np.ndarray]) -> Path:
+    root = tmp_path_factory.mktemp("residual") / "train"
+    for case in range(3):
+        images = [Image.fromarray(make_rgb(10 * case + k, (R_RES, R_RES))) for k in range(3)]
+        write_case(root, f"case{case}", images, images[0], [L_RES])
+    return root
+
+
+def _whole_base(root: Path, case: str) -> np.ndarray:
+    return fuse(RULE, [read_image(sr_dir(root, k, L_RES, R_RES) / f"{case}.png") for k in (1, 2, 3)])
+
+
+@pytest.mark.parametrize("cache_images", [False, True], ids=["decoded", "cached"])
+def test_training_patches_carry_the_rule_of_the_whole_sources_cropped_and_flipped(split: Path,
+                                                                                  cache_images: bool) -> None:
+    cfg = DatasetConfig(dataroot=str(split), l_resolution=L_RES, r_resolution=R_RES, batch_size=3,
+                        patch_size=PATCH, cache_images=cache_images)
+    dataset, sampler, loader = dataset_from_config(cfg, seed=2, train=True, base_rule=RULE)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        (batch,) = list(loader)
+        for row, (index, flip, crop) in enumerate(sampler.epoch_order(epoch)):
+            patch = _whole_base(split, dataset.case_ids[index])[crop.box()]
+            assert torch.equal(batch.base[row], to_tensor(patch[:, ::-1] if flip else patch))
+    assert batch.base.shape == batch.target.shape == (3, 3, PATCH, PATCH)
+    plain = dataset_from_config(cfg, seed=2, train=True)[2]
+    assert next(iter(plain)).base is None
+
+
+@pytest.fixture()
+def models(make_tiny_model: Callable[..., TFSDiffModel]) -> tuple[TFSDiffModel, TFSDiffModel]:
+    """A residual tiny model and a plain one with the same weights."""
+    residual_model, plain_model = make_tiny_model(changes=RESIDUAL), make_tiny_model()
+    plain_model.diffusion.load_state_dict(residual_model.diffusion.state_dict())
+    return residual_model, plain_model
+
+
+def test_train_step_diffuses_the_residual_and_scores_ssim_on_the_image(models: tuple[TFSDiffModel, TFSDiffModel],
+                                                                       make_batches: Callable) -> None:
+    (x0, condition), = make_batches(1)
+    base = torch.rand(x0.shape, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    residual_model, plain_model = models
+    with pytest.raises(ValueError, match="residual_base"):
+        residual_model.train_step(x0, condition)
+    with pytest.raises(ValueError, match="residual_base"):
+        plain_model.train_step(x0, condition, base)
+    state = residual_model.generator.get_state()
+    torch.manual_seed(1)  # dropout
+    residual_losses = residual_model.train_step(x0, condition, base)
+    plain_model.generator.set_state(state)
+    torch.manual_seed(1)
+    plain_losses = plain_model.train_step(x0 - base, condition)
+    assert residual_losses["mse"] == pytest.approx(plain_losses["mse"], rel=1e-6)
+    assert residual_losses["ssim"] != pytest.approx(plain_losses["ssim"], rel=1e-3)
+
+
+def test_sampling_adds_the_rule_of_the_sources_to_the_sampled_residual(models: tuple[TFSDiffModel, TFSDiffModel],
+                                                                        make_rgb: Callable) -> None:
+    sources = [to_tensor(make_rgb(40 + k, (16, 16)))[None] for k in range(3)]
+    batch = FusionBatch(*sources, target=None, case_ids=("a",))
+    residual_model, plain_model = models
+    fused = evaluate_model(residual_model, [batch], None, progress=False).fused[0]
+    residual = evaluate_model(plain_model, [batch], None, progress=False).fused[0]
+    base = fuse(RULE, [make_rgb(40 + k, (16, 16)) for k in range(3)])
+    expected = ((to_tensor(residual) + to_tensor(base)).clamp(-1, 1) + 1) * 127.5
+    assert np.abs(fused.astype(float) - expected.permute(1, 2, 0).numpy()).max() <= 1.0 + 1e-6
+    assert not np.array_equal(fused, residual)
+
+
+def test_a_checkpoint_samples_only_with_its_own_residual_base(tmp_path: Path,
+                                                              models: tuple[TFSDiffModel, TFSDiffModel]) -> None:
+    residual_model, plain_model = models
+    path = plain_model.save(tmp_path)
+    with pytest.raises(CheckpointError, match="residual_base"):
+        residual_model.load(path, weights_only=True)
+
+
+def test_sr_trains_and_validates_a_residual_model(tmp_path: Path, make_run_config: Callable) -> None:
+    cfg = make_run_config(tmp_path, "residual", {**RESIDUAL, "train.n_iter": 2, "train.val_freq": 2,
+                                                 "train.save_checkpoint_freq": 2,
+                                                 "model.beta_schedule.train.n_timestep": 10,
+                                                 "model.beta_schedule.val.n_timestep": 10})
+    assert sr.main(["-c", str(cfg), "--no-progress"]) == 0
+    (run,) = (tmp_path / "experiments").glob("residual_train_*")
+    saved = torch.load(run / "checkpoint" / "I2_E1.pth", weights_only=False)
+    assert saved["config"]["model"]["diffusion"]["residual_base"] == RULE
+    log = (run / "logs" / "train.log").read_text()
+    assert "validation at step 2" in log
