@@ -179,9 +179,15 @@ class DiffusionConfig:
     # None (paper, official): diffuse the fused image. A rule of data.fusion_rules: diffuse the residual between the
     # target and that rule applied to the bicubic-upsampled sources, and add the rule's image back after sampling
     residual_base: Literal["laplacian_ycbcr", "average", "maximum", "pca", "dwt"] | None = None
+    # the residual is multiplied by this before it is diffused (and divided after sampling), so that its spread
+    # matches the [-1, 1] range that the noise schedule and the clipping of x0 are made for
+    residual_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_min(self.image_size, 1, "image_size")
+        _check(self.residual_scale > 0, "residual_scale", f"expected a number > 0, got {self.residual_scale}")
+        _check(self.residual_scale == 1.0 or self.residual_base is not None, "residual_scale",
+               "only used with residual_base; remove it or set residual_base")
 
 
 # Which tunable loss keys each loss type reads; giving any other one is an error ("official" has fixed weights).

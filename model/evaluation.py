@@ -16,8 +16,9 @@ layout of `core.results_layout` (`<case>_fused.png`, `<case>_src{1,2,3}.png`, `<
 ground truth, `<case>_process.png` on request). Next to the model it scores the bicubic-then-fuse baseline, the
 ground-truth fusion rule applied to the same bicubic-upsampled inputs, so every number has an honest reference.
 
-A model with `model.diffusion.residual_base` samples a residual; the rule's image of the whole bicubic-upsampled
-sources is added to it (and to every frame of the process strip) and the sum clipped to [-1, 1].
+A model with `model.diffusion.residual_base` samples a residual (times `residual_scale`); it is divided by the scale,
+the rule's image of the whole bicubic-upsampled sources is added (to every frame of the process strip too) and the
+sum clipped to [-1, 1].
 """
 from __future__ import annotations
 
@@ -126,13 +127,15 @@ def residual_base(rule: str | None, sources: list[list[np.ndarray]], device: tor
 
 def _sample(model: TFSDiffModel, condition: torch.Tensor, base: torch.Tensor | None, sampler: Sampler,
             generator: torch.Generator, save_process: bool, progress: bool) -> torch.Tensor:
-    """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back; plus
-    `base` for a residual model."""
+    """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back; for a
+    residual model, divided by its scale and added to `base`."""
     h, w = condition.shape[-2:]
     result = sample_loop(model.sampling_net, sampler, pad_to_multiple(condition, model.size_multiple), generator,
                          model.diffusion.channels, continuous=save_process, progress=progress)
     result = result[..., :h, :w]
-    return result if base is None else (result + base).clamp(-1.0, 1.0)
+    if base is None:
+        return result
+    return (result / model.cfg.model.diffusion.residual_scale + base).clamp(-1.0, 1.0)
 
 
 def _evaluate_batch(model: TFSDiffModel, batch: FusionBatch, sampler: Sampler, generator: torch.Generator,

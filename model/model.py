@@ -141,8 +141,9 @@ class TFSDiffModel:
         """Optimisation step `self.step + 1` on a batch (the caller advances `step`), then the EMA update.
 
         With `model.diffusion.residual_base`, `base` is that rule's image of the batch (`FusionBatch.base`): the
-        diffusion noises and denoises the residual x0 - base, and the loss compares base + x0_hat with x0, so the PSF
-        loss's SSIM term still measures the fused image. Raises NonFiniteLossError before touching the weights.
+        diffusion noises and denoises the residual s (x0 - base), s = `residual_scale`, and the loss compares
+        base + x0_hat / s with x0, so the PSF loss's SSIM term still measures the fused image. Raises
+        NonFiniteLossError before touching the weights.
         """
         if (base is None) != (self.cfg.model.diffusion.residual_base is None):
             raise ValueError("train_step needs a base image exactly when model.diffusion.residual_base is set")
@@ -151,10 +152,11 @@ class TFSDiffModel:
         if self.dist.enabled:
             global_batch = self.cfg.datasets.train.batch_size
             shard = (global_batch, self.dist.shard(global_batch))
-        diffused = x0 if base is None else x0 - base
+        scale = self.cfg.model.diffusion.residual_scale
+        diffused = x0 if base is None else (x0 - base) * scale
         terms = self.diffusion.training_terms(diffused, condition, self.generator, self.train_runner, shard)
         if base is not None:
-            terms = dataclasses.replace(terms, x0_hat=terms.x0_hat + base)
+            terms = dataclasses.replace(terms, x0_hat=terms.x0_hat / scale + base)
         losses = self.loss_fn(terms, x0)
         values = {name: float(v.detach()) for name, v in losses.items()}
         finite = all(math.isfinite(v) for v in values.values())
@@ -283,10 +285,11 @@ class TFSDiffModel:
             if saved_model.get(key) != current[key]:
                 raise CheckpointError(f"{location} was trained with model.{key} = {saved_model.get(key)}, "
                                       f"but the config has model.{key} = {current[key]}")
-        saved_base = saved_model.get("diffusion", {}).get("residual_base")
-        if saved_base != current["diffusion"]["residual_base"]:
-            raise CheckpointError(f"{location} was trained with model.diffusion.residual_base = {saved_base}, but the "
-                                  f"config has {current['diffusion']['residual_base']}")
+        for key, default in (("residual_base", None), ("residual_scale", 1.0)):
+            saved_value = saved_model.get("diffusion", {}).get(key, default)
+            if saved_value != current["diffusion"][key]:
+                raise CheckpointError(f"{location} was trained with model.diffusion.{key} = {saved_value}, but the "
+                                      f"config has {current['diffusion'][key]}")
 
     def _load_model_state(self, state: dict[str, torch.Tensor], location: Path) -> None:
         betas = state.get("betas")

@@ -1,6 +1,6 @@
-"""model.diffusion.residual_base: the diffusion models the residual between the target and a fusion rule applied to
-the bicubic-upsampled sources; training batches carry that rule's image of the whole sources, cropped and flipped
-with the case; sampling adds it back."""
+"""model.diffusion.residual_base / residual_scale: the diffusion models the scaled residual between the target and a
+fusion rule applied to the bicubic-upsampled sources; training batches carry that rule's image of the whole sources,
+cropped and flipped with the case; sampling divides by the scale and adds the rule's image back."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import sr
-from core.config import DatasetConfig
+from core.config import ConfigError, DatasetConfig, parse_config
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
 from data.images import read_image, to_tensor
@@ -24,7 +24,8 @@ from model.model import TFSDiffModel
 
 R_RES, L_RES, PATCH = 32, 8, 16
 RULE = "laplacian_ycbcr"
-RESIDUAL = {"model.diffusion.residual_base": RULE}
+SCALE = 2.0
+RESIDUAL = {"model.diffusion.residual_base": RULE, "model.diffusion.residual_scale": SCALE}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_train_step_diffuses_the_residual_and_scores_ssim_on_the_image(models: t
     residual_losses = residual_model.train_step(x0, condition, base)
     plain_model.generator.set_state(state)
     torch.manual_seed(1)
-    plain_losses = plain_model.train_step(x0 - base, condition)
+    plain_losses = plain_model.train_step((x0 - base) * SCALE, condition)
     assert residual_losses["mse"] == pytest.approx(plain_losses["mse"], rel=1e-6)
     assert residual_losses["ssim"] != pytest.approx(plain_losses["ssim"], rel=1e-3)
 
@@ -92,17 +93,26 @@ def test_sampling_adds_the_rule_of_the_sources_to_the_sampled_residual(models: t
     fused = evaluate_model(residual_model, [batch], None, progress=False).fused[0]
     residual = evaluate_model(plain_model, [batch], None, progress=False).fused[0]
     base = fuse(RULE, [make_rgb(40 + k, (16, 16)) for k in range(3)])
-    expected = ((to_tensor(residual) + to_tensor(base)).clamp(-1, 1) + 1) * 127.5
+    expected = ((to_tensor(residual) / SCALE + to_tensor(base)).clamp(-1, 1) + 1) * 127.5
     assert np.abs(fused.astype(float) - expected.permute(1, 2, 0).numpy()).max() <= 1.0 + 1e-6
     assert not np.array_equal(fused, residual)
 
 
-def test_a_checkpoint_samples_only_with_its_own_residual_base(tmp_path: Path,
-                                                              models: tuple[TFSDiffModel, TFSDiffModel]) -> None:
+def test_a_checkpoint_samples_only_with_its_own_residual_base_and_scale(
+        tmp_path: Path, models: tuple[TFSDiffModel, TFSDiffModel], make_tiny_model: Callable[..., TFSDiffModel]) -> None:
     residual_model, plain_model = models
-    path = plain_model.save(tmp_path)
     with pytest.raises(CheckpointError, match="residual_base"):
-        residual_model.load(path, weights_only=True)
+        residual_model.load(plain_model.save(tmp_path / "plain"), weights_only=True)
+    other_scale = make_tiny_model(changes={**RESIDUAL, "model.diffusion.residual_scale": 1.0})
+    with pytest.raises(CheckpointError, match="residual_scale = 2.0"):
+        other_scale.load(residual_model.save(tmp_path / "scaled"), weights_only=True)
+
+
+def test_residual_scale_needs_a_base_and_a_positive_value(make_tiny_config: Callable[..., dict]) -> None:
+    for changes, reason in (({"model.diffusion.residual_scale": 2.0}, "only used with residual_base"),
+                            ({**RESIDUAL, "model.diffusion.residual_scale": 0.0}, "expected a number > 0")):
+        with pytest.raises(ConfigError, match=f"model.diffusion.residual_scale: {reason}"):
+            parse_config(make_tiny_config(changes=changes))
 
 
 def test_sr_trains_and_validates_a_residual_model(tmp_path: Path, make_run_config: Callable) -> None:
