@@ -126,3 +126,13 @@ def test_sr_trains_and_validates_a_residual_model(tmp_path: Path, make_run_confi
     assert saved["config"]["model"]["diffusion"]["residual_base"] == RULE
     log = (run / "logs" / "train.log").read_text()
     assert "validation at step 2" in log
+
+
+def test_residual_sampling_keeps_odd_non_square_sizes(models: tuple[TFSDiffModel, TFSDiffModel],
+                                                      make_rgb: Callable) -> None:
+    """The base is fused at the sources' own size and added after the padded sample is cropped back."""
+    residual_model, _ = models
+    sources = [to_tensor(make_rgb(60 + k, (15, 21)))[None] for k in range(3)]
+    fused = evaluate_model(residual_model, [FusionBatch(*sources, target=None, case_ids=("odd",))], None,
+                           progress=False).fused[0]
+    assert fused.shape == (15, 21, 3)
