@@ -2,7 +2,7 @@
 
     python -m bench.real_scans --data <folder of the public Harvard pairs> [--triplets <folder like harvard_trimodal>]
         [-c CONFIG] [--checkpoint PATH] [--cases N] [--out DIR] [--figure FILE] [--sampler S] [--steps N] [--eta E]
-        [--no-progress]
+        [--samples K] [--no-progress]
 
 1. **Test split.** The real triplets of the test subjects 21, 28 and 41 in --data plus the kept cases of --triplets,
    built with the rules of ``prepare_data.py pairs --splits test`` (``data.pairs_form``,
@@ -61,7 +61,7 @@ from model.checkpoint_io import CheckpointError
 from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule
 from model.model import load_for_sampling
 
-DEFAULT_CONFIG = "config/harvard_x4_64_256.json"
+DEFAULT_CONFIG = "config/harvard_x4_residual_64_256.json"
 DEFAULT_OUT = "results/real_scans"
 FIGURE_CASES = 4
 PREPARE_SEED = 0  # prepare_data's default; the test split does not depend on it (no augmentation in test)

@@ -53,12 +53,13 @@ class UsageError(ValueError):
 
 
 def add_sampler_args(parser: argparse.ArgumentParser) -> None:
-    """Add --sampler, --steps and --eta (each overrides model.sampler of the config)."""
+    """Add --sampler, --steps, --eta and --samples (each overrides model.sampler of the config)."""
     group = parser.add_argument_group("sampler (overrides model.sampler)")
     group.add_argument("--sampler", choices=("ddpm", "respaced", "ddim"),
                        help="ddpm = full chain (reference), respaced = DDPM over --steps steps, ddim = DDIM")
     group.add_argument("--steps", type=int, help="kept steps for respaced/ddim (1..n_timestep of the val schedule)")
     group.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (0 = deterministic)")
+    group.add_argument("--samples", type=int, help="average this many samples (>= 1; the mean of the samples)")
 
 
 def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerConfig:
@@ -68,8 +69,9 @@ def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerCo
     same = kind == base.type
     steps = args.steps if args.steps is not None else (base.steps if same else None)
     eta = args.eta if args.eta is not None else (base.eta if same else 0.0)
+    samples = args.samples if args.samples is not None else base.samples
     try:
-        sampler = SamplerConfig(type=kind, steps=steps, eta=eta)
+        sampler = SamplerConfig(type=kind, steps=steps, eta=eta, samples=samples)
     except ConfigError as err:
         raise ConfigError(f"--{err.key}", f"{err.reason} (with --sampler {kind})") from None
     n_timestep = cfg.model.beta_schedule.val.n_timestep

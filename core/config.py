@@ -238,8 +238,12 @@ class SamplerConfig:
     type: Literal["ddpm", "respaced", "ddim"] = "ddpm"  # ddpm = every step of the val schedule (the reference)
     steps: int | None = None  # number of kept steps, 1..n_timestep; required for respaced and ddim, null for ddpm
     eta: float = 0.0  # DDIM stochasticity in [0, 1] (0 = deterministic); only for type "ddim"
+    # draw this many samples one after another and return their mean (before any clipping to the image range):
+    # an estimate of the posterior mean, which trades sample detail for PSNR/SSIM at `samples` times the cost
+    samples: int = 1
 
     def __post_init__(self) -> None:
+        _check_min(self.samples, 1, "samples")
         if self.type == "ddpm":
             _check(self.steps is None, "steps",
                    f"type 'ddpm' always runs the full chain; remove steps or use type 'respaced' (got {self.steps})")

@@ -126,25 +126,27 @@ def residual_base(rule: str | None, sources: list[list[np.ndarray]], device: tor
 
 
 def _sample(model: TFSDiffModel, condition: torch.Tensor, base: torch.Tensor | None, sampler: Sampler,
-            generator: torch.Generator, save_process: bool, progress: bool) -> torch.Tensor:
-    """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back; for a
-    residual model, divided by its scale and added to `base`."""
+            generator: torch.Generator, save_process: bool, progress: bool, samples: int) -> torch.Tensor:
+    """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back; the mean of
+    `samples` samples drawn one after another (frame by frame for the process strip); for a residual model, divided
+    by its scale and added to `base`."""
     h, w = condition.shape[-2:]
-    result = sample_loop(model.sampling_net, sampler, pad_to_multiple(condition, model.size_multiple), generator,
-                         model.diffusion.channels, continuous=save_process, progress=progress)
+    padded = pad_to_multiple(condition, model.size_multiple)
+    result = sum(sample_loop(model.sampling_net, sampler, padded, generator, model.diffusion.channels,
+                             continuous=save_process, progress=progress) for _ in range(samples)) / samples
     result = result[..., :h, :w]
     if base is None:
         return result
     return (result / model.cfg.model.diffusion.residual_scale + base).clamp(-1.0, 1.0)
 
 
-def _evaluate_batch(model: TFSDiffModel, batch: FusionBatch, sampler: Sampler, generator: torch.Generator,
-                    out_dir: Path | None, save_process: bool,
+def _evaluate_batch(model: TFSDiffModel, batch: FusionBatch, sampler: Sampler, samples: int,
+                    generator: torch.Generator, out_dir: Path | None, save_process: bool,
                     progress: bool) -> tuple[list[CaseResult], list[np.ndarray], np.ndarray]:
     case_sources = [[tensor2img(src[i]) for src in (batch.src1, batch.src2, batch.src3)]
                     for i in range(len(batch))]
     base = residual_base(model.cfg.model.diffusion.residual_base, case_sources, batch.src1.device)
-    result = _sample(model, batch.condition, base, sampler, generator, save_process, progress)
+    result = _sample(model, batch.condition, base, sampler, generator, save_process, progress, samples)
     fused_t = result[-1] if save_process else result
     cases, fused_images, rows = [], [], []
     for i, case_id in enumerate(batch.case_ids):
@@ -171,8 +173,8 @@ def evaluate_model(model: TFSDiffModel, batches: Iterable[FusionBatch], out_dir:
     """
     cfg = model.cfg
     schedule = NoiseSchedule.from_spec(cfg.model.beta_schedule.val)
-    chain = build_sampler(schedule, cfg.model.sampler if sampler is None else sampler,
-                          cfg.model.diffusion.clip_denoised)
+    sampler = cfg.model.sampler if sampler is None else sampler
+    chain = build_sampler(schedule, sampler, cfg.model.diffusion.clip_denoised)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
@@ -183,8 +185,8 @@ def evaluate_model(model: TFSDiffModel, batches: Iterable[FusionBatch], out_dir:
     preview = None
     try:
         for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
-            batch_cases, batch_fused, rows = _evaluate_batch(model, batch.to(model.device), chain, generator,
-                                                             out_dir, save_process, progress)
+            batch_cases, batch_fused, rows = _evaluate_batch(model, batch.to(model.device), chain, sampler.samples,
+                                                             generator, out_dir, save_process, progress)
             cases.extend(batch_cases)
             fused.extend(batch_fused)
             preview = rows if preview is None else preview

@@ -12,7 +12,10 @@ import torch
 from PIL import Image
 
 import sr
-from core.config import ConfigError, DatasetConfig, parse_config
+from dataclasses import replace
+
+from core.config import ConfigError, DatasetConfig, SamplerConfig, parse_config
+from core.metrics import tensor2img
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
 from data.images import read_image, to_tensor
@@ -21,6 +24,8 @@ from data.loader import dataset_from_config
 from model.checkpoint_io import CheckpointError
 from model.evaluation import evaluate_model
 from model.model import TFSDiffModel
+from model.samplers import build_sampler, sample_loop
+from model.schedule import NoiseSchedule
 
 R_RES, L_RES, PATCH = 32, 8, 16
 RULE = "laplacian_ycbcr"
@@ -136,3 +141,24 @@ def test_residual_sampling_keeps_odd_non_square_sizes(models: tuple[TFSDiffModel
     fused = evaluate_model(residual_model, [FusionBatch(*sources, target=None, case_ids=("odd",))], None,
                            progress=False).fused[0]
     assert fused.shape == (15, 21, 3)
+
+
+def test_samples_average_before_clipping(models: tuple[TFSDiffModel, TFSDiffModel], make_rgb: Callable) -> None:
+    """model.sampler.samples = n: the mean of n samples drawn one after another from the seeded generator, taken
+    before the residual is scaled back, added to the base and clipped."""
+    residual_model, _ = models
+    sources = [to_tensor(make_rgb(70 + k, (16, 16)))[None] for k in range(3)]
+    batch = FusionBatch(*sources, target=None, case_ids=("a",))
+    one = SamplerConfig(type="respaced", steps=3)
+    schedule = NoiseSchedule.from_spec(residual_model.cfg.model.beta_schedule.val)
+    chain = build_sampler(schedule, one)
+    generator = torch.Generator().manual_seed(residual_model.cfg.seed)
+    residual_model.diffusion.eval()  # as evaluate_model samples (no dropout)
+    draws = [sample_loop(residual_model.sampling_net, chain, batch.condition, generator, 3, progress=False)
+             for _ in range(2)]
+    base = to_tensor(fuse(RULE, [make_rgb(70 + k, (16, 16)) for k in range(3)]))
+    expected = tensor2img(((draws[0] + draws[1]) / 2 / SCALE + base).clamp(-1, 1)[0])
+    averaged = evaluate_model(residual_model, [batch], None, sampler=replace(one, samples=2), progress=False).fused[0]
+    assert np.array_equal(averaged, expected)
+    single = evaluate_model(residual_model, [batch], None, sampler=one, progress=False).fused[0]
+    assert np.array_equal(single, tensor2img((draws[0] / SCALE + base).clamp(-1, 1)[0]))

@@ -139,6 +139,9 @@ def test_sampler_from_args_overrides_config() -> None:
         sampler_from_args(parse(["--sampler", "respaced", "--steps", "5", "--eta", "0.3"]), cfg)
     with pytest.raises(ConfigError, match="--steps.*exceeds"):
         sampler_from_args(parse(["--sampler", "ddim", "--steps", "1001"]), cfg)
+    assert sampler_from_args(parse(["--samples", "3"]), cfg) == SamplerConfig(type="respaced", steps=20, samples=3)
+    with pytest.raises(ConfigError, match="--samples"):
+        sampler_from_args(parse(["--samples", "0"]), cfg)
 
 
 def test_sampler_config_errors_name_the_key() -> None:
