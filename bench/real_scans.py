@@ -2,7 +2,7 @@
 
     python -m bench.real_scans --data <folder of the public Harvard pairs> [--triplets <folder like harvard_trimodal>]
         [-c CONFIG] [--checkpoint PATH] [--cases N] [--out DIR] [--figure FILE] [--sampler S] [--steps N] [--eta E]
-        [--samples K] [--no-progress]
+        [--samples K] [--start-step S] [--no-progress]
 
 1. **Test split.** The real triplets of the test subjects 21, 28 and 41 in --data plus the kept cases of --triplets,
    built with the rules of ``prepare_data.py pairs --splits test`` (``data.pairs_form``,

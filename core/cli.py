@@ -60,6 +60,8 @@ def add_sampler_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=int, help="kept steps for respaced/ddim (1..n_timestep of the val schedule)")
     group.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (0 = deterministic)")
     group.add_argument("--samples", type=int, help="average this many samples (>= 1; the mean of the samples)")
+    group.add_argument("--start-step", type=int, help="respaced/ddim: start the chain at this step from a zero clean "
+                       "signal noised to its level (default: the whole chain from pure noise)")
 
 
 def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerConfig:
@@ -70,13 +72,17 @@ def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerCo
     steps = args.steps if args.steps is not None else (base.steps if same else None)
     eta = args.eta if args.eta is not None else (base.eta if same else 0.0)
     samples = args.samples if args.samples is not None else base.samples
+    start = args.start_step if args.start_step is not None else (base.start_step if same else None)
     try:
-        sampler = SamplerConfig(type=kind, steps=steps, eta=eta, samples=samples)
+        sampler = SamplerConfig(type=kind, steps=steps, eta=eta, samples=samples, start_step=start)
     except ConfigError as err:
-        raise ConfigError(f"--{err.key}", f"{err.reason} (with --sampler {kind})") from None
+        raise ConfigError(f"--{err.key.replace('_', '-')}", f"{err.reason} (with --sampler {kind})") from None
     n_timestep = cfg.model.beta_schedule.val.n_timestep
     if sampler.steps is not None and sampler.steps > n_timestep:
         raise ConfigError("--steps", f"{sampler.steps} exceeds model.beta_schedule.val.n_timestep {n_timestep}")
+    if sampler.start_step is not None and sampler.start_step > n_timestep:
+        raise ConfigError("--start-step", f"{sampler.start_step} exceeds model.beta_schedule.val.n_timestep "
+                          f"{n_timestep}")
     return sampler
 
 

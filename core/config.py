@@ -241,9 +241,17 @@ class SamplerConfig:
     # draw this many samples one after another and return their mean (before any clipping to the image range):
     # an estimate of the posterior mean, which trades sample detail for PSNR/SSIM at `samples` times the cost
     samples: int = 1
+    # respaced and ddim only: start the chain at this step of the val schedule (1..n_timestep) from a zero clean
+    # signal noised to its level, sqrt(1 - alpha_bar) eps, instead of from pure noise at the last step (SDEdit-style;
+    # for a residual model a zero residual is the base image); null: the whole chain
+    start_step: int | None = None
 
     def __post_init__(self) -> None:
         _check_min(self.samples, 1, "samples")
+        if self.start_step is not None:
+            _check(self.type != "ddpm", "start_step", "only for type 'respaced' or 'ddim'")
+            _check(self.steps is None or self.steps <= self.start_step, "start_step",
+                   f"must be at least steps ({self.steps}), got {self.start_step}")
         if self.type == "ddpm":
             _check(self.steps is None, "steps",
                    f"type 'ddpm' always runs the full chain; remove steps or use type 'respaced' (got {self.steps})")
@@ -272,6 +280,9 @@ class ModelConfig:
         steps, n_timestep = self.sampler.steps, self.beta_schedule.val.n_timestep
         _check(steps is None or steps <= n_timestep, "sampler.steps",
                f"{steps} exceeds beta_schedule.val.n_timestep {n_timestep}")
+        start = self.sampler.start_step
+        _check(start is None or start <= n_timestep, "sampler.start_step",
+               f"{start} exceeds beta_schedule.val.n_timestep {n_timestep}")
 
 
 @dataclass(frozen=True, kw_only=True)

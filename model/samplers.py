@@ -33,6 +33,7 @@ class Sampler(Protocol):
 
     timesteps: tuple[int, ...]  # kept indices into the full chain, descending, ending at the last kept one
     noise_levels: tuple[float, ...]  # gamma fed to the network at step i
+    start_noise: float  # x at the first kept step is start_noise * N(0, I): 1, or sqrt(1 - gamma_0^2) from a zero signal
 
     def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,14 +41,17 @@ class Sampler(Protocol):
         ...
 
 
-def spaced_timesteps(num_timesteps: int, steps: int) -> tuple[int, ...]:
-    """`steps` evenly spaced indices of 0..T-1, both ends included (guided-diffusion's `space_timesteps`),
-    descending."""
-    if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"sampler steps must be in 1..{num_timesteps} (the schedule's n_timestep), got {steps}")
+def spaced_timesteps(num_timesteps: int, steps: int, start: int | None = None) -> tuple[int, ...]:
+    """`steps` evenly spaced indices of 0..S-1, both ends included (guided-diffusion's `space_timesteps`),
+    descending; S = `start` (1..T), default T."""
+    start = num_timesteps if start is None else start
+    if not 1 <= start <= num_timesteps:
+        raise ValueError(f"sampler start step must be in 1..{num_timesteps} (the schedule's n_timestep), got {start}")
+    if not 1 <= steps <= start:
+        raise ValueError(f"sampler steps must be in 1..{start} (the chain's first step), got {steps}")
     if steps == 1:
-        return (num_timesteps - 1,)
-    stride = (num_timesteps - 1) / (steps - 1)
+        return (start - 1,)
+    stride = (start - 1) / (steps - 1)
     return tuple(sorted({round(k * stride) for k in range(steps)}, reverse=True))
 
 
@@ -79,6 +83,7 @@ class AncestralSampler:
         self._recip, self._recipm1 = _floats(recip), _floats(recipm1)
         self._coef1, self._coef2, self._sigma = _floats(coef1), _floats(coef2), _floats(sigma)
         self.clip_denoised = clip_denoised
+        self.start_noise = 1.0
 
     @classmethod
     def full_chain(cls, schedule: NoiseSchedule, clip_denoised: bool = True) -> AncestralSampler:
@@ -91,16 +96,21 @@ class AncestralSampler:
                    sigma[t], clip_denoised)
 
     @classmethod
-    def respaced(cls, schedule: NoiseSchedule, steps: int, clip_denoised: bool = True) -> AncestralSampler:
-        """DDPM over `steps` kept steps: beta_k = 1 - alpha_bar_k / alpha_bar_prev(k), in float64."""
-        kept = spaced_timesteps(schedule.num_timesteps, steps)
+    def respaced(cls, schedule: NoiseSchedule, steps: int, clip_denoised: bool = True,
+                 start: int | None = None) -> AncestralSampler:
+        """DDPM over `steps` kept steps: beta_k = 1 - alpha_bar_k / alpha_bar_prev(k), in float64. With `start`,
+        the kept steps span 0..start-1 and the chain starts from a zero signal noised to the first one's level."""
+        kept = spaced_timesteps(schedule.num_timesteps, steps, start)
         ab = schedule.alphas_cumprod[list(kept)]
         ab_prev = np.append(ab[1:], 1.0)  # alpha_bar of the next kept step in sampling order; 1 after the last
         betas = 1.0 - ab / ab_prev
         variance = betas * (1.0 - ab_prev) / (1.0 - ab)  # posterior variance beta~ (Eq. 7)
-        return cls(kept, np.sqrt(ab), np.sqrt(1.0 / ab), np.sqrt(1.0 / ab - 1.0),
-                   betas * np.sqrt(ab_prev) / (1.0 - ab), (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab),
-                   np.sqrt(np.maximum(variance, 1e-20)), clip_denoised)
+        sampler = cls(kept, np.sqrt(ab), np.sqrt(1.0 / ab), np.sqrt(1.0 / ab - 1.0),
+                      betas * np.sqrt(ab_prev) / (1.0 - ab), (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab),
+                      np.sqrt(np.maximum(variance, 1e-20)), clip_denoised)
+        if start is not None:
+            sampler.start_noise = float(np.sqrt(1.0 - ab[0]))
+        return sampler
 
     def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,11 +126,13 @@ class AncestralSampler:
 class DDIMSampler:
     """DDIM (Song et al., 2021): Eq. 12 with sigma_t(eta) of Eq. 16; eta = 0 is deterministic."""
 
-    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float, clip_denoised: bool = True) -> None:
+    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float, clip_denoised: bool = True,
+                 start: int | None = None) -> None:
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"DDIM eta must be in [0, 1], got {eta}")
-        self.timesteps = spaced_timesteps(schedule.num_timesteps, steps)
+        self.timesteps = spaced_timesteps(schedule.num_timesteps, steps, start)
         ab = schedule.alphas_cumprod[list(self.timesteps)]
+        self.start_noise = 1.0 if start is None else float(np.sqrt(1.0 - ab[0]))
         ab_prev = np.append(ab[1:], 1.0)
         sigma = eta * np.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))  # Eq. 16 times eta
         self.noise_levels = _floats(np.sqrt(ab))
@@ -151,20 +163,23 @@ def build_sampler(schedule: NoiseSchedule, cfg: SamplerConfig,
     if cfg.steps is None:
         raise ValueError(f"sampler type {cfg.type!r} needs steps")
     if cfg.type == "respaced":
-        return AncestralSampler.respaced(schedule, cfg.steps, clip_denoised)
-    return DDIMSampler(schedule, cfg.steps, cfg.eta, clip_denoised)
+        return AncestralSampler.respaced(schedule, cfg.steps, clip_denoised, cfg.start_step)
+    return DDIMSampler(schedule, cfg.steps, cfg.eta, clip_denoised, cfg.start_step)
 
 
 @torch.no_grad()
 def sample_loop(net: NoiseNet, sampler: Sampler, condition: torch.Tensor, generator: torch.Generator, channels: int,
                 *, continuous: bool = False, progress: bool = True) -> torch.Tensor:
-    """Sample from x_T ~ N(0, I) (drawn from `generator`) along `sampler`'s kept steps.
+    """Sample from x_T ~ N(0, I) (drawn from `generator`; times `sampler.start_noise` when the chain starts from a
+    zero signal at a lower step) along `sampler`'s kept steps.
 
     `condition` (B, 9, H, W); its memory format is kept for x. Returns the result (B, channels, H, W), or with
     `continuous` (K, B, channels, H, W): x_T, about ten intermediate states, and the result last.
     """
     b, _, h, w = condition.shape
     x = _noise((b, channels, h, w), condition, generator)
+    if sampler.start_noise != 1.0:
+        x = x * sampler.start_noise
     levels = torch.tensor(sampler.noise_levels, dtype=torch.float32)[:, None].expand(-1, b).contiguous()
     levels = levels.to(condition.device)  # (n, B): one host-to-device copy before the loop
     n = len(sampler.timesteps)

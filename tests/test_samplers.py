@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import copy
 from collections.abc import Callable
+from types import SimpleNamespace
+
+import numpy as np
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from core.config import ConfigError, PerformanceConfig, SamplerConfig, config_to
 from core.cli import add_sampler_args, sampler_from_args
 from model.diffusion import GaussianDiffusion
 from model.net_runner import NetRunner, prepare_net
+from model.schedule import NoiseSchedule
 from model.samplers import AncestralSampler, DDIMSampler, build_sampler, sample_loop, spaced_timesteps
 from tests.sr3_reference import p_sample_loop
 
@@ -94,6 +98,27 @@ def test_ddim_eta_zero_moves_along_the_forward_process(diffusion: GaussianDiffus
                                    rtol=0)
 
 
+def test_a_chain_started_at_a_lower_step_begins_from_a_noised_zero_signal(diffusion: GaussianDiffusion,
+                                                                          condition: torch.Tensor) -> None:
+    schedule = NoiseSchedule.from_spec(SimpleNamespace(schedule="linear", n_timestep=20, linear_start=1e-4,
+                                                       linear_end=0.1))
+    assert spaced_timesteps(20, 4, start=7) == (6, 4, 2, 0)
+    with pytest.raises(ValueError, match="start step"):
+        spaced_timesteps(20, 4, start=21)
+    with pytest.raises(ValueError, match="1..3"):
+        spaced_timesteps(20, 4, start=3)
+    for cfg in (SamplerConfig(type="respaced", steps=4, start_step=7),
+                SamplerConfig(type="ddim", steps=4, start_step=7)):
+        sampler = build_sampler(schedule, cfg)
+        assert sampler.timesteps == (6, 4, 2, 0)
+        assert sampler.start_noise == pytest.approx(float(np.sqrt(1 - schedule.alphas_cumprod[6])))
+        frames = sample_loop(diffusion.denoise_fn, sampler, condition, torch.Generator().manual_seed(2), 3,
+                             continuous=True, progress=False)
+        noise = torch.randn(frames[0].shape, generator=torch.Generator().manual_seed(2))
+        assert torch.allclose(frames[0], noise * sampler.start_noise)
+    assert build_sampler(schedule, SamplerConfig(type="respaced", steps=4)).start_noise == 1.0
+
+
 def test_spaced_timesteps() -> None:
     assert spaced_timesteps(1000, 10) == (999, 888, 777, 666, 555, 444, 333, 222, 111, 0)
     assert spaced_timesteps(10, 10) == tuple(range(9, -1, -1))
@@ -140,6 +165,14 @@ def test_sampler_from_args_overrides_config() -> None:
     with pytest.raises(ConfigError, match="--steps.*exceeds"):
         sampler_from_args(parse(["--sampler", "ddim", "--steps", "1001"]), cfg)
     assert sampler_from_args(parse(["--samples", "3"]), cfg) == SamplerConfig(type="respaced", steps=20, samples=3)
+    assert sampler_from_args(parse(["--start-step", "300"]), cfg) == SamplerConfig(type="respaced", steps=20,
+                                                                                  start_step=300)
+    with pytest.raises(ConfigError, match="--start-step.*at least steps"):
+        sampler_from_args(parse(["--start-step", "10"]), cfg)
+    with pytest.raises(ConfigError, match="--start-step.*only for type"):
+        sampler_from_args(parse(["--sampler", "ddpm", "--start-step", "10"]), cfg)
+    with pytest.raises(ConfigError, match="--start-step.*exceeds"):
+        sampler_from_args(parse(["--start-step", "1001"]), cfg)
     with pytest.raises(ConfigError, match="--samples"):
         sampler_from_args(parse(["--samples", "0"]), cfg)
 
