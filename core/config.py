@@ -182,9 +182,20 @@ class DiffusionConfig:
     # the residual is multiplied by this before it is diffused (and divided after sampling), so that its spread
     # matches the [-1, 1] range that the noise schedule and the clipping of x0 are made for
     residual_scale: float = 1.0
+    # None (paper, official): training draws t from 1..T. A number S: from 1..S only, for a model that is only ever
+    # sampled from step S down (model.sampler.start_step = S); it never learns the noisier levels
+    train_max_step: int | None = None
+    # 0: off. A fraction f of each training batch (needs train_max_step S): instead of noising x0 to step S, start
+    # from a zero signal noised to it, exactly as a chain with model.sampler.start_step = S starts, and learn x0 there
+    train_zero_start: float = 0.0
 
     def __post_init__(self) -> None:
         _check_min(self.image_size, 1, "image_size")
+        if self.train_max_step is not None:
+            _check_min(self.train_max_step, 1, "train_max_step")
+        _check(0.0 <= self.train_zero_start < 1.0, "train_zero_start", f"expected 0 <= f < 1, got {self.train_zero_start}")
+        _check(self.train_zero_start == 0.0 or self.train_max_step is not None, "train_zero_start",
+               "needs train_max_step (the step the chain starts from)")
         _check(self.residual_scale > 0, "residual_scale", f"expected a number > 0, got {self.residual_scale}")
         _check(self.residual_scale == 1.0 or self.residual_base is not None, "residual_scale",
                "only used with residual_base; remove it or set residual_base")
@@ -283,6 +294,9 @@ class ModelConfig:
         start = self.sampler.start_step
         _check(start is None or start <= n_timestep, "sampler.start_step",
                f"{start} exceeds beta_schedule.val.n_timestep {n_timestep}")
+        max_step, n_train = self.diffusion.train_max_step, self.beta_schedule.train.n_timestep
+        _check(max_step is None or max_step <= n_train, "diffusion.train_max_step",
+               f"{max_step} exceeds beta_schedule.train.n_timestep {n_train}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -56,7 +56,8 @@ def build_diffusion(cfg: ModelConfig) -> GaussianDiffusion:
     init_weights(net, cfg.init)
     return GaussianDiffusion(net, NoiseSchedule.from_spec(cfg.beta_schedule.train), channels=cfg.diffusion.channels,
                              clip_denoised=cfg.diffusion.clip_denoised,
-                             timestep_sampling=cfg.diffusion.timestep_sampling)
+                             timestep_sampling=cfg.diffusion.timestep_sampling,
+                             max_step=cfg.diffusion.train_max_step, zero_start=cfg.diffusion.train_zero_start)
 
 
 class WeightEMA:

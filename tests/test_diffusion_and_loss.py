@@ -17,6 +17,7 @@ from model.schedule import NoiseSchedule, make_beta_schedule
 from model.unet import UNet
 
 PAPER = SimpleNamespace(schedule="linear", n_timestep=4000, linear_start=1e-6, linear_end=1e-2)
+PAPER_SCHEDULE = NoiseSchedule.from_spec(PAPER)
 
 
 def test_linear_schedule_closed_form() -> None:
@@ -71,6 +72,46 @@ def test_training_noise_levels(diffusion: GaussianDiffusion) -> None:
         diffusion.timestep_sampling = "per_sample"
     t = np.searchsorted(-diffusion.schedule.sqrt_alphas_cumprod_prev, -batch)  # all in one interval
     assert len(set(t.tolist())) == 1
+
+
+def test_training_noise_levels_stop_at_max_step(make_tiny_unet: Callable[..., UNet]) -> None:
+    truncated = GaussianDiffusion(make_tiny_unet(), NoiseSchedule.from_spec(PAPER), max_step=200)
+    levels = truncated.sample_noise_levels(4096, torch.Generator().manual_seed(3)).double().numpy()
+    table = truncated.schedule.sqrt_alphas_cumprod_prev
+    assert levels.min() >= table[200] - 1e-6 and levels.min() < table[199]  # down to step 200, not beyond
+    assert levels.max() > table[2]  # from step 1
+    assert len(np.unique(np.searchsorted(-table, -levels))) >= 195  # the steps in between, drawn uniformly
+    for bad in (0, 4001):
+        with pytest.raises(ValueError, match="max_step must be in 1..4000"):
+            GaussianDiffusion(make_tiny_unet(), NoiseSchedule.from_spec(PAPER), max_step=bad)
+
+
+def test_zero_start_samples_begin_as_the_chain_from_start_step_does(make_tiny_unet: Callable[..., UNet]) -> None:
+    net = make_tiny_unet()
+    plain = GaussianDiffusion(net, NoiseSchedule.from_spec(PAPER), max_step=200)
+    mixed = GaussianDiffusion(net, NoiseSchedule.from_spec(PAPER), max_step=200, zero_start=0.5)
+    x0, cond = torch.rand(64, 3, 8, 8) * 2 - 1, torch.rand(64, 9, 8, 8) * 2 - 1
+    mixed.eval()
+    with torch.no_grad():
+        a = plain.training_terms(x0, cond, torch.Generator().manual_seed(2))
+        b = mixed.training_terms(x0, cond, torch.Generator().manual_seed(2))
+    gamma = float(PAPER_SCHEDULE.sqrt_alphas_cumprod_prev[200])
+    started = b.noise_level == gamma
+    assert 16 <= int(started.sum()) <= 48  # about half
+    kept = ~started
+    torch.testing.assert_close(b.noise_level[kept], a.noise_level[kept])
+    torch.testing.assert_close(b.noise[kept], a.noise[kept])  # the others are untouched
+    # the network input of a zero-start sample (x_t that its target noise implies) is the state a respaced chain
+    # with start_step 200 begins from: sqrt(1 - gamma^2) eps, no signal, at the chain's first noise level
+    sampler = AncestralSampler.respaced(PAPER_SCHEDULE, 5, start=200)
+    assert sampler.noise_levels[0] == pytest.approx(gamma, abs=1e-7)
+    x_t = GaussianDiffusion.q_sample(x0, b.noise_level, b.noise)[started]
+    torch.testing.assert_close(x_t, sampler.start_noise * a.noise[started], atol=1e-5, rtol=1e-5)
+    # and predicting that target recovers x0 exactly
+    recovered = GaussianDiffusion.predict_x0(x_t, b.noise_level[started], b.noise[started])
+    torch.testing.assert_close(recovered, x0[started], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs max_step"):
+        GaussianDiffusion(net, NoiseSchedule.from_spec(PAPER), zero_start=0.5)
 
 
 def test_q_sample_and_predict_x0_are_inverse(diffusion: GaussianDiffusion) -> None:

@@ -23,7 +23,7 @@ from data.layout import sr_dir, write_case
 from data.loader import dataset_from_config
 from model.checkpoint_io import CheckpointError
 from model.evaluation import evaluate_model
-from model.model import TFSDiffModel
+from model.model import TFSDiffModel, build_diffusion
 from model.samplers import build_sampler, sample_loop
 from model.schedule import NoiseSchedule
 
@@ -118,6 +118,15 @@ def test_residual_scale_needs_a_base_and_a_positive_value(make_tiny_config: Call
                             ({**RESIDUAL, "model.diffusion.residual_scale": 0.0}, "expected a number > 0")):
         with pytest.raises(ConfigError, match=f"model.diffusion.residual_scale: {reason}"):
             parse_config(make_tiny_config(changes=changes))
+
+
+def test_train_max_step_is_checked_against_the_training_schedule(make_tiny_config: Callable[..., dict]) -> None:
+    cfg = parse_config(make_tiny_config(changes={"model.diffusion.train_max_step": 7}))
+    assert build_diffusion(cfg.model).max_step == 7
+    n_train = cfg.model.beta_schedule.train.n_timestep
+    for value, reason in ((0, "expected an integer >= 1"), (n_train + 1, f"{n_train + 1} exceeds beta_schedule.train.n_timestep")):
+        with pytest.raises(ConfigError, match=f"train_max_step: {reason}"):
+            parse_config(make_tiny_config(changes={"model.diffusion.train_max_step": value}))
 
 
 def test_sr_trains_and_validates_a_residual_model(tmp_path: Path, make_run_config: Callable) -> None:
