@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +294,27 @@ def test_malformed_json_reports_line_and_column(tmp_path: Path) -> None:
     path.write_text('{\n  "name": "x", // fine\n  "seed": 1,,\n}\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"bad\.json: invalid JSON at line 3, column 13"):
         load_config(path)
+
+
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "config"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_ROOT.rglob("*.json")), ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
+def test_every_committed_config_parses(path: Path) -> None:
+    load_config(path)
+
+
+def test_stage_2_of_the_real_scan_recipe_changes_only_what_it_says() -> None:
+    stage1 = load_config(CONFIG_ROOT / "harvard_x4_residual_64_256.json")
+    stage2 = load_config(CONFIG_ROOT / "harvard_x4_residual_start200_64_256.json")
+    assert stage2.model.diffusion.train_max_step == stage2.model.sampler.start_step == 200
+    assert stage2.model.diffusion.train_zero_start == 0.5
+    assert stage2.train.n_iter > stage1.train.n_iter
+    # the sampler was chosen on validation after stage 2; both start the chain at step 200
+    assert stage1.model.sampler.start_step == 200 and stage2.model.sampler.steps == 2
+    same_diffusion = replace(stage2.model.diffusion, train_max_step=None, train_zero_start=0.0)
+    assert replace(stage2.model, diffusion=same_diffusion, sampler=stage1.model.sampler) == stage1.model
+    assert stage2.path.pretrained == "pretrained/tfsdiff_x4_64_256.pth"
+    assert replace(stage2, name=stage1.name, model=stage1.model, path=stage1.path,
+                   train=replace(stage2.train, n_iter=stage1.train.n_iter, val_freq=stage1.train.val_freq,
+                                 optimizer=stage1.train.optimizer)) == stage1
