@@ -61,7 +61,7 @@ from model.checkpoint_io import CheckpointError
 from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule
 from model.model import load_for_sampling
 
-DEFAULT_CONFIG = "config/harvard_x4_residual_64_256.json"
+DEFAULT_CONFIG = "config/harvard_x4_residual_start200_64_256.json"
 DEFAULT_OUT = "results/real_scans"
 FIGURE_CASES = 4
 PREPARE_SEED = 0  # prepare_data's default; the test split does not depend on it (no augmentation in test)

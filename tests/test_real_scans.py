@@ -27,7 +27,7 @@ from data.prepare_data import main as prepare_main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HARVARD, TRIMODAL = SHARED / "harvard_aanlib", SHARED / "harvard_trimodal"
-REAL_CONFIG = Path(__file__).resolve().parents[1] / "config" / "harvard_x4_residual_64_256.json"
+REAL_CONFIG = Path(__file__).resolve().parents[1] / "config" / "harvard_x4_residual_start200_64_256.json"
 PAIR_SIZE, SIZE, SCALE = 32, 16, 4
 # kind -> (folder names, pair ids); the MRIs of 21001 and 28001 are identical across CT-MRI and SPECT-MRI (two real
 # triplets, subjects 21 and 28); 41001 is a test subject's PET-MRI pair; the others are train/val subjects.
