@@ -193,7 +193,8 @@ class DiffusionConfig:
         _check_min(self.image_size, 1, "image_size")
         if self.train_max_step is not None:
             _check_min(self.train_max_step, 1, "train_max_step")
-        _check(0.0 <= self.train_zero_start < 1.0, "train_zero_start", f"expected 0 <= f < 1, got {self.train_zero_start}")
+        _check(0.0 <= self.train_zero_start < 1.0, "train_zero_start",
+               f"expected 0 <= f < 1, got {self.train_zero_start}")
         _check(self.train_zero_start == 0.0 or self.train_max_step is not None, "train_zero_start",
                "needs train_max_step (the step the chain starts from)")
         _check(self.residual_scale > 0, "residual_scale", f"expected a number > 0, got {self.residual_scale}")

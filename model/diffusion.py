@@ -28,7 +28,7 @@ TimestepSampling = Literal["per_sample", "per_batch"]
 class TrainingTerms:
     """What one training forward pass produces; all (B, C, H, W) except `noise_level` (B,)."""
 
-    noise: torch.Tensor
+    noise: torch.Tensor  # the target of eps_pred: the drawn noise (for zero starts, the noise that gives x0)
     eps_pred: torch.Tensor
     x0_hat: torch.Tensor
     noise_level: torch.Tensor

@@ -1,6 +1,6 @@
-"""The shipped x4 real-scan weights (pretrained/tfsdiff_x4_64_256.pth): size, checksum and training config as
-recorded; the README's first command's config samples with them; fusion better than the baseline on embedded cases
-at 256x256 (the real-scan check is tests/test_real_scans.py)."""
+"""The shipped x4 real-scan weights (pretrained/tfsdiff_x4_64_256.pth): training config as recorded; the README's
+first command's config samples with them; fusion better than the baseline on embedded cases at 256x256. Size and
+checksum of every release: tests/test_pretrained.py; the real-scan check: tests/test_real_scans.py."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from core.config import load_config, parse_config
-from core.hashing import sha256_file
 from data.embedded import build_embedded_dataset
 from data.fusion_dataset import FusionDataset, create_dataloader
 from infer import load_model
@@ -24,22 +23,14 @@ RECIPE = load_config(ROOT / MANIFEST["config"])
 DEMO = load_config(ROOT / "config" / "demo_x4_64_256.json")
 
 
-def test_weights_match_their_manifest() -> None:
-    assert MANIFEST["file"] == WEIGHTS.name
-    assert WEIGHTS.stat().st_size == MANIFEST["bytes"] <= 25 * 2**20
-    assert sha256_file(WEIGHTS) == MANIFEST["sha256"]
-
-
 def test_recorded_config_is_the_recipe_and_the_demo_samples_with_its_network() -> None:
     state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
     assert MANIFEST["config"].startswith("config/harvard_x4_residual")
     recorded = parse_config(state["config"])
     # everything but the sampler (chosen on validation after training) and the paths is the committed recipe
     assert replace(recorded, model=replace(recorded.model, sampler=RECIPE.model.sampler), path=RECIPE.path) == RECIPE
-    assert state["release"] and state["weights"] == MANIFEST["weights"] and state["step"] == MANIFEST["step"]
     assert RECIPE.path.pretrained == DEMO.path.pretrained == f"pretrained/{WEIGHTS.name}"
     assert DEMO.model == RECIPE.model
-    assert MANIFEST["parameters"] == sum(v.numel() for k, v in state["model"].items() if k.startswith("denoise_fn."))
 
 
 @pytest.mark.slow

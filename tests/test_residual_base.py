@@ -124,7 +124,8 @@ def test_train_max_step_is_checked_against_the_training_schedule(make_tiny_confi
     cfg = parse_config(make_tiny_config(changes={"model.diffusion.train_max_step": 7}))
     assert build_diffusion(cfg.model).max_step == 7
     n_train = cfg.model.beta_schedule.train.n_timestep
-    for value, reason in ((0, "expected an integer >= 1"), (n_train + 1, f"{n_train + 1} exceeds beta_schedule.train.n_timestep")):
+    too_big = f"{n_train + 1} exceeds beta_schedule.train.n_timestep"
+    for value, reason in ((0, "expected an integer >= 1"), (n_train + 1, too_big)):
         with pytest.raises(ConfigError, match=f"train_max_step: {reason}"):
             parse_config(make_tiny_config(changes={"model.diffusion.train_max_step": value}))
 
