@@ -24,7 +24,18 @@ without them the column shows n/a and the command says where to put the file (no
 
 Writes PREFIX.md, PREFIX.csv (mean and std per method and metric), PREFIX_per_image.csv and PREFIX.tex; the default
 PREFIX is `<first RESULT_DIR>/metrics_<reference>` (`metrics_<reference>_cddfuse` with `--convention cddfuse`).
-The Markdown is also printed. The tables are derived from the result folders, so they are rewritten on every run.
+The Markdown is also printed.
+
+What may be written (`core.outputs`, issue 22), checked for every file before any image is scored:
+
+- No output is one of the images read; the figure never lies inside a method folder (where it could become a case
+  of the results layout). Tables may lie inside a result folder, as the default PREFIX does: their names never
+  collide with the layout's `<id>_<kind>.png` files.
+- An existing file is replaced only when the project wrote it and nobody changed it since (it is recorded in the
+  `.tfsdiff-written.json` ledger of its folder); a file of the user's is never replaced. The tables at the default
+  PREFIX are derived from the result folders, so eval.py rewrites its own earlier tables there on every run; at an
+  explicit --out, and for --figure, replacing them needs --overwrite.
+- All files are published together (`core.outputs.publish_files`): if one cannot be written, none is.
 
 Exit status (`core.cli.run_command`): 0 success; 2 for a usage or input error (unpaired or unreadable results, an
 unusable path); 1 for a failure while running. --debug shows the traceback.
@@ -34,6 +45,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +54,7 @@ from core.cli import add_debug_arg, run_command
 from core.figure import FigureSection, comparison_figure
 from core.fusion_metrics import CONVENTIONS
 from core.lpips import Lpips, alexnet_weights_path, load_lpips, missing_weights_note
+from core.outputs import check_apart, check_file_target, publish_files
 from core.results_layout import fused_case_ids, result_path
 from core.scoring import ScoringError, metric_names, score_folder
 from core.tables import ABLATION_RUNS, MODEL_RUN, ScaleSection, to_latex, to_markdown, to_per_image_csv, \
@@ -50,6 +63,7 @@ from data.fusion_rules import FUSION_RULES
 from data.images import ImageReadError, PairingError, format_ids, pair_by_stem, read_image
 
 SCALE_NAME = re.compile(r"x\d+")
+TABLE_SUFFIXES = (".md", ".csv", "_per_image.csv", ".tex")
 
 
 class EvalError(ValueError):
@@ -69,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                       "+ _cddfuse with --convention cddfuse)")
     parser.add_argument("--figure", help="also write the comparison figure to this PNG file")
     parser.add_argument("--cases", nargs="+", metavar="ID", help="case ids of the figure (default: the first three)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace tables at --out and the --figure file that an earlier run wrote (never a file "
+                             "the project did not write)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_debug_arg(parser)
     return parser.parse_args(argv)
@@ -169,6 +186,34 @@ def _lpips_or_note() -> tuple[Lpips | None, str | None]:
     return None, f"AlexNet weights not found at {alexnet_weights_path()}"
 
 
+def table_prefix(args: argparse.Namespace) -> Path:
+    """PREFIX of the tables: --out, else `<first RESULT_DIR>/metrics_<reference>[_<convention>]`."""
+    tag = "" if args.convention == "paper" else f"_{args.convention}"
+    return Path(args.out) if args.out else Path(args.result_dirs[0]) / f"metrics_{args.reference}{tag}"
+
+
+def check_outputs(args: argparse.Namespace, scales: dict[str, dict[str, Path]],
+                  ids_per_scale: dict[str, list[str]]) -> dict[Path, str]:
+    """Check every output as the module docstring says, before any scoring; returns table path -> its suffix."""
+    tables = {Path(f"{table_prefix(args)}{suffix}"): suffix for suffix in TABLE_SUFFIXES}
+    images = [result_path(folder, case, kind) for scale, methods in scales.items() for folder in methods.values()
+              for case in ids_per_scale[scale] for kind in ("fused", *_needed_kinds(args.reference))]
+    for path in tables:
+        check_apart(path, images, "--out")
+        check_file_target(path, args.overwrite or not args.out, "--out")
+    if args.figure:
+        check_apart(args.figure, [f for methods in scales.values() for f in methods.values()], "--figure")
+        check_file_target(Path(args.figure), args.overwrite, "--figure")
+    return tables
+
+
+def _figure_png(scales: dict[str, dict[str, Path]], cases: list[str]) -> bytes:
+    """The comparison figure as PNG bytes (drawn in a temporary folder, published with the tables)."""
+    sections = [FigureSection(scale, tuple(methods.items())) for scale, methods in scales.items()]
+    with tempfile.TemporaryDirectory(prefix="tfsdiff-figure") as folder:
+        return comparison_figure(sections, cases, Path(folder) / "figure.png", _read).read_bytes()
+
+
 def run(args: argparse.Namespace) -> None:
     scales = discover(args.result_dirs)
     ids_per_scale = {scale: paired_ids(scale, methods) for scale, methods in scales.items()}
@@ -176,27 +221,27 @@ def run(args: argparse.Namespace) -> None:
         for folder in methods.values():
             check_files(folder, ids_per_scale[scale], args.reference)
     figure_cases = _figure_cases(args.cases, ids_per_scale) if args.figure else []
+    tables = check_outputs(args, scales, ids_per_scale)
     lpips, lpips_missing = _lpips_or_note()
     sections = [ScaleSection(scale, tuple(score_folder(f, ids_per_scale[scale], args.reference, args.suite, lpips,
                                                        args.convention, _read, not args.no_progress)
                                           for f in methods.values()),
                              metric_names(args.suite))
                 for scale, methods in scales.items()]
-    tag = "" if args.convention == "paper" else f"_{args.convention}"
-    prefix = Path(args.out) if args.out else Path(args.result_dirs[0]) / f"metrics_{args.reference}{tag}"
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(sections, args.reference, args.convention, lpips_missing)
-    outputs = {".md": markdown, ".csv": to_summary_csv(sections, args.reference, args.convention),
-               "_per_image.csv": to_per_image_csv(sections),
-               ".tex": to_latex(sections, args.reference, args.convention, lpips_missing)}
-    for suffix, text in outputs.items():
-        Path(f"{prefix}{suffix}").write_text(text, encoding="utf-8")
-    print(markdown)
-    print(f"tables written to {prefix}{{.md,.csv,_per_image.csv,.tex}}", file=sys.stderr)
+    texts = {".md": markdown, ".csv": to_summary_csv(sections, args.reference, args.convention),
+             "_per_image.csv": to_per_image_csv(sections),
+             ".tex": to_latex(sections, args.reference, args.convention, lpips_missing)}
+    contents: dict[Path, str | bytes] = {path: texts[suffix] for path, suffix in tables.items()}
     if args.figure:
-        fig_sections = [FigureSection(scale, tuple(methods.items())) for scale, methods in scales.items()]
-        figure = comparison_figure(fig_sections, figure_cases, Path(args.figure), _read)
-        print(f"figure written to {figure}", file=sys.stderr)
+        contents[Path(args.figure)] = _figure_png(scales, figure_cases)
+    for path in contents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    publish_files(contents, overwrite=True, flag="--out")  # each file was checked with its own rule above
+    print(markdown)
+    print(f"tables written to {table_prefix(args)}{{.md,.csv,_per_image.csv,.tex}}", file=sys.stderr)
+    if args.figure:
+        print(f"figure written to {args.figure}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

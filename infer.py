@@ -54,7 +54,10 @@ from torch.utils.data import DataLoader
 from core.cli import UsageError, add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, \
     naming_path, run_command
 from core.config import ConfigError, TFSDiffConfig, load_config
+from core.device import free_memory_bytes, select_device
 from core.logger import setup_logger
+from core.outputs import check_apart, check_file_target, check_folder_target, is_project_folder, publish_folder, \
+    record_files
 from core.results_layout import result_path
 from data.fusion_dataset import DatasetError, FusionBatch
 from data.fusion_rules import FUSION_RULES, fuse
@@ -66,6 +69,8 @@ from model.model import CheckpointError, TFSDiffModel, load_for_sampling
 
 MODEL_METHOD = "tfsdiff"
 MIN_OUTPUT_SIDE = 8  # the fusion rules' smallest side (data.fusion_rules), and at least one U-Net block
+BYTES_PER_PIXEL_RULE = 400  # float64 RGB images, YCbCr planes and pyramids of three sources
+BYTES_PER_PIXEL_PER_CHANNEL = 128  # network activations per output pixel and inner channel (3.0 KB measured at 32)
 log = logging.getLogger("tfsdiff")
 
 
@@ -131,34 +136,27 @@ def split_output(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
 
 
 def check_replaceable(path: Path, overwrite: bool, folder: bool) -> None:
-    """InputError unless `path` may be written: absent (or an empty folder), or an existing result with
-    `overwrite`; a file where a folder is meant (or the reverse) is always an error."""
+    """InputError unless `path` may be written: absent (or an empty folder), or, with `overwrite`, a result that
+    infer.py wrote (`core.outputs`); a file where a folder is meant (or the reverse) is always an error."""
     if not path.exists() and not path.is_symlink():
         return
     if path.is_dir() != folder:
         raise InputError(f"{path} is {'a file' if folder else 'a folder'}; it would be replaced by "
                          f"{'a folder of results' if folder else 'the fused image'}: choose another --out")
-    if folder and not any(path.iterdir()):
-        return
-    if not overwrite:
-        what = "holds results" if folder else "exists"
-        raise InputError(f"{path} already {what}: pass --overwrite to replace it, or choose another --out")
-
-
-def publish_folder(staging: Path, final: Path) -> None:
-    """Move the complete folder `staging` to `final`, replacing what is there (the old folder is removed last)."""
-    old = final.with_name(f".{final.name}.old{os.getpid()}")
-    if final.exists():
-        os.rename(final, old)
-    os.rename(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
+    if folder:
+        check_folder_target(path, overwrite)
+    else:
+        check_file_target(path, overwrite)
 
 
 def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     out_dir = split_output(cfg, args)
-    check_replaceable(out_dir, args.overwrite, folder=True)
-    model = None if args.method != MODEL_METHOD else load_model(
-        cfg, checkpoint_to_load(args.checkpoint, cfg, for_training=False))
+    split_cfg = getattr(cfg.datasets, args.split)
+    checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=False) if args.method == MODEL_METHOD else None
+    check_apart(out_dir, (args.config, checkpoint, split_cfg.dataroot if split_cfg else None))
+    # the default folder results/<name>/<split>/<method> is infer.py's own: its previous results are replaced
+    check_replaceable(out_dir, args.overwrite or (args.out is None and is_project_folder(out_dir)), folder=True)
+    model = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
     loader = split_loader(cfg, args.split)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
@@ -168,7 +166,7 @@ def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
         else:
             result = evaluate_model(model, loader, staging, save_process=args.process, progress=not args.no_progress)
             log.info("model: %s", result.describe())
-        publish_folder(staging, out_dir)
+        publish_folder(staging, out_dir, "infer.py")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("%d cases of split %r fused with %s into %s", len(loader.dataset), args.split, args.method, out_dir)
@@ -205,6 +203,25 @@ def output_size(input_hw: tuple[int, int], scale: int, out_size: list[int] | Non
     return height, width
 
 
+def needed_bytes(cfg: TFSDiffConfig | None, size: tuple[int, int]) -> int:
+    """A generous estimate of the memory that fusing one image of `size` (H, W) takes: the rules' float64 images
+    and pyramids (`cfg` None), or the network's activations, which grow with the pixels and its width (measured by
+    bench.measure.peak_memory: 0.72 GB for the 32-channel real-scan network at 512x512, 0.16 GB at 256x256)."""
+    pixels = size[0] * size[1]
+    per_pixel = BYTES_PER_PIXEL_RULE if cfg is None else BYTES_PER_PIXEL_PER_CHANNEL * cfg.model.unet.inner_channel
+    return pixels * per_pixel
+
+
+def check_memory(cfg: TFSDiffConfig | None, size: tuple[int, int]) -> None:
+    """InputError when fusing at `size` would need more memory than the device has free (`core.device`)."""
+    device = select_device(cfg.gpu_ids)[0] if cfg is not None else torch.device("cpu")
+    need, free = needed_bytes(cfg, size), free_memory_bytes(device)
+    if free is not None and need > free:
+        raise InputError(f"fusing a {size[1]}x{size[0]} image needs about {need / 2**30:.1f} GiB, but "
+                         f"{device.type} has {free / 2**30:.1f} GiB free: pass smaller inputs or a smaller "
+                         "--out-size H W, or fuse on a machine with more memory")
+
+
 def upsample(images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
     """Each source resized with `data.resample.resize_bicubic` to (H, W) = `size` (the model's condition)."""
     height, width = size
@@ -225,8 +242,8 @@ def fuse_single_with_model(model: TFSDiffModel, sources: list[np.ndarray], progr
 
 
 def save_image_atomic(image: np.ndarray, path: Path) -> None:
-    """Save a uint8 image to a temporary file next to `path` (same extension), then rename it over `path`. An OSError
-    names `path`."""
+    """Save a uint8 image to a temporary file next to `path` (same extension), then rename it over `path` and record
+    it as the project's (`core.outputs`). An OSError names `path`."""
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         Image.fromarray(image).save(tmp)
@@ -235,21 +252,26 @@ def save_image_atomic(image: np.ndarray, path: Path) -> None:
         raise naming_path(err, path) from err
     finally:
         tmp.unlink(missing_ok=True)
+    record_files([path])
 
 
 def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     out = Path(args.out)
     process_out = out.with_name(f"{out.stem}_process.png") if args.process else None
-    for path in (out, process_out) if process_out else (out,):
-        check_replaceable(path, args.overwrite, folder=False)
+    checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=False) if args.method == MODEL_METHOD else None
+    for path, flag in ((out, "--out"), (process_out, "--process")):
+        if path is not None:
+            check_apart(path, (*args.inputs, args.config, checkpoint), flag)
+            check_replaceable(path, args.overwrite, folder=False)
     images = read_inputs(args.inputs)
     size = output_size(images[0].shape[:2], model_scale(cfg), args.out_size)
+    check_memory(cfg if args.method == MODEL_METHOD else None, size)
+    model = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
     sources = upsample(images, size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.method != MODEL_METHOD:
+    if model is None:
         fused = fuse(args.method, sources)
     else:
-        model = load_model(cfg, checkpoint_to_load(args.checkpoint, cfg, for_training=False))
         fused = fuse_single_with_model(model, sources, not args.no_progress, process_out)
     save_image_atomic(fused, out)
     log.info("fused %s (%dx%d) with %s into %s (%dx%d)", ", ".join(args.inputs), images[0].shape[1],

@@ -26,8 +26,22 @@ each trained by ``python sr.py -p train -c config/experiments/<row>.json``.
 
 ``--table`` rebuilds ``<out>/tables.md`` and ``<out>/tables.json`` from the records alone
 (``bench.experiments_tables``); a row without a record is reported as "not trained yet" (or "trained, not evaluated
-yet" when a run folder of it exists), never with numbers. Errors print one ``error: ...`` line and exit with 2
-(``core.cli.run_command``'s policy; ``--debug`` adds the traceback).
+yet" when a run folder of it exists), never with numbers. A record holding a null or non-finite metric (but LPIPS,
+null without its weights) is refused, naming the record and the field. Errors print one ``error: ...`` line and
+exit with 2 (``core.cli.run_command``'s policy; ``--debug`` adds the traceback).
+
+What may be written (``core.outputs``, issue 22). The tables are derived from the records, so ``--table`` and
+``--run`` rewrite their own tables without a flag, and only their own:
+
+- ``tables.md`` / ``tables.json`` are replaced only when the project wrote them and nobody changed them since (they
+  are recorded in the ``.tfsdiff-written.json`` ledger of ``<out>``), or when they already hold exactly the tables
+  that the current records give (then nothing of the user's can be lost: they are kept, and recorded as the
+  project's). The second rule is what lets a fresh clone, which has no ledger, rebuild the committed tables of
+  ``docs/experiments_results``. Any other file of those names (the user's, or tables edited by hand) is never
+  replaced: the command stops naming it, before writing anything.
+- Both files are published together (``core.outputs.publish_files``). ``--run`` checks them before it evaluates.
+- ``--run``'s ``--out`` is never one of its inputs (``--data``, ``--triplets``, ``--config``, the checkpoint), never
+  inside one, and never contains one.
 """
 from __future__ import annotations
 
@@ -46,6 +60,7 @@ from bench.experiments_tables import build_tables
 from core.cli import add_debug_arg, run_and_report
 from core.config import ConfigError, DatasetConfig, TFSDiffConfig, config_to_dict, load_config, parse_config
 from core.logger import setup_logger
+from core.outputs import check_apart, check_file_target, publish_files, record_files
 from core.scoring import ScoringError
 from data.fusion_dataset import DatasetError
 from data.fusion_rules import FUSION_RULES
@@ -220,6 +235,8 @@ def run_row(args: argparse.Namespace, argv: list[str]) -> str:
     if args.cases is not None and args.cases < 1:
         raise ExperimentError(f"--cases must be at least 1, got {args.cases}")
     setup = row_setup(args)
+    check_apart(args.out, [args.data, *args.triplets, setup.config, setup.checkpoint], "--out")
+    table_contents(args.out)  # the tables may be rewritten: checked before the evaluation
     scale, scale_dir = setup.row.scale, args.out / setup.row.scale
     loader, subjects = _loader(args, setup, scale_dir)
     ids = list(loader.dataset.case_ids)
@@ -260,12 +277,35 @@ def status_of(method: str) -> str:
     return f"training: step {step} of {budget}"
 
 
-def rebuild_tables(out: Path) -> str:
-    """Write ``<out>/tables.md`` and ``<out>/tables.json`` from the saved records; returns the Markdown."""
+def _encoded(data: str | bytes) -> bytes:
+    return data.encode("utf-8") if isinstance(data, str) else data
+
+
+def table_contents(out: Path) -> tuple[str, dict[Path, str]]:
+    """(the Markdown, the table files to write: path -> text) of the current records of ``out``, checked as the
+    module docstring says: a file already holding its new text is kept (recorded as the project's) and left out;
+    any other existing file must be one the project wrote (OutputError otherwise, naming it)."""
     markdown, doc = build_tables(layout.load_records(out), status_of)
+    tables = {out / layout.TABLES_MD: markdown, out / layout.TABLES_JSON: json.dumps(doc, indent=1) + "\n"}
+    same = [path for path, text in tables.items() if path.is_file() and not path.is_symlink()
+            and path.read_bytes() == _encoded(text)]
+    if same:
+        try:
+            record_files(same)
+        except OSError:
+            pass  # a folder we may not write into: the identical files stay as they are, unrecorded
+    changed = {path: text for path, text in tables.items() if path not in same}
+    for path in changed:
+        check_file_target(path, True, "--out")
+    return markdown, changed
+
+
+def rebuild_tables(out: Path) -> str:
+    """Write ``<out>/tables.md`` and ``<out>/tables.json`` from the saved records (both or neither); returns the
+    Markdown."""
+    markdown, changed = table_contents(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / layout.TABLES_MD).write_text(markdown, encoding="utf-8")
-    (out / layout.TABLES_JSON).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    publish_files(changed, True, "--out")
     print(f"written {out / layout.TABLES_MD} and {out / layout.TABLES_JSON}", file=sys.stderr)
     return markdown
 

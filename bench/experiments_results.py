@@ -11,7 +11,8 @@ Under the results root (default ``results/experiments``)::
 ``<method>`` is a row name (``tfsdiff_x4``, ``wo_tmfa_x4``, ...) or a bicubic-then-fuse rule of
 ``data.fusion_rules.FUSION_RULES``. A record (``format_version`` 1) holds ``method``, ``kind`` (``row`` or
 ``baseline``), ``scale``, ``cases`` (``[{"case_id", "subject"}]``, in the order scored), ``per_case``
-(convention -> case id -> metric -> value, null where unavailable, e.g. LPIPS without its weights) and, for the
+(convention -> case id -> metric -> value; a finite number, or null for LPIPS only, unavailable without its weights:
+a record with another null or non-finite value is refused by ``load_record``, naming the field) and, for the
 record of a run, ``command``, ``config``, ``checkpoint``, ``step``, ``n_iter``, ``sampler``, ``seconds_per_image``,
 ``l_resolution``, ``r_resolution``, ``data``, ``triplets`` and ``lpips`` (why LPIPS is n/a, or null).
 """
@@ -99,13 +100,30 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def _value(path: Path, convention: str, case: str, metric: str, values: Any) -> float:
+    """One saved number: finite, or null for LPIPS only (unavailable without its weights, shown as n/a); a null or
+    non-finite value of another metric (e.g. a PSNR of infinity, saved as null) is a ResultsError naming the field."""
+    field = f"per_case.{convention}.{case}.{metric}"
+    value = values.get(metric) if isinstance(values, dict) else None
+    if value is None and metric == "LPIPS":
+        return np.nan
+    if value is None:
+        raise ResultsError(f"{path}: {field} is missing or null (a value that was not finite, e.g. a PSNR of "
+                           "infinity for a fused image equal to its reference): the tables need a finite number; "
+                           "check that case, delete the record and run bench.experiments --run again")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ResultsError(f"{path}: {field} is {value!r}, not a finite number: the tables need a finite number; "
+                           "delete the record and run bench.experiments --run again")
+    return float(value)
+
+
 def _scores(path: Path, method: str, cases: list[str], per_case: dict[str, Any]) -> dict[str, MethodScores]:
     result = {}
     for convention in CONVENTIONS:
         table = per_case.get(convention)
         if not isinstance(table, dict) or sorted(table) != sorted(cases):
             raise ResultsError(f"{path}: per_case.{convention} must have exactly the record's cases {cases}")
-        values = {m: np.array([np.nan if (v := table[c].get(m)) is None else v for c in cases], dtype=np.float64)
+        values = {m: np.array([_value(path, convention, c, m, table[c]) for c in cases], dtype=np.float64)
                   for m in PAPER_METRICS}
         result[convention] = MethodScores(method, tuple(cases), values)
     return result

@@ -9,8 +9,9 @@ the functional map is black or absent. A case without such pixels is NaN.
 
     python -m bench.false_colour FOLDER [FOLDER ...]   # results folders (<id>_fused.png, <id>_src{1,2,3}.png)
 
-prints, for each folder, its cases and the mean and largest false colour over them. A folder without fused images
-or a case with a missing or unreadable source is an error naming it (exit 2).
+prints, for each folder, its cases and the mean and largest false colour over them. A folder without fused images,
+a case with a missing or unreadable source, or a case whose fused image and sources differ in size is an error
+naming the case and its files (exit 2).
 """
 from __future__ import annotations
 
@@ -43,10 +44,25 @@ def false_colour(fused: np.ndarray, sources: Sequence[np.ndarray]) -> float:
     return float(chroma_magnitude(fused)[grey].mean())
 
 
+def _size(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]}"
+
+
+def case_false_colour(folder: Path, case: str, read: Callable[[Path], np.ndarray]) -> float:
+    """:func:`false_colour` of one case of a results folder; UsageError naming the case and the files when the
+    fused image and its sources differ in size."""
+    paths = [result_path(folder, case, kind) for kind in ("fused", "src1", "src2", "src3")]
+    images = [read(path) for path in paths]
+    if len({image.shape for image in images}) > 1:
+        sizes = ", ".join(f"{path.name} {_size(image)}" for path, image in zip(paths, images))
+        raise UsageError(f"case {case} of {folder}: the fused image and its sources differ in size ({sizes}): "
+                         "they must have one size, as infer.py writes them; re-run the fusion of that case")
+    return false_colour(images[0], images[1:])
+
+
 def folder_false_colour(folder: Path, ids: Sequence[str], read: Callable[[Path], np.ndarray]) -> dict[str, float]:
     """case id -> :func:`false_colour` of one method's results folder."""
-    return {case: false_colour(read(result_path(folder, case, "fused")),
-                               [read(result_path(folder, case, f"src{k}")) for k in (1, 2, 3)]) for case in ids}
+    return {case: case_false_colour(folder, case, read) for case in ids}
 
 
 def report(folders: Sequence[Path]) -> str:

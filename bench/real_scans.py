@@ -26,17 +26,33 @@
 The checkpoint is --checkpoint, else the config's ``path.resume_state``, else ``path.pretrained``. A missing folder,
 a config without a checkpoint, an unreadable image and the like print one line ``error: ...`` and exit with 2
 (``core.cli.run_command``'s policy; ``--debug`` adds the traceback).
+
+What may be written (``core.outputs``, issue 22). Everything is checked before anything is written: the config loads,
+the checkpoint is readable (``model.checkpoint_io.check_readable``), and
+
+- ``--out`` is never an input (``--data``, ``--triplets``, the checkpoint, the config), never lies inside an input
+  folder and never contains an input; the same holds for ``--figure``;
+- ``--out`` is absent, empty, or a folder that bench.real_scans wrote (its ``.tfsdiff-output`` marker names
+  bench.real_scans); any other folder or file is refused and never deleted;
+- inside it, the folders it replaces (``data/``, ``x<scale>/<method>/``) must be the project's (marked) and the
+  files it replaces (``real_scans{.md,_cddfuse.md,.json}``, ``--figure``) must be the ones it wrote, unchanged since
+  (``core.outputs`` ledger); a user's file or folder there is refused, never replaced.
+
+A run into its own previous ``--out`` replaces its own previous results without ``--overwrite`` (the documented
+rerun); each method folder is written into a hidden temporary folder and renamed into place when complete.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torch.utils.data import DataLoader
 
@@ -48,6 +64,8 @@ from core.figure import FigureSection, comparison_figure
 from core.fusion_metrics import CONVENTIONS
 from core.logger import setup_logger
 from core.lpips import load_lpips, missing_weights_note
+from core.outputs import FOLDER_MARKER, OutputError, check_apart, check_file_target, check_folder_target, mark_folder, \
+    publish_files, publish_folder, record_files
 from core.scoring import MethodScores, ScoringError, metric_names, score_folder
 from core.tables import MODEL_RUN, to_markdown
 from data.fusion_dataset import DatasetError
@@ -57,7 +75,7 @@ from data.loader import dataset_from_config
 from data.pairs_form import PairsRequest
 from data.prepare_data import Output, Settings, prepare_pairs
 from data.splits import PrepareError
-from model.checkpoint_io import CheckpointError
+from model.checkpoint_io import CheckpointError, check_readable
 from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule
 from model.model import load_for_sampling
 
@@ -66,6 +84,10 @@ DEFAULT_OUT = "results/real_scans"
 FIGURE_CASES = 4
 PREPARE_SEED = 0  # prepare_data's default; the test split does not depend on it (no augmentation in test)
 REFERENCE, SUITE = "gt", "paper"
+COMMAND = "bench.real_scans"
+METHODS = (*FUSION_RULES, MODEL_RUN)
+REPORT_FILES = ("real_scans.md", "real_scans_cddfuse.md", "real_scans.json")
+T = TypeVar("T")
 
 
 class BenchError(ValueError):
@@ -104,8 +126,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="weights to sample with (default: the config's path.resume_state, else "
                         "path.pretrained)")
     parser.add_argument("--cases", type=int, help="only the first N test cases (quick checks)")
-    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--figure", type=Path, help="also write a comparison figure of 4 cases to this PNG file")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT}): "
+                        "absent, empty or a previous --out of bench.real_scans (its own results are replaced); never "
+                        "an input, inside one or containing one")
+    parser.add_argument("--figure", type=Path, help="also write a comparison figure of 4 cases to this PNG file (never "
+                        "over a file it did not write)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_debug_arg(parser)
     add_sampler_args(parser)
@@ -122,8 +147,78 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise BenchError(f"--figure {args.figure}: expected a .png file name")
 
 
+def _inputs(args: argparse.Namespace, setup: Setup) -> list[Path | str]:
+    """Every file and folder the run reads: --data, --triplets, the checkpoint and the config."""
+    return [args.data, *args.triplets, setup.checkpoint, args.config]
+
+
+def _writer(folder: Path) -> str | None:
+    """The command named by the marker of `folder` (None without a readable marker)."""
+    try:
+        return json.loads((folder / FOLDER_MARKER).read_text(encoding="utf-8")).get("written_by")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_outputs(args: argparse.Namespace, setup: Setup) -> None:
+    """OutputError (exit 2) naming the path unless every output may be written (module docstring); writes nothing."""
+    out, inputs = args.out, _inputs(args, setup)
+    check_apart(out, inputs, "--out")
+    if args.figure is not None:
+        check_apart(args.figure, inputs, "--figure")
+        check_file_target(args.figure, True, "--figure")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise OutputError(f"--out {out} is a file, not a folder of results: choose another --out")
+    if out.is_dir() and any(out.iterdir()) and _writer(out) != COMMAND:
+        raise OutputError(f"{out} already exists and was not written by {COMMAND} (it has no {FOLDER_MARKER} marker "
+                          "of it): it is never replaced; choose another --out (absent or empty) or remove it yourself")
+    scale_dir = out / setup.scale
+    if scale_dir.is_symlink() or (scale_dir.exists() and not scale_dir.is_dir()):
+        raise OutputError(f"{scale_dir} is not a folder: it would hold the results; remove it or choose another --out")
+    for folder in (out / "data", *(scale_dir / method for method in METHODS)):
+        check_folder_target(folder, True, "--out")
+    for name in REPORT_FILES:
+        check_file_target(out / name, True, "--out")
+
+
+def _start_out(out: Path) -> bool:
+    """Create --out (checked by `check_outputs`) and mark it as bench.real_scans's; whether it was created now."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    mark_folder(out, COMMAND)
+    return created
+
+
+def _drop_if_unused(out: Path) -> None:
+    """Remove --out made by a run that failed before writing anything into it (nothing but the marker)."""
+    try:
+        if [p.name for p in out.iterdir()] == [FOLDER_MARKER]:
+            (out / FOLDER_MARKER).unlink()
+            out.rmdir()
+    except OSError:
+        pass
+
+
+def _replace_folder(folder: Path, write: Callable[[Path], T]) -> T:
+    """`write` into a hidden temporary sibling of `folder`, then mark it and rename it into place, replacing the
+    project's previous `folder` (`core.outputs.publish_folder`); the temporary folder never stays behind."""
+    check_folder_target(folder, True, "--out")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        result = write(staging)
+        check_folder_target(folder, True, "--out")
+        publish_folder(staging, folder, COMMAND)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
 def build_test_split(args: argparse.Namespace, split: DatasetConfig) -> tuple[Path, dict[str, str | None]]:
-    """Write the test split into ``<out>/data``; returns its folder and case id -> subject (None when unknown)."""
+    """Write the test split into ``<out>/data`` (replacing the project's previous one); returns its folder and case
+    id -> subject (None when unknown)."""
     settings = Settings(split.r_resolution, (split.l_resolution,), BASELINE_RULE, resize=False)
     output = Output(args.out / "data", settings, (split.r_resolution // split.l_resolution,), (0, 0, 0),
                     PREPARE_SEED, workers=0, overwrite=True, progress=not args.no_progress)
@@ -134,27 +229,28 @@ def build_test_split(args: argparse.Namespace, split: DatasetConfig) -> tuple[Pa
 
 
 def fuse_baselines(loader: DataLoader, scale_dir: Path) -> dict[str, Path]:
-    """Every rule of FUSION_RULES into ``scale_dir/<rule>/`` (each folder emptied first); rule -> folder."""
+    """Every rule of FUSION_RULES into ``scale_dir/<rule>/`` (each folder replaced when complete); rule -> folder."""
     folders = {rule: scale_dir / rule for rule in FUSION_RULES}
     for rule, folder in folders.items():
-        if folder.exists():
-            shutil.rmtree(folder)
-        fuse_with_rule(rule, loader, folder)
+        _replace_folder(folder, lambda staging, rule=rule: fuse_with_rule(rule, loader, staging))
     return folders
 
 
 def fuse_model(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, folder: Path, progress: bool) -> float:
-    """TFS-Diff into ``folder`` (emptied first); returns its seconds per fused image (model loading excluded)."""
-    if folder.exists():
-        shutil.rmtree(folder)
+    """TFS-Diff into ``folder`` (replaced when complete); returns its seconds per fused image (model loading
+    excluded)."""
     model = load_for_sampling(cfg, checkpoint)
-    start = time.perf_counter()
-    evaluation = evaluate_model(model, loader, folder, progress=progress)
-    return (time.perf_counter() - start) / len(evaluation.cases)
+
+    def write(staging: Path) -> float:
+        start = time.perf_counter()
+        evaluation = evaluate_model(model, loader, staging, progress=progress)
+        return (time.perf_counter() - start) / len(evaluation.cases)
+
+    return _replace_folder(folder, write)
 
 
 def fuse_all(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, scale_dir: Path, progress: bool) -> Fused:
-    """Every baseline rule and TFS-Diff into ``scale_dir/<method>/`` (each folder emptied first)."""
+    """Every baseline rule and TFS-Diff into ``scale_dir/<method>/`` (each folder replaced when complete)."""
     folders = fuse_baselines(loader, scale_dir) | {MODEL_RUN: scale_dir / MODEL_RUN}
     seconds_per_image = fuse_model(cfg, checkpoint, loader, folders[MODEL_RUN], progress)
     return Fused(folders, seconds_per_image)
@@ -207,6 +303,7 @@ def _setup(args: argparse.Namespace) -> Setup:
     if not checkpoint:
         raise BenchError(f"no checkpoint: {args.config} sets neither path.resume_state nor path.pretrained; pass "
                          "--checkpoint PATH")
+    check_readable(checkpoint)  # now, before anything is written
     split = cfg.datasets.test or cfg.datasets.val
     if split is None:
         raise BenchError(f"{args.config} has neither datasets.test nor datasets.val (their l_resolution and "
@@ -239,7 +336,14 @@ def run(args: argparse.Namespace) -> str:
     """The whole benchmark; returns the Markdown to print (also written to ``<out>/real_scans.md``)."""
     _check_inputs(args)
     setup = _setup(args)
-    test_root, subjects = build_test_split(args, setup.split)
+    check_outputs(args, setup)
+    created = _start_out(args.out)
+    try:
+        test_root, subjects = build_test_split(args, setup.split)
+    except BaseException:
+        if created:
+            _drop_if_unused(args.out)
+        raise
     loader = dataset_from_config(replace(setup.split, dataroot=str(test_root), data_len=args.cases or -1),
                                  seed=setup.cfg.seed, train=False)[2]
     ids = list(loader.dataset.case_ids)
@@ -252,13 +356,14 @@ def run(args: argparse.Namespace) -> str:
     text = "\n".join([*_heading(args, setup, len(ids)),
                       *report.verdict_lines(numbers["margins"], numbers["targets"], fused.seconds_per_image),
                       report.false_colour_line(numbers["false_colour"]), "", markdown["paper"]])
-    (args.out / "real_scans.md").write_text(text, encoding="utf-8")
-    (args.out / "real_scans_cddfuse.md").write_text(markdown["cddfuse"], encoding="utf-8")
     record = _run_info(args, setup, test_root, subjects, groups, fused) | numbers
-    (args.out / "real_scans.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    publish_files(dict(zip((args.out / name for name in REPORT_FILES),
+                           (text, markdown["cddfuse"], json.dumps(record, indent=1) + "\n"))), overwrite=True)
     if args.figure is not None:
         section = FigureSection(setup.scale, tuple(fused.folders.items()))
+        check_file_target(args.figure, True, "--figure")
         comparison_figure([section], figure_cases(groups), args.figure, read_image)
+        record_files([args.figure])
         print(f"figure written to {args.figure}", file=sys.stderr)
     print(f"written {args.out}/real_scans{{.md,_cddfuse.md,.json}}", file=sys.stderr)
     return text

@@ -53,7 +53,7 @@ class UsageError(ValueError):
 
 
 def add_sampler_args(parser: argparse.ArgumentParser) -> None:
-    """Add --sampler, --steps, --eta and --samples (each overrides model.sampler of the config)."""
+    """Add --sampler, --steps, --eta, --samples and --start-step (each overrides model.sampler)."""
     group = parser.add_argument_group("sampler (overrides model.sampler)")
     group.add_argument("--sampler", choices=("ddpm", "respaced", "ddim"),
                        help="ddpm = full chain (reference), respaced = DDPM over --steps steps, ddim = DDIM")
@@ -83,6 +83,10 @@ def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerCo
     if sampler.start_step is not None and sampler.start_step > n_timestep:
         raise ConfigError("--start-step", f"{sampler.start_step} exceeds model.beta_schedule.val.n_timestep "
                           f"{n_timestep}")
+    max_step = cfg.model.diffusion.train_max_step
+    if max_step is not None and (sampler.start_step is None or sampler.start_step > max_step):
+        raise ConfigError("--start-step", f"this model was trained on steps 1..{max_step} only "
+                          f"(model.diffusion.train_max_step): pass --start-step {max_step} or less")
     return sampler
 
 

@@ -24,6 +24,14 @@ def _check_min(value: int, minimum: int, key: str) -> None:
     _check(value >= minimum, key, f"expected an integer >= {minimum}, got {value}")
 
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds alike
+MAX_SAMPLES = 1000  # model.sampler.samples: beyond this the mean no longer changes, only the run time grows
+
+
+def _check_seed(value: int, key: str) -> None:
+    _check(0 <= value <= MAX_SEED, key, f"expected an integer from 0 to {MAX_SEED}, got {value}")
+
+
 # ----------------------------------------------------------------------------------------------- schema
 
 
@@ -55,6 +63,7 @@ class EmbeddedConfig:
         _check(len(self.scales) > 0, "scales", "expected at least one scale")
         for i, scale in enumerate(self.scales):
             _check(scale in (2, 4, 8), f"scales[{i}]", f"expected one of 2, 4, 8, got {scale}")
+        _check_seed(self.seed, "seed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,7 +268,8 @@ class SamplerConfig:
     start_step: int | None = None
 
     def __post_init__(self) -> None:
-        _check_min(self.samples, 1, "samples")
+        _check(1 <= self.samples <= MAX_SAMPLES, "samples", f"expected an integer from 1 to {MAX_SAMPLES} (each "
+               f"sample costs a whole sampling chain), got {self.samples}")
         if self.start_step is not None:
             _check(self.type != "ddpm", "start_step", "only for type 'respaced' or 'ddim'")
             _check(self.steps is None or self.steps <= self.start_step, "start_step",
@@ -298,6 +308,10 @@ class ModelConfig:
         max_step, n_train = self.diffusion.train_max_step, self.beta_schedule.train.n_timestep
         _check(max_step is None or max_step <= n_train, "diffusion.train_max_step",
                f"{max_step} exceeds beta_schedule.train.n_timestep {n_train}")
+        _check(max_step is None or start is not None and start <= max_step, "sampler.start_step",
+               f"the chain must start at a step that training reaches: diffusion.train_max_step {max_step} trains "
+               f"steps 1..{max_step} only, but the sampler starts at {start or 'the last step'}; set "
+               f"sampler.start_step to at most {max_step}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,6 +390,7 @@ class TFSDiffConfig:
     performance: PerformanceConfig = PerformanceConfig()
 
     def __post_init__(self) -> None:
+        _check_seed(self.seed, "seed")
         _check(self.performance.autocast != "fp16" or bool(self.gpu_ids), "performance.autocast",
                "'fp16' needs a GPU (gpu_ids is empty); use 'bf16' on a CPU")
         unet, diffusion = self.model.unet, self.model.diffusion
@@ -392,6 +407,13 @@ class TFSDiffConfig:
         patch = self.datasets.train.patch_size
         _check(patch is None or patch % 2 ** (levels - 1) == 0, "datasets.train.patch_size",
                f"{patch} is not divisible by 2**{levels - 1} (the U-Net downsamples len(channel_multiplier) - 1 times)")
+        loss = self.model.loss
+        if loss.type != "mse":  # the SSIM term needs a window's side of image; the official loss's window is 11
+            window = loss.ssim_window if loss.type == "psf" else 11
+            side = patch or self.datasets.train.r_resolution
+            _check(side >= window, "datasets.train.patch_size" if patch else "datasets.train.r_resolution",
+                   f"{side} pixels is smaller than the {window}-pixel SSIM window of the {loss.type!r} loss: "
+                   f"train on at least {window}x{window} pixels")
         resolutions = [size // 2**k for k in range(levels)]
         for i, res in enumerate(unet.attn_res):
             _check(res in resolutions, f"model.unet.attn_res[{i}]",

@@ -17,3 +17,18 @@ def select_device(gpu_ids: tuple[int, ...]) -> tuple[torch.device, list[int], st
     ids = visible if len(visible) > 1 else []
     mode = f"DataParallel over cuda:{visible}" if ids else f"single GPU {device}"
     return device, ids, f"running on {mode}"
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Bytes a new allocation may use on `device`: free GPU memory, or the CPU's MemAvailable (Linux); None when
+    unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import types
@@ -51,7 +52,7 @@ def read_json_with_comments(path: str | os.PathLike) -> Any:
     """The JSON value in the file at ``path``, ``//`` comments allowed; ConfigError naming the file otherwise."""
     source = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is skipped
     except FileNotFoundError:
         raise ConfigError("", "file not found", source) from None
     except (OSError, UnicodeDecodeError) as err:
@@ -127,6 +128,8 @@ def _coerce_scalar(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is str and isinstance(value, str):
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(key, f"expected a finite number, got {value}", source)
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value

@@ -20,8 +20,14 @@ Per slice (volumes in display orientation: anterior up, subject's left on the le
 
 Splits (by slice): the usable slices ordered by z are cut into contiguous slabs
 ``train | gap | test (16) | gap | val (8) | gap | train`` with the test+val block centred and gaps of 5 slices.
-The dataset is written into a temporary sibling folder and renamed to ``root`` at the end, so an interrupted
-build never leaves a half-built ``root``. Same seed -> byte-identical PNGs.
+The dataset is written into a temporary sibling folder, marked as the project's (``.tfsdiff-output``,
+``core.outputs``) and renamed to ``root`` at the end, so an interrupted build never leaves a half-built ``root``.
+Same seed -> byte-identical PNGs.
+
+What may be written (issue 22): ``root`` is built only when it is absent or empty; an existing dataset (one holding
+``manifest.json``, marked or built before the marker existed) is checked and reused, and any other non-empty folder
+or file is refused, never replaced or deleted. The marker is a hidden file at ``root``; the splits below it are
+unchanged and hidden files are ignored when the dataset is read.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from core.cli import add_debug_arg, run_and_report
+from core.outputs import mark_folder
 from data.fusion_dataset import DatasetError
 from data.fusion_rules import fuse
 from data.layout import SPLITS, write_case
@@ -59,6 +66,8 @@ FORMAT_VERSION = 1
 MODALITIES = ("MR-T1", "MR-T2", "SPECT")
 FUSION_RULE = "laplacian_ycbcr"
 MANIFEST = "manifest.json"
+COMMAND = "data/embedded.py"
+MAX_SEED = 2**32 - 1
 
 N_VAL, N_TEST, GAP_SLICES = 8, 16, 5
 MIN_BRAIN_FRACTION = 0.15
@@ -234,7 +243,8 @@ def _manifest(r_resolution: int, scales: Sequence[int], seed: int, limit: int | 
 def _check_target(root: Path) -> None:
     """Refuse to build over an existing non-empty ``root``."""
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} already exists and is not empty; refusing to overwrite it")
+        raise FileExistsError(f"{root} already exists and is not empty; refusing to overwrite it: choose another "
+                              "root or remove it yourself")
 
 
 def build_embedded_dataset(root: str | Path, r_resolution: int, scales: Sequence[int] = (2, 4, 8), seed: int = 0,
@@ -249,6 +259,8 @@ def build_embedded_dataset(root: str | Path, r_resolution: int, scales: Sequence
     l_resolutions = _l_resolutions(r_resolution, scales)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer or None, got {limit}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be 0..{MAX_SEED}, got {seed}")
     _check_target(root)
     volumes = _prepared_volumes()
     splits = {name: _limit_cases(zs, limit) for name, zs in _split_slices(_usable_slices(volumes)).items()}
@@ -262,6 +274,7 @@ def build_embedded_dataset(root: str | Path, r_resolution: int, scales: Sequence
             write_case(tmp / split, _case_id(z), sources, target, l_resolutions)
         manifest = _manifest(r_resolution, scales, seed, limit, splits)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        mark_folder(tmp, COMMAND)
         tmp.chmod(0o755)
         _check_target(root)
         if root.exists():
@@ -309,14 +322,17 @@ def ensure_embedded_dataset(root: str | Path, r_resolution: int, scales: Sequenc
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m data.embedded --root DIR --size 64 --scales 2 4 8 --seed 0 [--limit N]``."""
     parser = argparse.ArgumentParser(description="Build (or verify) the embedded MNI152 tri-modal dataset.")
-    parser.add_argument("--root", required=True, help="output folder (created atomically)")
+    parser.add_argument("--root", required=True, help="output folder (created atomically, marked as the project's); "
+                        "an existing dataset is checked and reused, any other non-empty folder is refused")
     parser.add_argument("--size", type=int, default=64, help="HR side r_resolution (default 64)")
     parser.add_argument("--scales", type=int, nargs="+", default=[2, 4, 8], help="SR scales (default 2 4 8)")
-    parser.add_argument("--seed", type=int, default=0, help="lesion seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help=f"lesion seed, 0..{MAX_SEED} (default 0)")
     parser.add_argument("--limit", type=int, default=None, help="at most N cases per split (tests)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_debug_arg(parser)
     args = parser.parse_args(argv)
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must be 0..{MAX_SEED}, got {args.seed}")
     return run_and_report(
         lambda: ensure_embedded_dataset(args.root, args.size, args.scales, args.seed, not args.quiet, args.limit),
         (ValueError,), debug=args.debug)

@@ -9,7 +9,8 @@ Every image file the project reads as an input goes through :func:`read_image`: 
 * Grey, RGB, palette and 1-bit images become RGB (grey -> R = G = B, pseudo-colour kept).
 * Alpha (RGBA, LA, PA, palette with transparency) is composited on black: ``RGB * alpha / 255``, rounded.
 * 16-bit, 32-bit int and float images are scaled per image by min-max to 0..255, rounded (a constant image gives 0),
-  then R = G = B.
+  then R = G = B. In a float image the minimum and maximum are those of the finite pixels, and a NaN or infinite
+  pixel (no data, as masked scans hold) reads as the minimum, i.e. black; an image without a finite pixel is an error.
 * Of an animated GIF only the first frame is used.
 
 :func:`to_tensor` maps such an array to the model's range [-1, 1] as SR3 does (``uint8 / 255 * 2 - 1``);
@@ -50,7 +51,11 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     """A loaded PIL image -> (H, W, 3) uint8 RGB by the module's rules."""
     if img.mode in _HIGH_DEPTH_MODES:
         grey = np.asarray(img, dtype=np.float64)
-        low, high = float(grey.min()), float(grey.max())
+        finite = np.isfinite(grey)
+        if not finite.any():
+            raise ValueError("no pixel holds a finite value (all NaN or infinite)")
+        low, high = float(grey[finite].min()), float(grey[finite].max())
+        grey = np.where(finite, grey, low)
         scaled = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
         return np.repeat(np.rint(scaled).astype(np.uint8)[..., None], 3, axis=2)
     if img.mode == "P" and "transparency" in img.info or img.mode in _ALPHA_MODES:

@@ -25,8 +25,19 @@ requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
 * Pairs (the public Harvard AANLIB pair layout): split by subject, real triplets for test, derived and augmented
   triplets for train/val; rules in ``data/harvard_pairs.py``, ``data/harvard_cases.py`` and ``data/triplets.py``;
   ``--splits`` writes only the named splits (the manifest lists them as ``written_splits``).
-* Everything is written into a hidden sibling folder, renamed to ``OUT`` at the end; input errors exit with code 2,
-  failures while running (e.g. disk full) with 1 (``core.cli.run_command``; ``--debug`` shows the traceback).
+* Everything is written into a hidden sibling folder, marked as the project's (``.tfsdiff-output``) and renamed to
+  ``OUT`` at the end; input errors exit with code 2, failures while running (e.g. disk full) with 1
+  (``core.cli.run_command``; ``--debug`` shows the traceback).
+
+What may be written (``core.outputs``, issue 22), checked before anything is read or written:
+
+* ``OUT`` is never an input (``--input``, ``--files``, ``--gt-file``, ``--triplets``), never lies inside an input
+  folder and never contains an input, with or without ``--overwrite``; the refusal names both paths.
+* ``OUT`` must be absent or empty; ``--overwrite`` replaces only a folder that prepare_data.py (or another command of
+  the project) wrote, i.e. one holding the ``.tfsdiff-output`` marker. Any other folder or file is refused and
+  never deleted; the old output is removed only after the new one is complete.
+* Integer options are range-checked: ``--seed`` 0..2**32-1, ``--size`` 8..16384, ``--workers`` >= 0, ``--copies``
+  >= 1, ``--embedded`` >= 0, ``--val-per-kind`` >= 0, ``--slab-gap`` >= 0, ``--min-foreground`` in [0, 1].
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.cli import add_debug_arg, run_and_report
+from core.outputs import check_apart, check_folder_target, mark_folder
 from data import harvard_cases, layout, pairs_form
 from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, ImageReadError, pad_to_square, read_image
@@ -61,6 +73,9 @@ from data.volumes import AXES, PERCENTILES, find_subjects, single_subject, subje
 __all__ = ["Settings", "Output", "CaseJob", "write_case", "prepare_slices", "prepare_volumes", "prepare_pairs", "main"]
 
 FORMAT_VERSION = 1
+COMMAND = "data/prepare_data.py"
+MAX_SEED = 2**32 - 1
+MAX_SIZE = 16384
 
 
 @dataclass(frozen=True)
@@ -167,29 +182,32 @@ def _run_jobs(jobs: Iterable[CaseJob], total: int | None, workers: int, progress
         bar.close()
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
-    """Refuse an existing non-empty ``out`` unless ``overwrite``."""
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise PrepareError(f"output {out} already exists; pass --overwrite to replace it (the old output is "
-                           "removed only after the new one is complete)")
+def _check_target(out: Path, overwrite: bool, inputs: Iterable[Path | None] = ()) -> None:
+    """OutputError (exit 2) unless ``out`` may be written (``core.outputs``): apart from every input, and absent,
+    empty or (with ``overwrite``) a folder the project marked as its own."""
+    check_apart(out, inputs, "--out")
+    check_folder_target(out, overwrite, "--out")
 
 
 def _build(output: Output, jobs_for: Callable[[Path], Iterable[CaseJob]], manifest: dict[str, object],
-           total: int | None) -> Path:
-    """Write all cases into a temporary sibling of ``output.out``, then swap it in atomically.
+           total: int | None, inputs: Iterable[Path | None] = ()) -> Path:
+    """Write all cases into a temporary sibling of ``output.out``, mark it and swap it in atomically.
 
-    ``manifest`` is serialised after the jobs ran (so lists the jobs fill while running are complete).
+    ``manifest`` is serialised after the jobs ran (so lists the jobs fill while running are complete); ``inputs``
+    are the files and folders read, which ``output.out`` must stay apart from.
     """
+    inputs = list(inputs)
+    _check_target(output.out, output.overwrite, inputs)
     out = output.out.resolve()
-    _check_target(out, output.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.preparing-", dir=out.parent))
     old = out.parent / f".{out.name}.replaced-{tmp.name.rsplit('-', 1)[-1]}"
     try:
         _run_jobs(jobs_for(tmp), total, output.workers, output.progress)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        mark_folder(tmp, COMMAND)
         tmp.chmod(0o755)
-        _check_target(out, output.overwrite)
+        _check_target(out, output.overwrite, inputs)
         if out.exists():
             os.rename(out, old)
         os.rename(tmp, out)
@@ -232,7 +250,7 @@ def prepare_slices(input_root: Path, folders: list[str], modalities: list[str], 
     manifest = _base_manifest(output, "slices", modalities, str(input_root / gt_folder) if use_gt else "")
     manifest.update(input=str(input_root.resolve()), folders=folders, splits=splits,
                     skipped_files=[str(path) for path in skipped])
-    return _build(output, jobs_for, manifest, len(stems))
+    return _build(output, jobs_for, manifest, len(stems), [input_root])
 
 
 def prepare_volumes(subjects: dict[str, list[Path]], modalities: list[str], output: Output, axis: str = "axial",
@@ -267,7 +285,8 @@ def prepare_volumes(subjects: dict[str, list[Path]], modalities: list[str], outp
                     subject_splits=by_subject, splits=case_ids, axis=axis, orientation="closest canonical (RAS+)",
                     intensity=f"per volume: percentiles {list(PERCENTILES)} of non-zero voxels -> 0..255",
                     min_foreground=min_foreground, slab_gap=slab_gap if len(subjects) == 1 else None)
-    return _build(output, jobs_for, manifest, len(assignment) if len(subjects) == 1 else None)
+    return _build(output, jobs_for, manifest, len(assignment) if len(subjects) == 1 else None,
+                  [path for paths in subjects.values() for path in paths])
 
 
 def prepare_pairs(request: pairs_form.PairsRequest, output: Output) -> Path:
@@ -284,7 +303,8 @@ def prepare_pairs(request: pairs_form.PairsRequest, output: Output) -> Path:
                                                                    manifest):
             yield CaseJob(tmp / split, case_id, tuple(sources), None, output.settings)
 
-    return _build(output, jobs_for, manifest, len(plan.cases) + plan.embedded)
+    return _build(output, jobs_for, manifest, len(plan.cases) + plan.embedded,
+                  [request.input_root, *request.triplet_folders])
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -292,8 +312,8 @@ def prepare_pairs(request: pairs_form.PairsRequest, output: Output) -> Path:
 
 def _resolutions(size: int, scales: list[int] | None, lr_sizes: list[int] | None) -> tuple[list[int], list[int]]:
     """(scales, LR sides) from ``--scales`` and ``--lr-sizes``; both must divide ``--size``."""
-    if size < 8:
-        raise PrepareError(f"--size must be at least 8, got {size}")
+    if not 8 <= size <= MAX_SIZE:
+        raise PrepareError(f"--size must be 8..{MAX_SIZE}, got {size}")
     for scale in scales or []:
         if scale < 2 or size % scale:
             raise PrepareError(f"--scales {scale} does not divide --size {size} (or is < 2)")
@@ -312,7 +332,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     forms = parser.add_subparsers(dest="form", required=True, metavar="{slices,volumes,pairs}")
     base = argparse.ArgumentParser(add_help=False)
-    base.add_argument("--out", required=True, type=Path, help="output folder (created atomically)")
+    base.add_argument("--out", required=True, type=Path, help="output folder (created atomically); never an input, "
+                      "inside one or containing one")
     base.add_argument("--size", type=int, default=256, help="HR side r (default 256)")
     base.add_argument("--scales", type=int, nargs="+", help="SR scales, e.g. 2 4 8 (default 2 4 8)")
     base.add_argument("--lr-sizes", type=int, nargs="+", help="explicit LR sides l (each divides --size)")
@@ -321,7 +342,8 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--seed", type=int, default=0, help="seed of the case permutation; pairs: also of the val "
                       "subjects, derivations and augmentations (default 0)")
     base.add_argument("--workers", type=int, default=0, help="worker processes; 0 or 1 = in-process (default 0)")
-    base.add_argument("--overwrite", action="store_true", help="replace an existing output once the new one is done")
+    base.add_argument("--overwrite", action="store_true", help="replace an existing output once the new one is done "
+                      "(only a folder the project wrote, holding its .tfsdiff-output marker; any other is refused)")
     base.add_argument("--quiet", action="store_true", help="no progress bar")
     add_debug_arg(base)
     common = argparse.ArgumentParser(add_help=False, parents=[base])
@@ -374,8 +396,31 @@ def _volume_subjects(args: argparse.Namespace) -> tuple[dict[str, list[Path]], l
     return find_subjects(args.input, folders, args.gt_folder), modalities
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """PrepareError naming the option when an integer (or fraction) option is out of its range."""
+    ranges = {"seed": (0, MAX_SEED), "workers": (0, None), "copies": (1, None), "embedded": (0, None),
+              "val_per_kind": (0, None), "slab_gap": (0, None)}
+    for key, (low, high) in ranges.items():
+        value = getattr(args, key, None)
+        if value is not None and (value < low or (high is not None and value > high)):
+            wanted = f"{low}..{high}" if high is not None else f">= {low}"
+            raise PrepareError(f"--{key.replace('_', '-')} must be {wanted}, got {value}")
+    fraction = getattr(args, "min_foreground", None)
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise PrepareError(f"--min-foreground must be a fraction in [0, 1], got {fraction}")
+
+
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    """Every input file and folder of the command line (the output stays apart from all of them)."""
+    given = [args.input, *(getattr(args, "files", None) or []), getattr(args, "gt_file", None),
+             *(getattr(args, "triplets", None) or [])]
+    return [path for path in given if path is not None]
+
+
 def _prepare(args: argparse.Namespace) -> Path:
     """Check the arguments and prepare the dataset they describe; returns the dataset folder."""
+    _check_numbers(args)
+    _check_target(args.out, args.overwrite, _inputs(args))  # before anything is read: names --out and the input
     if args.input is not None and not args.input.is_dir():
         raise PrepareError(f"input folder {args.input} does not exist")
     scales, l_resolutions = _resolutions(args.size, args.scales, args.lr_sizes)
@@ -383,7 +428,6 @@ def _prepare(args: argparse.Namespace) -> Path:
     split = (0, 0, 0) if args.form == "pairs" else parse_split(args.split)
     output = Output(args.out, settings, tuple(scales), split, args.seed, args.workers, args.overwrite,
                     not args.quiet)
-    _check_target(args.out.resolve(), args.overwrite)
     if args.form == "slices":
         folders, modalities = _names(args)
         return prepare_slices(args.input, folders, modalities, output, args.gt_folder)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.outputs import FOLDER_MARKER
 from data import embedded
 from data.embedded import build_embedded_dataset, ensure_embedded_dataset, main
 from data.fusion_dataset import DatasetError
@@ -55,7 +56,7 @@ def test_manifest_and_layout_pairing(built: dict[str, Path]) -> None:
     assert manifest["fusion_rule"] == "laplacian_ycbcr"
     assert (manifest["r_resolution"], manifest["scales"], manifest["seed"]) == (R, list(SCALES), 0)
     assert "format_version" in manifest
-    assert sorted(p.name for p in root.iterdir()) == sorted([*SPLITS, "manifest.json"])
+    assert sorted(p.name for p in root.iterdir()) == sorted([*SPLITS, "manifest.json", FOLDER_MARKER])
     for split in SPLITS:
         ids = manifest["splits"][split]
         assert 1 <= len(ids) <= LIMIT

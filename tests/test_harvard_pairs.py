@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.outputs import FOLDER_MARKER
 from data import harvard_pairs as hp
 from data.colour_maps import COLOUR_MAPS, activity_from_colours, closest_map, colour_lut, render_activity
 from data.fusion_rules import fuse
@@ -197,7 +198,7 @@ def test_splits_writes_only_the_named_splits(tmp_path: Path, capsys: pytest.Capt
     assert test_only["written_splits"] == ["test"] and list(test_only["splits"]) == ["test"]
     assert test_only["splits"]["test"] == full["splits"]["test"] and test_only["counts"] == {"test": 1}
     assert test_only["subjects"] == full["subjects"] and test_only["embedded"] == 0
-    assert {p.name for p in (tmp_path / "test").iterdir()} == {"test", "manifest.json"}
+    assert {p.name for p in (tmp_path / "test").iterdir()} == {"test", "manifest.json", FOLDER_MARKER}
     assert _png_bytes(tmp_path / "test" / "test") == _png_bytes(tmp_path / "all" / "test")
     code, err = _run(capsys, inp, tmp_path / "tv", "--embedded", 1, "--splits", "val", "train", "val")
     assert code == 0, err

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import sr
+from core.outputs import FOLDER_MARKER
 from data.fusion_rules import fuse
 from data.images import read_image
 from data.prepare_data import main
@@ -209,15 +210,19 @@ def test_existing_output_refused_then_replaced(tmp_path: Path, capsys: pytest.Ca
     inp, out = _make_slices(tmp_path / "in"), tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("old")
+    for extra in ([], ["--overwrite"]):  # a folder the project did not write (no marker): never replaced (issue 22)
+        code, err = _run(capsys, *_slices_args(inp, out, "--scales", 4, *extra))
+        assert code == 2 and "was not written by TFS-Diff" in err and (out / "keep.txt").read_text() == "old"
+    (out / FOLDER_MARKER).write_text("{}\n")  # now it counts as a previous output of the project
     code, err = _run(capsys, *_slices_args(inp, out, "--scales", 4))
     assert code == 2 and "--overwrite" in err and (out / "keep.txt").read_text() == "old"
     _break_truncated(inp)
     assert _run(capsys, *_slices_args(inp, out, "--scales", 4, "--overwrite"))[0] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [FOLDER_MARKER, "keep.txt"]
     (inp / "T1" / "case 03.v1.png").unlink()
     Image.fromarray(_grey(3)).save(inp / "T1" / "case 03.v1.png")
     assert _run(capsys, *_slices_args(inp, out, "--scales", 4, "--overwrite"))[0] == 0
-    assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists()
+    assert (out / "manifest.json").is_file() and not (out / "keep.txt").exists() and (out / FOLDER_MARKER).is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

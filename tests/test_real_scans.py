@@ -20,6 +20,7 @@ import eval as eval_cli
 from bench import real_scans
 from bench.real_scans_report import case_groups, margins, targets
 from core.config import load_config
+from core.outputs import FOLDER_MARKER
 from core.scoring import MethodScores, ScoringError, score_folder
 from data.fusion_rules import FUSION_RULES
 from data.images import read_image
@@ -98,8 +99,9 @@ def test_writes_the_test_split_results_tables_json_and_figure(bench_run: dict) -
     assert record["groups"] == {"all": ids, "21": ids[:1], "28": ids[1:2], "41": ids[3:], "other": ids[2:3]}
     for method in METHODS:
         folder = out / "x4" / method
-        assert sorted(p.name for p in folder.iterdir()) == sorted(f"{c}_{k}.png" for c in ids for k in
-                                                                  ("src1", "src2", "src3", "fused", "hr"))
+        assert (folder / FOLDER_MARKER).is_file()  # bench.real_scans's own folder (core.outputs)
+        names = sorted(p.name for p in folder.iterdir() if p.name != FOLDER_MARKER)
+        assert names == sorted(f"{c}_{k}.png" for c in ids for k in ("src1", "src2", "src3", "fused", "hr"))
         assert read_image(folder / f"{ids[0]}_fused.png").shape == (SIZE, SIZE, 3)
     markdown = (out / "real_scans.md").read_text()
     for title in ("All real test cases (4 cases)", "Subject 21 (1 cases)", "Subject 41 (1 cases)",
@@ -234,6 +236,32 @@ def test_input_errors_exit_2_with_one_line(bench_run: dict, problem: str, make_t
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(lines) == 1 and expected in lines[0], err
     assert "Traceback" not in err
+
+
+def test_a_rerun_replaces_only_its_own_outputs(bench_run: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22: bench.real_scans replaces its own previous --out without --overwrite (the documented rerun), keeps
+    what it did not write, refuses a report file the user changed and a user's folder as --out, writing nothing."""
+    root, out = bench_run["root"], bench_run["root"] / "again"
+    args = ["--data", str(bench_run["pairs"]), "--triplets", str(bench_run["triplets"]), "-c", str(bench_run["config"]),
+            "--cases", "1", "--no-progress"]
+    assert real_scans.main([*args, "--out", str(out)]) == 0
+    assert (out / FOLDER_MARKER).is_file() and (out / "data" / FOLDER_MARKER).is_file()
+    (out / "x4" / "average" / "stale.png").write_bytes(b"old")  # inside its own method folder: replaced
+    (out / "notes.txt").write_text("mine")  # beside its outputs: kept
+    assert real_scans.main([*args, "--out", str(out)]) == 0
+    assert not (out / "x4" / "average" / "stale.png").exists() and (out / "notes.txt").read_text() == "mine"
+    assert not [p.name for p in (out / "x4").iterdir() if p.name.startswith(".")]  # no temporary left
+    (out / "real_scans.md").write_text("my edits")
+    capsys.readouterr()
+    assert real_scans.main([*args, "--out", str(out)]) == 2
+    assert "real_scans.md already exists and was not written by TFS-Diff" in capsys.readouterr().err
+    assert (out / "real_scans.md").read_text() == "my edits"
+    user = root / "user_folder"
+    (user / "data").mkdir(parents=True)
+    (user / "data" / "mine.txt").write_text("mine")
+    assert real_scans.main([*args, "--out", str(user)]) == 2
+    assert "was not written by bench.real_scans" in capsys.readouterr().err
+    assert sorted(p.name for p in user.rglob("*")) == ["data", "mine.txt"]
 
 
 def _shipped_weights() -> Path | None:

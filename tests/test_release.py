@@ -99,7 +99,9 @@ def test_damaged_release_fails_naming_the_file(trained_checkpoint: Path, tmp_pat
 
 
 def test_cli_exit_codes(trained_checkpoint: Path, tmp_path: Path, capsys) -> None:
-    assert release_main(["--checkpoint", str(trained_checkpoint), "--config", "config/tiny.json",
+    config = tmp_path / "tiny.json"  # the command checks that --config exists and describes the network
+    config.write_text(json.dumps(torch.load(trained_checkpoint, weights_only=True)["config"]), encoding="utf-8")
+    assert release_main(["--checkpoint", str(trained_checkpoint), "--config", str(config),
                          "--out", str(tmp_path / "r.pth")]) == 0
     assert json.loads(capsys.readouterr().out)["file"] == "r.pth"
     assert release_main(["--checkpoint", str(tmp_path / "missing.pth"), "--config", "c.json",

@@ -121,13 +121,18 @@ def test_residual_scale_needs_a_base_and_a_positive_value(make_tiny_config: Call
 
 
 def test_train_max_step_is_checked_against_the_training_schedule(make_tiny_config: Callable[..., dict]) -> None:
-    cfg = parse_config(make_tiny_config(changes={"model.diffusion.train_max_step": 7}))
+    sampler = {"model.sampler": {"type": "respaced", "steps": 2, "start_step": 7}}
+    cfg = parse_config(make_tiny_config(changes={"model.diffusion.train_max_step": 7, **sampler}))
     assert build_diffusion(cfg.model).max_step == 7
     n_train = cfg.model.beta_schedule.train.n_timestep
     too_big = f"{n_train + 1} exceeds beta_schedule.train.n_timestep"
     for value, reason in ((0, "expected an integer >= 1"), (n_train + 1, too_big)):
         with pytest.raises(ConfigError, match=f"train_max_step: {reason}"):
-            parse_config(make_tiny_config(changes={"model.diffusion.train_max_step": value}))
+            parse_config(make_tiny_config(changes={"model.diffusion.train_max_step": value, **sampler}))
+    for start in (None, 8):  # the sampler must start within the trained steps: the full chain, or above them
+        changes = {"model.diffusion.train_max_step": 7, "model.sampler.start_step": start}
+        with pytest.raises(ConfigError, match="sampler.start_step: the chain must start at a step that training"):
+            parse_config(make_tiny_config(changes={**sampler, **changes}))
 
 
 def test_sr_trains_and_validates_a_residual_model(tmp_path: Path, make_run_config: Callable) -> None:
@@ -172,3 +177,4 @@ def test_samples_average_before_clipping(models: tuple[TFSDiffModel, TFSDiffMode
     assert np.array_equal(averaged, expected)
     single = evaluate_model(residual_model, [batch], None, sampler=one, progress=False).fused[0]
     assert np.array_equal(single, tensor2img((draws[0] / SCALE + base).clamp(-1, 1)[0]))
+
