@@ -53,13 +53,15 @@ class UsageError(ValueError):
 
 
 def add_sampler_args(parser: argparse.ArgumentParser) -> None:
-    """Add --sampler, --steps, --eta, --samples and --start-step (each overrides model.sampler)."""
+    """Add --sampler, --steps, --eta, --samples, --clip and --start-step (each overrides model.sampler)."""
     group = parser.add_argument_group("sampler (overrides model.sampler)")
     group.add_argument("--sampler", choices=("ddpm", "respaced", "ddim"),
                        help="ddpm = full chain (reference), respaced = DDPM over --steps steps, ddim = DDIM")
     group.add_argument("--steps", type=int, help="kept steps for respaced/ddim (1..n_timestep of the val schedule)")
     group.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (0 = deterministic)")
     group.add_argument("--samples", type=int, help="average this many samples (>= 1; the mean of the samples)")
+    group.add_argument("--clip", choices=("x0", "image"), help="clip each step's x0 estimate to [-1, 1] (x0), or "
+                       "so that the fused image lies in [-1, 1] (image; differs only for a residual model)")
     group.add_argument("--start-step", type=int, help="respaced/ddim: start the chain at this step from a zero clean "
                        "signal noised to its level (default: the whole chain from pure noise)")
 
@@ -73,8 +75,9 @@ def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerCo
     eta = args.eta if args.eta is not None else (base.eta if same else 0.0)
     samples = args.samples if args.samples is not None else base.samples
     start = args.start_step if args.start_step is not None else (base.start_step if same else None)
+    clip = args.clip or base.clip
     try:
-        sampler = SamplerConfig(type=kind, steps=steps, eta=eta, samples=samples, start_step=start)
+        sampler = SamplerConfig(type=kind, steps=steps, eta=eta, samples=samples, start_step=start, clip=clip)
     except ConfigError as err:
         raise ConfigError(f"--{err.key.replace('_', '-')}", f"{err.reason} (with --sampler {kind})") from None
     n_timestep = cfg.model.beta_schedule.val.n_timestep

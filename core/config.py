@@ -266,6 +266,11 @@ class SamplerConfig:
     # signal noised to its level, sqrt(1 - alpha_bar) eps, instead of from pure noise at the last step (SDEdit-style;
     # for a residual model a zero residual is the base image); null: the whole chain
     start_step: int | None = None
+    # what each step's estimate of x0 is clipped to (with model.diffusion.clip_denoised): "x0" = [-1, 1], SR3's
+    # clip_denoised; for a residual model that is the scaled residual, so the fused image can depart from the base by
+    # at most 1 / residual_scale of the range. "image" = x0 such that the fused image base + x0 / residual_scale
+    # lies in [-1, 1], so the correction can reach the whole range. Both are the same for a model without a base.
+    clip: Literal["x0", "image"] = "x0"
 
     def __post_init__(self) -> None:
         _check(1 <= self.samples <= MAX_SAMPLES, "samples", f"expected an integer from 1 to {MAX_SAMPLES} (each "

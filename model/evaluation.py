@@ -126,27 +126,35 @@ def residual_base(rule: str | None, sources: list[list[np.ndarray]], device: tor
 
 
 def _sample(model: TFSDiffModel, condition: torch.Tensor, base: torch.Tensor | None, sampler: Sampler,
-            generator: torch.Generator, save_process: bool, progress: bool, samples: int) -> torch.Tensor:
+            generator: torch.Generator, save_process: bool, progress: bool, samples: int,
+            clip: str = "x0") -> torch.Tensor:
     """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back; the mean of
     `samples` samples drawn one after another (frame by frame for the process strip); for a residual model, divided
-    by its scale and added to `base`."""
+    by its scale and added to `base`, with each step's x0 clipped as `clip` (`SamplerConfig.clip`) says."""
     h, w = condition.shape[-2:]
     padded = pad_to_multiple(condition, model.size_multiple)
+    scale = model.cfg.model.diffusion.residual_scale
+    bounds = None
+    if base is not None and clip == "image":  # x0 such that base + x0 / scale lies in [-1, 1]
+        padded_base = pad_to_multiple(base, model.size_multiple)
+        bounds = (scale * (-1.0 - padded_base), scale * (1.0 - padded_base))
     result = sum(sample_loop(model.sampling_net, sampler, padded, generator, model.diffusion.channels,
-                             continuous=save_process, progress=progress) for _ in range(samples)) / samples
+                             continuous=save_process, progress=progress, bounds=bounds)
+                 for _ in range(samples)) / samples
     result = result[..., :h, :w]
     if base is None:
         return result
-    return (result / model.cfg.model.diffusion.residual_scale + base).clamp(-1.0, 1.0)
+    return (result / scale + base).clamp(-1.0, 1.0)
 
 
-def _evaluate_batch(model: TFSDiffModel, batch: FusionBatch, sampler: Sampler, samples: int,
+def _evaluate_batch(model: TFSDiffModel, batch: FusionBatch, sampler: Sampler, settings: SamplerConfig,
                     generator: torch.Generator, out_dir: Path | None, save_process: bool,
                     progress: bool) -> tuple[list[CaseResult], list[np.ndarray], np.ndarray]:
     case_sources = [[tensor2img(src[i]) for src in (batch.src1, batch.src2, batch.src3)]
                     for i in range(len(batch))]
     base = residual_base(model.cfg.model.diffusion.residual_base, case_sources, batch.src1.device)
-    result = _sample(model, batch.condition, base, sampler, generator, save_process, progress, samples)
+    result = _sample(model, batch.condition, base, sampler, generator, save_process, progress, settings.samples,
+                     settings.clip)
     fused_t = result[-1] if save_process else result
     cases, fused_images, rows = [], [], []
     for i, case_id in enumerate(batch.case_ids):
@@ -185,7 +193,7 @@ def evaluate_model(model: TFSDiffModel, batches: Iterable[FusionBatch], out_dir:
     preview = None
     try:
         for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
-            batch_cases, batch_fused, rows = _evaluate_batch(model, batch.to(model.device), chain, sampler.samples,
+            batch_cases, batch_fused, rows = _evaluate_batch(model, batch.to(model.device), chain, sampler,
                                                              generator, out_dir, save_process, progress)
             cases.extend(batch_cases)
             fused.extend(batch_fused)

@@ -26,6 +26,14 @@ from core.config import SamplerConfig
 from model.schedule import NoiseSchedule
 
 NoiseNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Bounds = tuple[torch.Tensor, torch.Tensor]  # per-pixel (low, high) for x0 instead of [-1, 1]
+
+
+def clip_x0(x0_hat: torch.Tensor, bounds: Bounds | None) -> torch.Tensor:
+    """x0_hat clipped to [-1, 1], or to per-pixel `bounds` (low, high)."""
+    if bounds is None:
+        return x0_hat.clamp(-1.0, 1.0)
+    return torch.minimum(torch.maximum(x0_hat, bounds[0]), bounds[1])
 
 
 class Sampler(Protocol):
@@ -35,9 +43,10 @@ class Sampler(Protocol):
     noise_levels: tuple[float, ...]  # gamma fed to the network at step i
     start_noise: float  # x at the first kept step is start_noise * N(0, I): 1, or sqrt(1 - gamma_0^2) from a zero signal
 
-    def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor,
-             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t at kept step i and the predicted noise -> (x at the next kept step, predicted x0)."""
+    def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor, generator: torch.Generator,
+             bounds: Bounds | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t at kept step i and the predicted noise -> (x at the next kept step, predicted x0); x0 is clipped to
+        [-1, 1], or to `bounds` when given (when the sampler clips at all)."""
         ...
 
 
@@ -112,11 +121,11 @@ class AncestralSampler:
             sampler.start_noise = float(np.sqrt(1.0 - ab[0]))
         return sampler
 
-    def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor,
-             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor, generator: torch.Generator,
+             bounds: Bounds | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x0_hat = self._recip[i] * x_t - self._recipm1[i] * eps  # x0 from x_t and eps (Ho et al., Eq. 15)
         if self.clip_denoised:
-            x0_hat = x0_hat.clamp(-1.0, 1.0)
+            x0_hat = clip_x0(x0_hat, bounds)
         mean = self._coef1[i] * x0_hat + self._coef2[i] * x_t  # posterior mean mu~_t(x_t, x0) (Ho et al., Eq. 7)
         if i == len(self.timesteps) - 1:
             return mean, x0_hat
@@ -143,11 +152,11 @@ class DDIMSampler:
         self._dir = _floats(np.sqrt(np.maximum(1.0 - ab_prev - sigma ** 2, 0.0)))
         self._sigma = _floats(sigma)
 
-    def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor,
-             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, eps: torch.Tensor, i: int, x_t: torch.Tensor, generator: torch.Generator,
+             bounds: Bounds | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x0_hat = self._recip[i] * x_t - self._recipm1[i] * eps  # "predicted x0" term of Eq. 12
         if self.clip_denoised:
-            x0_hat = x0_hat.clamp(-1.0, 1.0)
+            x0_hat = clip_x0(x0_hat, bounds)
             eps = (self._recip[i] * x_t - x0_hat) / self._recipm1[i]  # noise consistent with the clipped x0
         x_prev = self._sqrt_ab_prev[i] * x0_hat + self._dir[i] * eps  # Eq. 12: x0 part + "direction pointing to x_t"
         if self._sigma[i] == 0.0:
@@ -169,9 +178,10 @@ def build_sampler(schedule: NoiseSchedule, cfg: SamplerConfig,
 
 @torch.no_grad()
 def sample_loop(net: NoiseNet, sampler: Sampler, condition: torch.Tensor, generator: torch.Generator, channels: int,
-                *, continuous: bool = False, progress: bool = True) -> torch.Tensor:
+                *, continuous: bool = False, progress: bool = True, bounds: Bounds | None = None) -> torch.Tensor:
     """Sample from x_T ~ N(0, I) (drawn from `generator`; times `sampler.start_noise` when the chain starts from a
-    zero signal at a lower step) along `sampler`'s kept steps.
+    zero signal at a lower step) along `sampler`'s kept steps, clipping x0 to `bounds` (B, channels, H, W each)
+    instead of [-1, 1] when given.
 
     `condition` (B, 9, H, W); its memory format is kept for x. Returns the result (B, channels, H, W), or with
     `continuous` (K, B, channels, H, W): x_T, about ten intermediate states, and the result last.
@@ -187,7 +197,7 @@ def sample_loop(net: NoiseNet, sampler: Sampler, condition: torch.Tensor, genera
     frames = [x]
     for i in tqdm(range(n), desc="sampling", disable=not progress, leave=False):
         eps = net(condition, x, levels[i])
-        x, _ = sampler.step(eps, i, x, generator)
+        x, _ = sampler.step(eps, i, x, generator, bounds)
         if continuous and (n - 1 - i) % every == 0:
             frames.append(x)
     return torch.stack(frames) if continuous else x

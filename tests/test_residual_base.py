@@ -178,3 +178,23 @@ def test_samples_average_before_clipping(models: tuple[TFSDiffModel, TFSDiffMode
     single = evaluate_model(residual_model, [batch], None, sampler=one, progress=False).fused[0]
     assert np.array_equal(single, tensor2img((draws[0] / SCALE + base).clamp(-1, 1)[0]))
 
+
+def test_image_clip_lets_the_correction_reach_the_whole_range(models: tuple[TFSDiffModel, TFSDiffModel],
+                                                               make_rgb: Callable) -> None:
+    """model.sampler.clip: "x0" (default) clips the scaled residual to [-1, 1], so the fused image stays within
+    1 / scale of the base; "image" clips x0 so that base + x0 / scale lies in [-1, 1]. Without a base the two are
+    the same, bit for bit."""
+    residual_model, plain_model = models
+    sources = [to_tensor(make_rgb(80 + k, (16, 16)))[None] for k in range(3)]
+    batch = [FusionBatch(*sources, target=None, case_ids=("a",))]
+    base = fuse(RULE, [make_rgb(80 + k, (16, 16)) for k in range(3)]).astype(float)
+    chain = SamplerConfig(type="respaced", steps=3)
+    image_chain = replace(chain, clip="image")
+    departure = {}
+    for name, sampler in (("x0", chain), ("image", image_chain)):
+        fused = evaluate_model(residual_model, [*batch], None, sampler=sampler, progress=False).fused[0]
+        departure[name] = np.abs(fused.astype(float) - base).max()
+    assert departure["x0"] <= 255 / 2 / SCALE + 1  # 1 / scale of the [-1, 1] range, in grey levels, plus rounding
+    assert departure["image"] > departure["x0"] + 10
+    plain = [evaluate_model(plain_model, [*batch], None, sampler=s, progress=False).fused[0] for s in (chain, image_chain)]
+    assert np.array_equal(plain[0], plain[1])
