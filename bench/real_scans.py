@@ -327,9 +327,12 @@ def _heading(args: argparse.Namespace, setup: Setup, cases: int) -> list[str]:
     sampler = setup.cfg.model.sampler
     steps = f", {sampler.steps} steps" if sampler.steps else ""
     eta = f", eta {sampler.eta}" if sampler.type == "ddim" else ""
+    start = f" from step {sampler.start_step}" if sampler.start_step is not None else ""
+    samples = f", mean of {sampler.samples} samples" if sampler.samples > 1 else ""
     return [f"# Real-scan benchmark: {cases} real test triplets at {setup.scale} ({setup.split.l_resolution} -> "
             f"{setup.split.r_resolution} px)", "",
-            f"- Model: {args.config}, checkpoint {setup.checkpoint}, sampler {sampler.type}{steps}{eta}."]
+            f"- Model: {args.config}, checkpoint {setup.checkpoint}, sampler {sampler.type}{steps}{start}{eta}, "
+            f"clip {sampler.clip}{samples}."]
 
 
 def run(args: argparse.Namespace) -> str:
