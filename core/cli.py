@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from core.config import ConfigError, SamplerConfig, TFSDiffConfig
+from core.registry import SAMPLERS
 
 T = TypeVar("T")
 
@@ -55,8 +56,8 @@ class UsageError(ValueError):
 def add_sampler_args(parser: argparse.ArgumentParser) -> None:
     """Add --sampler, --steps, --eta, --samples, --clip and --start-step (each overrides model.sampler)."""
     group = parser.add_argument_group("sampler (overrides model.sampler)")
-    group.add_argument("--sampler", choices=("ddpm", "respaced", "ddim"),
-                       help="ddpm = full chain (reference), respaced = DDPM over --steps steps, ddim = DDIM")
+    group.add_argument("--sampler", choices=SAMPLERS.names(),  # core.registry: the samplers of model/samplers.py
+                       help=", ".join(f"{name} = {spec.help}" for name, spec in SAMPLERS.items()))
     group.add_argument("--steps", type=int, help="kept steps for respaced/ddim (1..n_timestep of the val schedule)")
     group.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (0 = deterministic)")
     group.add_argument("--samples", type=int, help="average this many samples (>= 1; the mean of the samples)")

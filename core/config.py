@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Any, Literal
 
+from core.registry import LOSSES, SAMPLERS, WEIGHT_FREE_FUSION, Registry
 from core.typed_json import SR3_ALIAS as _SR3_ALIAS
 from core.typed_json import ConfigError, parse_dataclass, read_json_with_comments, to_plain
 
@@ -30,6 +31,18 @@ MAX_SAMPLES = 1000  # model.sampler.samples: beyond this the mean no longer chan
 
 def _check_seed(value: int, key: str) -> None:
     _check(0 <= value <= MAX_SEED, key, f"expected an integer from 0 to {MAX_SEED}, got {value}")
+
+
+def _spec(registry: Registry[Any], name: str, key: str) -> Any:
+    """The registry's spec of ``name`` (core.registry); ConfigError at ``key`` for an unknown name."""
+    names = registry.names()
+    _check(name in names, key, f"expected one of {', '.join(map(repr, names))}, got {name!r}")
+    return registry.get(name)
+
+
+def _types_where(registry: Registry[Any], has: str) -> str:
+    """The registry's names whose spec has the true attribute ``has``, as "'a' or 'b'"."""
+    return " or ".join(repr(name) for name, spec in registry.items() if getattr(spec, has))
 
 
 # ----------------------------------------------------------------------------------------------- schema
@@ -187,7 +200,7 @@ class DiffusionConfig:
     timestep_sampling: Literal["per_sample", "per_batch"] = "per_sample"  # per_batch = SR3/official (one t)
     # None (paper, official): diffuse the fused image. A rule of data.fusion_rules: diffuse the residual between the
     # target and that rule applied to the bicubic-upsampled sources, and add the rule's image back after sampling
-    residual_base: Literal["laplacian_ycbcr", "average", "maximum", "pca", "dwt"] | None = None
+    residual_base: Annotated[str, WEIGHT_FREE_FUSION] | None = None
     # the residual is multiplied by this before it is diffused (and divided after sampling), so that its spread
     # matches the [-1, 1] range that the noise schedule and the clipping of x0 are made for
     residual_scale: float = 1.0
@@ -211,16 +224,13 @@ class DiffusionConfig:
                "only used with residual_base; remove it or set residual_base")
 
 
-# Which tunable loss keys each loss type reads; giving any other one is an error ("official" has fixed weights).
-_LOSS_KEYS_USED: dict[str, tuple[str, ...]] = {
-    "psf": ("lambda_mse", "lambda_ssim", "ssim_window"),
-    "mse": ("lambda_mse",),
-    "official": (),
-}
+def _loss_keys(loss_type: str) -> tuple[str, ...]:
+    """The tunable loss keys a loss type reads (its `core.registry.LOSSES` spec); any other one is an error."""
+    return _spec(LOSSES, loss_type, "type").keys
 
 
 def _unused_loss_reason(name: str, loss_type: str) -> str:
-    users = " or ".join(repr(t) for t, keys in _LOSS_KEYS_USED.items() if name in keys)
+    users = " or ".join(repr(t) for t, spec in LOSSES.items() if name in spec.keys)
     return f"only used by type {users}; remove it for type {loss_type!r}"
 
 
@@ -228,7 +238,7 @@ def _unused_loss_reason(name: str, loss_type: str) -> str:
 class LossConfig:
     """The training loss (psf = lambda_mse * MSE + lambda_ssim * (1 - SSIM))."""
 
-    type: Literal["psf", "mse", "official"] = "psf"
+    type: Annotated[str, LOSSES] = "psf"  # a name of core.registry.LOSSES (model/losses.py)
     lambda_mse: float = 1.0  # in (0, 1]
     lambda_ssim: float = 0.1  # in (0, 1]; only for type "psf"
     ssim_window: int = 11  # odd, >= 3; only for type "psf"
@@ -239,24 +249,26 @@ class LossConfig:
             _check(0 < value <= 1, name, f"expected a number in (0, 1], got {value}")
         _check(self.ssim_window >= 3 and self.ssim_window % 2 == 1, "ssim_window",
                f"expected an odd integer >= 3, got {self.ssim_window}")
+        keys = _loss_keys(self.type)
         for f in dataclasses.fields(self):
-            if f.name != "type" and f.name not in _LOSS_KEYS_USED[self.type]:
+            if f.name != "type" and f.name not in keys:
                 _check(getattr(self, f.name) == f.default, f.name, _unused_loss_reason(f.name, self.type))
 
     def check_given_keys(self, keys: tuple[str, ...]) -> None:
         """A tunable key of another loss type is an error even when it has its default value."""
         for name in keys:
-            _check(name == "type" or name in _LOSS_KEYS_USED[self.type], name, _unused_loss_reason(name, self.type))
+            _check(name == "type" or name in _loss_keys(self.type), name, _unused_loss_reason(name, self.type))
 
     def plain_keys(self) -> tuple[str, ...]:
-        return ("type", *_LOSS_KEYS_USED[self.type])
+        return ("type", *_loss_keys(self.type))
 
 
 @dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
     """How validation and inference sample: full-chain DDPM, respaced DDPM or DDIM over `steps` kept steps."""
 
-    type: Literal["ddpm", "respaced", "ddim"] = "ddpm"  # ddpm = every step of the val schedule (the reference)
+    # a name of core.registry.SAMPLERS (model/samplers.py); ddpm = every step of the val schedule (the reference)
+    type: Annotated[str, SAMPLERS] = "ddpm"
     steps: int | None = None  # number of kept steps, 1..n_timestep; required for respaced and ddim, null for ddpm
     eta: float = 0.0  # DDIM stochasticity in [0, 1] (0 = deterministic); only for type "ddim"
     # draw this many samples one after another and return their mean (before any clipping to the image range):
@@ -273,22 +285,25 @@ class SamplerConfig:
     clip: Literal["x0", "image"] = "x0"
 
     def __post_init__(self) -> None:
+        spec = _spec(SAMPLERS, self.type, "type")
         _check(1 <= self.samples <= MAX_SAMPLES, "samples", f"expected an integer from 1 to {MAX_SAMPLES} (each "
                f"sample costs a whole sampling chain), got {self.samples}")
         if self.start_step is not None:
-            _check(self.type != "ddpm", "start_step", "only for type 'respaced' or 'ddim'")
+            _check(spec.uses_steps, "start_step", f"only for type {_types_where(SAMPLERS, 'uses_steps')}")
             _check(self.steps is None or self.steps <= self.start_step, "start_step",
                    f"must be at least steps ({self.steps}), got {self.start_step}")
-        if self.type == "ddpm":
-            _check(self.steps is None, "steps",
-                   f"type 'ddpm' always runs the full chain; remove steps or use type 'respaced' (got {self.steps})")
+        if not spec.uses_steps:
+            spaced = next(name for name, other in SAMPLERS.items() if other.uses_steps)
+            _check(self.steps is None, "steps", f"type {self.type!r} always runs the full chain; remove steps or use "
+                   f"type {spaced!r} (got {self.steps})")
         else:
             _check(self.steps is not None, "steps", f"required for type {self.type!r}")
             _check_min(self.steps, 1, "steps")
-        if self.type == "ddim":
+        if spec.uses_eta:
             _check(0.0 <= self.eta <= 1.0, "eta", f"expected a number in [0, 1], got {self.eta}")
         else:
-            _check(self.eta == 0.0, "eta", f"only used by type 'ddim'; remove it for type {self.type!r}")
+            _check(self.eta == 0.0, "eta",
+                   f"only used by type {_types_where(SAMPLERS, 'uses_eta')}; remove it for type {self.type!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,8 +315,9 @@ class ModelConfig:
     init: Literal["kaiming", "orthogonal"] = "kaiming"
     beta_schedule: BetaScheduleConfig
     diffusion: DiffusionConfig
-    loss: LossConfig = LossConfig()
-    sampler: SamplerConfig = SamplerConfig()
+    # factories: their defaults are checked against core.registry on first use, never while core.config is imported
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self) -> None:
         steps, n_timestep = self.sampler.steps, self.beta_schedule.val.n_timestep
@@ -413,8 +429,8 @@ class TFSDiffConfig:
         _check(patch is None or patch % 2 ** (levels - 1) == 0, "datasets.train.patch_size",
                f"{patch} is not divisible by 2**{levels - 1} (the U-Net downsamples len(channel_multiplier) - 1 times)")
         loss = self.model.loss
-        if loss.type != "mse":  # the SSIM term needs a window's side of image; the official loss's window is 11
-            window = loss.ssim_window if loss.type == "psf" else 11
+        window = _spec(LOSSES, loss.type, "model.loss.type").window(loss.ssim_window)
+        if window is not None:  # an SSIM term needs a window's side of image (core.registry.LossSpec.window)
             side = patch or self.datasets.train.r_resolution
             _check(side >= window, "datasets.train.patch_size" if patch else "datasets.train.r_resolution",
                    f"{side} pixels is smaller than the {window}-pixel SSIM window of the {loss.type!r} loss: "

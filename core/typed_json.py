@@ -18,7 +18,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 # Field metadata key: (value SR3 configs write, value it stands for), e.g. gpu_ids null -> ().
 SR3_ALIAS = "sr3_alias"
@@ -78,7 +78,7 @@ def parse_dataclass(cls: type, data: Any, path: str, source: str) -> Any:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(fields)}"
             raise ConfigError(join_key(path, str(key)), f"unknown key ({hint})", source)
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         key = join_key(path, name)
@@ -108,6 +108,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return None
         (inner,) = [arg for arg in args if arg is not type(None)]
         return _coerce(value, inner, key, source)
+    if origin is Annotated:  # Annotated[str, names]: one of `names.names()`, asked now (core.registry.Names)
+        args = tuple(extra.names() for extra in args[1:] if hasattr(extra, "names"))[0]
+        origin = Literal
     if origin is Literal:
         if any(type(value) is type(arg) and value == arg for arg in args):
             return value

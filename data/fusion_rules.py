@@ -29,14 +29,21 @@ below, copies chroma from the most colourful source exactly as in step 3, and co
   would be narrower than 2 px); approximation: mean of the three, detail bands: the coefficient of largest
   absolute value (ties: first source); inverse transform. Odd sizes are padded by edge replication at each level
   and cropped back.
+
+Each rule is registered by name in `core.registry.FUSION_METHODS` where it is defined (a method without weights);
+:data:`FUSION_RULES` is the registry's view of all methods without weights, which `model.diffusion.residual_base`,
+``infer.py --method`` and ``prepare_data.py --gt-fusion`` accept and the tables list as baselines.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+
+from core.registry import FUSION_METHODS, WEIGHT_FREE_FUSION
 
 __all__ = ["FusionRule", "laplacian_ycbcr", "average", "maximum", "pca", "dwt", "haar_dwt2", "haar_idwt2",
            "FUSION_RULES", "fuse", "rgb_to_ycbcr", "ycbcr_to_rgb"]
@@ -110,6 +117,7 @@ def _check_sources(sources: Sequence[np.ndarray]) -> None:
         raise ValueError(f"fusion sources must be at least {_MIN_SIDE}x{_MIN_SIDE}, got {shapes[0][:2]}")
 
 
+@FUSION_METHODS.register("laplacian_ycbcr")
 def laplacian_ycbcr(sources: Sequence[np.ndarray], levels: int = 4) -> np.ndarray:
     """Fuse three HxWx3 uint8 RGB images (see the module docstring for the exact rule).
 
@@ -151,11 +159,13 @@ def _fuse_luminance(sources: Sequence[np.ndarray], fuse_y: Callable[[list[np.nda
     return ycbcr_to_rgb(out)
 
 
+@FUSION_METHODS.register("average")
 def average(sources: Sequence[np.ndarray]) -> np.ndarray:
     """Three HxWx3 uint8 RGB sources -> HxWx3 uint8: mean luminance, chroma of the most colourful source."""
     return _fuse_luminance(sources, lambda ys: np.mean(ys, axis=0))
 
 
+@FUSION_METHODS.register("maximum")
 def maximum(sources: Sequence[np.ndarray]) -> np.ndarray:
     """Three HxWx3 uint8 RGB sources -> HxWx3 uint8: per-pixel max luminance, chroma of the most colourful source."""
     return _fuse_luminance(sources, lambda ys: np.max(ys, axis=0))
@@ -171,6 +181,7 @@ def _pca_weights(ys: list[np.ndarray]) -> np.ndarray:
     return principal / principal.sum()
 
 
+@FUSION_METHODS.register("pca")
 def pca(sources: Sequence[np.ndarray]) -> np.ndarray:
     """Three HxWx3 uint8 RGB sources -> HxWx3 uint8: PCA-weighted luminance, chroma of the most colourful source."""
     return _fuse_luminance(sources, lambda ys: np.tensordot(_pca_weights(ys), np.stack(ys), axes=1))
@@ -215,6 +226,7 @@ def _dwt_fuse(ys: list[np.ndarray], levels: int) -> np.ndarray:
     return haar_idwt2(approximation, *details)[:height, :width]
 
 
+@FUSION_METHODS.register("dwt")
 def dwt(sources: Sequence[np.ndarray], levels: int = 3) -> np.ndarray:
     """Three HxWx3 uint8 RGB sources -> HxWx3 uint8: Haar-DWT luminance fusion (see the module docstring)."""
     if levels < 1:
@@ -222,13 +234,26 @@ def dwt(sources: Sequence[np.ndarray], levels: int = 3) -> np.ndarray:
     return _fuse_luminance(sources, lambda ys: _dwt_fuse(ys, levels))
 
 
-FUSION_RULES: dict[str, FusionRule] = {
-    "laplacian_ycbcr": laplacian_ycbcr,
-    "average": average,
-    "maximum": maximum,
-    "pca": pca,
-    "dwt": dwt,
-}
+class _WeightFreeRules(Mapping[str, FusionRule]):
+    """name -> fuse(sources) of every fusion method without weights, in registration order (a live view of
+    `core.registry.FUSION_METHODS`, so a rule registered in another module appears here too)."""
+
+    def __getitem__(self, name: str) -> FusionRule:
+        if name not in WEIGHT_FREE_FUSION.names():
+            raise KeyError(name)
+        return FUSION_METHODS.get(name).fuse
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(WEIGHT_FREE_FUSION.names())
+
+    def __len__(self) -> int:
+        return len(WEIGHT_FREE_FUSION.names())
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+FUSION_RULES: Mapping[str, FusionRule] = _WeightFreeRules()
 
 
 def fuse(name: str, sources: Sequence[np.ndarray]) -> np.ndarray:

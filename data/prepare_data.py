@@ -63,6 +63,7 @@ from tqdm import tqdm
 
 from core.cli import add_debug_arg, run_and_report
 from core.outputs import check_apart, check_folder_target, mark_folder
+from core.registry import Registry
 from data import harvard_cases, layout, pairs_form
 from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, ImageReadError, pad_to_square, read_image
@@ -70,7 +71,8 @@ from data.resample import resize_bicubic
 from data.splits import SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split, split_cases
 from data.volumes import AXES, PERCENTILES, find_subjects, single_subject, subject_slices
 
-__all__ = ["Settings", "Output", "CaseJob", "write_case", "prepare_slices", "prepare_volumes", "prepare_pairs", "main"]
+__all__ = ["Settings", "Output", "CaseJob", "write_case", "prepare_slices", "prepare_volumes", "prepare_pairs",
+           "InputLayout", "DATASET_LAYOUTS", "main"]
 
 FORMAT_VERSION = 1
 COMMAND = "data/prepare_data.py"
@@ -328,9 +330,85 @@ def _resolutions(size: int, scales: list[int] | None, lr_sizes: list[int] | None
     return ordered, [size // s for s in ordered]
 
 
+# The input layouts (sub-commands): each is registered in DATASET_LAYOUTS beside its parser and its preparation.
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """One layout a user's data may come in: a sub-command that turns it into the layout of ``data.layout``.
+
+    ``add_parser(forms, name, base, common)`` adds the sub-command ``name`` to ``forms`` (``base``: the options of
+    every layout; ``common``: those plus --modalities, --split and --gt-folder); ``prepare(args, output)`` writes the
+    dataset and returns its folder; ``split_ratio``: the cases are split by --split (else by the layout's own rule).
+    """
+
+    add_parser: Callable[[argparse._SubParsersAction, str, argparse.ArgumentParser, argparse.ArgumentParser], object]
+    prepare: Callable[[argparse.Namespace, Output], Path]
+    split_ratio: bool = True
+
+
+DATASET_LAYOUTS: Registry[InputLayout] = Registry("dataset layout", InputLayout)
+
+
+def _slices_parser(forms: argparse._SubParsersAction, name: str, base: argparse.ArgumentParser,
+                   common: argparse.ArgumentParser) -> None:
+    slices = forms.add_parser(name, parents=[common], help="folders of 2-D images, one folder per modality",
+                              description="Files are paired by stem across folders. Non-image files are skipped with "
+                              "a warning; hidden files are ignored.")
+    slices.add_argument("--input", required=True, type=Path, help="folder holding the modality folders")
+    slices.add_argument("--folders", nargs=3, metavar="DIR", help="the three modality folders (default: --modalities)")
+    slices.add_argument("--resize", action="store_true", help="allow images of one case to differ in size: each is "
+                        "padded to a square and resized to --size on its own (default: error)")
+
+
+def _from_slices(args: argparse.Namespace, output: Output) -> Path:
+    folders, modalities = _names(args)
+    return prepare_slices(args.input, folders, modalities, output, args.gt_folder)
+
+
+DATASET_LAYOUTS.add("slices", InputLayout(_slices_parser, _from_slices))
+
+
+def _volumes_parser(forms: argparse._SubParsersAction, name: str, base: argparse.ArgumentParser,
+                    common: argparse.ArgumentParser) -> None:
+    volumes = forms.add_parser(name, parents=[common], help="registered 3-D NIfTI volumes",
+                               description="Non-NIfTI files in the modality folders are skipped with a warning.")
+    source = volumes.add_mutually_exclusive_group(required=True)
+    source.add_argument("--files", nargs=3, type=Path, metavar="NII", help="one subject: three registered volumes")
+    source.add_argument("--input", type=Path, help="folder of modality folders holding <subject>.nii[.gz] files")
+    volumes.add_argument("--folders", nargs=3, metavar="DIR", help="modality folders under --input")
+    volumes.add_argument("--gt-file", type=Path, help="with --files: fused ground-truth volume")
+    volumes.add_argument("--subject-id", help="with --files: subject id (default: stem of the first file)")
+    volumes.add_argument("--axis", choices=sorted(AXES), default="axial", help="slicing axis (default axial)")
+    volumes.add_argument("--min-foreground", type=float, default=0.05,
+                         help="keep slices with at least this fraction of non-zero pixels (default 0.05)")
+    volumes.add_argument("--slab-gap", type=int, default=5, help="single subject: slices left out between "
+                         "train/val/test slabs (default 5)")
+
+
+def _from_volumes(args: argparse.Namespace, output: Output) -> Path:
+    subjects, modalities = _volume_subjects(args)
+    return prepare_volumes(subjects, modalities, output, args.axis, args.min_foreground, args.slab_gap)
+
+
+DATASET_LAYOUTS.add("volumes", InputLayout(_volumes_parser, _from_volumes))
+
+
+def _pairs_parser(forms: argparse._SubParsersAction, name: str, base: argparse.ArgumentParser,
+                  common: argparse.ArgumentParser) -> None:
+    pairs_form.add_pairs_parser(forms, base)  # names the sub-command "pairs"
+
+
+def _from_pairs(args: argparse.Namespace, output: Output) -> Path:
+    return prepare_pairs(pairs_form.request_from_args(args), output)
+
+
+DATASET_LAYOUTS.add("pairs", InputLayout(_pairs_parser, _from_pairs, split_ratio=False))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    forms = parser.add_subparsers(dest="form", required=True, metavar="{slices,volumes,pairs}")
+    forms = parser.add_subparsers(dest="form", required=True, metavar="{" + ",".join(DATASET_LAYOUTS.names()) + "}")
     base = argparse.ArgumentParser(add_help=False)
     base.add_argument("--out", required=True, type=Path, help="output folder (created atomically); never an input, "
                       "inside one or containing one")
@@ -352,27 +430,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--split", default="8:1:1", help="train:val:test ratio, by case (default 8:1:1)")
     common.add_argument("--gt-folder", default="GT", help="ground-truth sub-folder of --input, used when present "
                         "(default GT)")
-    slices = forms.add_parser("slices", parents=[common], help="folders of 2-D images, one folder per modality",
-                              description="Files are paired by stem across folders. Non-image files are skipped with "
-                              "a warning; hidden files are ignored.")
-    slices.add_argument("--input", required=True, type=Path, help="folder holding the modality folders")
-    slices.add_argument("--folders", nargs=3, metavar="DIR", help="the three modality folders (default: --modalities)")
-    slices.add_argument("--resize", action="store_true", help="allow images of one case to differ in size: each is "
-                        "padded to a square and resized to --size on its own (default: error)")
-    volumes = forms.add_parser("volumes", parents=[common], help="registered 3-D NIfTI volumes",
-                               description="Non-NIfTI files in the modality folders are skipped with a warning.")
-    source = volumes.add_mutually_exclusive_group(required=True)
-    source.add_argument("--files", nargs=3, type=Path, metavar="NII", help="one subject: three registered volumes")
-    source.add_argument("--input", type=Path, help="folder of modality folders holding <subject>.nii[.gz] files")
-    volumes.add_argument("--folders", nargs=3, metavar="DIR", help="modality folders under --input")
-    volumes.add_argument("--gt-file", type=Path, help="with --files: fused ground-truth volume")
-    volumes.add_argument("--subject-id", help="with --files: subject id (default: stem of the first file)")
-    volumes.add_argument("--axis", choices=sorted(AXES), default="axial", help="slicing axis (default axial)")
-    volumes.add_argument("--min-foreground", type=float, default=0.05,
-                         help="keep slices with at least this fraction of non-zero pixels (default 0.05)")
-    volumes.add_argument("--slab-gap", type=int, default=5, help="single subject: slices left out between "
-                         "train/val/test slabs (default 5)")
-    pairs_form.add_pairs_parser(forms, base)
+    for name, layout_spec in DATASET_LAYOUTS.items():
+        layout_spec.add_parser(forms, name, base, common)
     return parser
 
 
@@ -425,16 +484,11 @@ def _prepare(args: argparse.Namespace) -> Path:
         raise PrepareError(f"input folder {args.input} does not exist")
     scales, l_resolutions = _resolutions(args.size, args.scales, args.lr_sizes)
     settings = Settings(args.size, tuple(l_resolutions), args.gt_fusion, getattr(args, "resize", False))
-    split = (0, 0, 0) if args.form == "pairs" else parse_split(args.split)
+    layout_spec = DATASET_LAYOUTS.get(args.form)
+    split = parse_split(args.split) if layout_spec.split_ratio else (0, 0, 0)
     output = Output(args.out, settings, tuple(scales), split, args.seed, args.workers, args.overwrite,
                     not args.quiet)
-    if args.form == "slices":
-        folders, modalities = _names(args)
-        return prepare_slices(args.input, folders, modalities, output, args.gt_folder)
-    if args.form == "pairs":
-        return prepare_pairs(pairs_form.request_from_args(args), output)
-    subjects, modalities = _volume_subjects(args)
-    return prepare_volumes(subjects, modalities, output, args.axis, args.min_foreground, args.slab_gap)
+    return layout_spec.prepare(args, output)
 
 
 def main(argv: list[str] | None = None) -> int:

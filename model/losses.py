@@ -7,6 +7,9 @@
 - "official": what the official code optimises: sum-reduced L1(eps, eps_pred) + the kornia<=0.5 SSIM loss
   mean(clamp(1 - SSIM, 0, 1) / 2) between the *target image* and the *predicted noise* (reflect padding,
   max_val 1 on [-1, 1] data). Kept for reproducing official runs; it is not what the paper describes.
+
+Each is registered in `core.registry.LOSSES` by a builder whose parameters are the `model.loss` keys it reads (end of
+this module); `model.loss.type` accepts exactly those names and `tests/test_registries.py` runs each one.
 """
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from core.registry import LOSSES
 from model.diffusion import TrainingTerms
 
-LossType = Literal["psf", "mse", "official"]
 LossFn = Callable[[TrainingTerms, torch.Tensor], dict[str, torch.Tensor]]
 
 
@@ -89,12 +92,30 @@ def official_loss(terms: TrainingTerms, x0: torch.Tensor) -> dict[str, torch.Ten
     return {"loss": l1 + kornia_ssim, "l1_sum": l1.detach(), "ssim_loss": kornia_ssim.detach()}
 
 
-def build_loss(kind: LossType, lambda_mse: float = 1.0, lambda_ssim: float = 0.1, window_size: int = 11) -> LossFn:
+# The losses `model.loss.type` chooses from (core.registry.LOSSES); a builder's parameters are the keys it reads.
+
+
+@LOSSES.register("psf")
+def _psf(lambda_mse: float, lambda_ssim: float, ssim_window: int) -> LossFn:
+    return PSFLoss(lambda_mse, lambda_ssim, ssim_window)
+
+
+@LOSSES.register("mse")
+def _mse(lambda_mse: float) -> LossFn:  # the config accepts lambda_mse for "mse"; the MSE alone is not weighted
+    return mse_loss
+
+
+@LOSSES.register("official", ssim_window=11)
+def _official() -> LossFn:
+    return official_loss
+
+
+def build_loss(kind: str, lambda_mse: float = 1.0, lambda_ssim: float = 0.1, window_size: int = 11) -> LossFn:
     """The loss selected by `model.loss.type` in the config."""
-    if kind == "psf":
-        return PSFLoss(lambda_mse, lambda_ssim, window_size)
-    if kind == "mse":
-        return mse_loss
-    if kind == "official":
-        return official_loss
-    raise ValueError(f"unknown loss type {kind!r}; expected 'psf', 'mse' or 'official'")
+    try:
+        spec = LOSSES.get(kind)
+    except ValueError:
+        *rest, last = map(repr, LOSSES.names())
+        raise ValueError(f"unknown loss type {kind!r}; expected {', '.join(rest)} or {last}") from None
+    values = {"lambda_mse": lambda_mse, "lambda_ssim": lambda_ssim, "ssim_window": window_size}
+    return spec.build(**{key: values[key] for key in spec.keys})

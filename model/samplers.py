@@ -13,6 +13,9 @@ python float computed before the loop, so the loop never synchronises host and d
   (Nichol & Dhariwal, 2021, Sec. 4; guided-diffusion's respacing), noise level sqrt(alpha_bar) of the kept step.
 - `DDIMSampler`: Song et al. (2021), Eq. 12 with sigma from Eq. 16 scaled by eta.
 Images are (B, C, H, W) in [-1, 1]; noise levels are in (0, 1].
+
+Each is registered by name in `core.registry.SAMPLERS` beside its builder (end of this module); that name is what
+`model.sampler.type` and `--sampler` accept, and `tests/test_registries.py` runs every registered sampler.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import SamplerConfig
+from core.registry import SAMPLERS
 from model.schedule import NoiseSchedule
 
 NoiseNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -164,16 +168,30 @@ class DDIMSampler:
         return x_prev + self._sigma[i] * _noise(x_t.shape, x_t, generator), x0_hat  # Eq. 12: random noise sigma_t eps_t
 
 
-def build_sampler(schedule: NoiseSchedule, cfg: SamplerConfig,
-                  clip_denoised: bool = True) -> AncestralSampler | DDIMSampler:
-    """The sampler of `cfg` on `schedule` (for sampling: the table of `model.beta_schedule.val`)."""
-    if cfg.type == "ddpm":
-        return AncestralSampler.full_chain(schedule, clip_denoised)
-    if cfg.steps is None:
-        raise ValueError(f"sampler type {cfg.type!r} needs steps")
-    if cfg.type == "respaced":
-        return AncestralSampler.respaced(schedule, cfg.steps, clip_denoised, cfg.start_step)
+# The samplers `model.sampler.type` and --sampler choose from (core.registry.SAMPLERS): a name, its builder and spec.
+
+
+@SAMPLERS.register("ddpm", help="full chain (reference)", uses_steps=False)
+def _ddpm(schedule: NoiseSchedule, cfg: SamplerConfig, clip_denoised: bool) -> AncestralSampler:
+    return AncestralSampler.full_chain(schedule, clip_denoised)
+
+
+@SAMPLERS.register("respaced", help="DDPM over --steps steps")
+def _respaced(schedule: NoiseSchedule, cfg: SamplerConfig, clip_denoised: bool) -> AncestralSampler:
+    return AncestralSampler.respaced(schedule, cfg.steps, clip_denoised, cfg.start_step)
+
+
+@SAMPLERS.register("ddim", help="DDIM", uses_eta=True)
+def _ddim(schedule: NoiseSchedule, cfg: SamplerConfig, clip_denoised: bool) -> DDIMSampler:
     return DDIMSampler(schedule, cfg.steps, cfg.eta, clip_denoised, cfg.start_step)
+
+
+def build_sampler(schedule: NoiseSchedule, cfg: SamplerConfig, clip_denoised: bool = True) -> Sampler:
+    """The sampler of `cfg` on `schedule` (for sampling: the table of `model.beta_schedule.val`)."""
+    spec = SAMPLERS.get(cfg.type)
+    if spec.uses_steps and cfg.steps is None:
+        raise ValueError(f"sampler type {cfg.type!r} needs steps")
+    return spec.build(schedule, cfg, clip_denoised)
 
 
 @torch.no_grad()
