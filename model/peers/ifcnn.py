@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.registry import FUSION_METHODS
 from model.peers import PeerWeights, weights_file
 
 WEIGHTS = PeerWeights(method="IFCNN", relative_path="Code/snapshots/IFCNN-MAX.pth", size_bytes=337094,
@@ -135,3 +136,6 @@ def load(peer_dir: str | Path | None, device: torch.device | str = "cpu") -> IFC
     """IFCNN-MAX with the authors' checked weights `Code/snapshots/IFCNN-MAX.pth` under `peer_dir`."""
     device = torch.device(device)
     return IFCNNFusion(load_network(weights_file(peer_dir, WEIGHTS), device), device)
+
+
+FUSION_METHODS.register("ifcnn", needs_weights=True)(load)

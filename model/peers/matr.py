@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.registry import FUSION_METHODS
 from model.peers import PeerWeights, weights_file
 
 WEIGHTS = PeerWeights(method="MATR", relative_path="models/model_10.pth", size_bytes=87176,
@@ -307,3 +308,6 @@ def load(peer_dir: str | Path | None, device: torch.device | str = "cpu", permut
     net = MATRNet(permute_fix=permute_fix)
     net.load_state_dict(load_state_dict(weights_file(peer_dir, WEIGHTS), device), strict=True)
     return MATR(net.to(device).eval(), device)
+
+
+FUSION_METHODS.register("matr", needs_weights=True)(load)

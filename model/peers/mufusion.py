@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.registry import FUSION_METHODS
 from model.peers import PeerWeights, weights_file
 
 WEIGHTS = PeerWeights(method="MUFusion", relative_path="medical/models/harvard.model", size_bytes=2227655,
@@ -215,3 +216,6 @@ def load(peer_dir: str | Path | None, device: torch.device | str = "cpu", dtype:
     net = MUFusionNet()
     net.load_state_dict(load_state_dict(weights_file(peer_dir, WEIGHTS), device), strict=True)
     return MUFusion(net.to(device, dtype).eval(), device, dtype, stretch_between_stages)
+
+
+FUSION_METHODS.register("mufusion", needs_weights=True)(load)

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.registry import FUSION_METHODS
 from model.peers import PeerWeights, weights_file
 
 WEIGHTS = PeerWeights(method="PRRGAN", relative_path="output_dir/checkpoint-650.pth", size_bytes=623971,
@@ -318,3 +319,6 @@ def load(peer_dir: str | Path | None, device: torch.device | str = "cpu", batchn
     "train" (default, the authors' script: per-image batch statistics) or "eval" (running statistics)."""
     device = torch.device(device)
     return PRRGANFusion(load_network(weights_file(peer_dir, WEIGHTS), device, batchnorm), device)
+
+
+FUSION_METHODS.register("prrgan", needs_weights=True)(load)
