@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from core.registry import LOSSES, SAMPLERS, WEIGHT_FREE_FUSION, Registry
 from core.typed_json import SR3_ALIAS as _SR3_ALIAS
-from core.typed_json import ConfigError, parse_dataclass, read_json_with_comments, to_plain
+from core.typed_json import ConfigError, parse_dataclass, parse_json_file, to_plain
 
 
 def _check(ok: bool, key: str, reason: str) -> None:
@@ -445,8 +445,9 @@ class TFSDiffConfig:
 
 
 def load_config(path: str | os.PathLike) -> TFSDiffConfig:
-    """Read the JSON-with-comments file at ``path`` and parse it with :func:`parse_config`."""
-    return parse_config(read_json_with_comments(path), os.fspath(path))
+    """Read the JSON-with-comments file at ``path``, merged onto the base config it names (``"base"``, a file name
+    relative to its folder: `core.typed_json.parse_json_file`), and parse it with :func:`parse_config`."""
+    return parse_json_file(path, parse_config)
 
 
 def parse_config(data: dict, source: str = "<dict>") -> TFSDiffConfig:

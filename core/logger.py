@@ -1,4 +1,5 @@
-"""Experiment folders and logging: `experiments/<name>_<timestamp>/{logs,tb_logger,results,checkpoint}`."""
+"""Experiment folders and logging: `experiments/<name>_<timestamp>/{logs,tb_logger,results,checkpoint}` (and
+the files a command records there, e.g. sr.py's resolved `config.json`)."""
 from __future__ import annotations
 
 import logging
@@ -25,11 +26,13 @@ class RunDirs:
 
 
 def make_run_dirs(experiments_root: str | Path, name: str, phase: str,
-                  checkpoint_files: Mapping[str, str] | None = None) -> RunDirs:
+                  checkpoint_files: Mapping[str, str] | None = None,
+                  root_files: Mapping[str, str] | None = None) -> RunDirs:
     """Create a fresh `<experiments_root>/<name>_<phase>_<yymmdd_HHMMSS>` run folder with its subfolders.
 
     The folder appears at once, complete: it is built under a hidden temporary name, with `checkpoint_files`
-    (name -> text, e.g. the checkpoint a resumed run starts from) already in `checkpoint/`, and then renamed.
+    (name -> text, e.g. the checkpoint a resumed run starts from) already in `checkpoint/` and `root_files` (e.g.
+    the resolved config, `config.json`) in the folder itself, and then renamed.
     """
     stamp = datetime.now().strftime("%y%m%d_%H%M%S")
     root = Path(experiments_root) / f"{name}_{phase}_{stamp}"
@@ -44,6 +47,8 @@ def make_run_dirs(experiments_root: str | Path, name: str, phase: str,
             (building / folder).mkdir(parents=True)
         for file_name, text in (checkpoint_files or {}).items():
             (building / "checkpoint" / file_name).write_text(text, encoding="utf-8")
+        for file_name, text in (root_files or {}).items():
+            (building / file_name).write_text(text, encoding="utf-8")
         os.rename(building, root)
     finally:
         if building.exists():

@@ -4,7 +4,8 @@ Generic machinery for `core.config` (the TFS-Diff schema). A dataclass is built 
 keys (with a "did you mean" hint), missing required keys and mistyped values fail with a :class:`ConfigError`
 naming the source file and the full key path; lists become tuples and integral floats ints. Two optional hooks
 on a schema class: `check_given_keys(keys)` rejects keys that were given but mean nothing in context, and
-`plain_keys()` lists the fields `to_plain` writes.
+`plain_keys()` lists the fields `to_plain` writes. A file may name a base config to override (`"base"`,
+:func:`parse_json_file`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 # Field metadata key: (value SR3 configs write, value it stands for), e.g. gpu_ids null -> ().
 SR3_ALIAS = "sr3_alias"
+BASE_KEY = "base"  # a config's top-level key naming the config it overrides (parse_json_file)
+T = TypeVar("T")
 _COMMENT_OR_STRING = re.compile(r'("(?:\\.|[^"\\])*")|//[^\n]*')
 
 
@@ -61,6 +65,78 @@ def read_json_with_comments(path: str | os.PathLike) -> Any:
         return json.loads(strip_json_comments(text))
     except json.JSONDecodeError as err:
         raise ConfigError("", f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}", source) from None
+
+
+# ------------------------------------------------------------------------------------------- base configs
+
+
+def read_json_with_base(path: str | os.PathLike) -> Any:
+    """The JSON value in the file at ``path`` with its chain of base configs merged in (:func:`parse_json_file`)."""
+    return _read_chain(Path(path), os.fspath(path), ())[0]
+
+
+def parse_json_file(path: str | os.PathLike, parse: Callable[[Any, str], T]) -> T:
+    """``parse(data, source)`` of the config file at ``path``, after merging in its chain of base configs.
+
+    A config whose top-level object has a ``"base"`` key (a file name, relative to the config's folder) is the base
+    config (itself possibly with a base: chains are allowed) with the config's other keys on top: objects merge key
+    by key, recursively; lists, scalars and null replace; an object whose ``"type"`` differs from the base's
+    object's replaces it whole (its other keys were options of the base's type). A cycle of bases or a missing
+    base is a ConfigError naming the config that names it. An error in the merged data names the file that wrote
+    the offending key ("<base> (a base of <config>)" for a key that comes from a base), else ``path``.
+    """
+    source = os.fspath(path)
+    data, origins = _read_chain(Path(path), source, ())
+    try:
+        return parse(data, source)
+    except ConfigError as err:
+        key = err.key
+        while key and key not in origins:
+            key = key[:key.rindex("[")] if key.endswith("]") and "[" in key else key.rpartition(".")[0]
+        origin = origins.get(key, source)
+        if origin == source or err.source != source:
+            raise
+        raise ConfigError(err.key, err.reason, f"{origin} (a base of {source})") from None
+
+
+def _read_chain(path: Path, source: str, seen: tuple[tuple[Path, str], ...]) -> tuple[Any, dict[str, str]]:
+    """The merged data of the config ``source`` at ``path`` and, for the key paths a file wrote, that file's name (a
+    key path's nearest listed prefix names the file of a key path not listed); ``seen``: (resolved path, name) of
+    the configs based on it."""
+    data = read_json_with_comments(path)
+    if not isinstance(data, dict) or BASE_KEY not in data:
+        return data, dict.fromkeys(data, source) if isinstance(data, dict) else {}
+    base = data[BASE_KEY]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(BASE_KEY, "expected the file name of the base config (relative to this config's folder), "
+                          f"got {_show(base)}", source)
+    base_path, base_source = path.parent / base, os.path.normpath(os.path.join(os.path.dirname(source), base))
+    chain = (*seen, (path.resolve(), source))
+    resolved = [real for real, _ in chain]
+    if base_path.resolve() in resolved:
+        names = [name for _, name in chain[resolved.index(base_path.resolve()):]]
+        raise ConfigError(BASE_KEY, f"the base configs form a cycle: {' -> '.join([*names, base_source])}", source)
+    if not base_path.is_file():
+        raise ConfigError(BASE_KEY, f"base config {base_source} not found", source)
+    merged, origins = _read_chain(base_path, base_source, chain)
+    if not isinstance(merged, dict):
+        raise ConfigError(BASE_KEY, f"base config {base_source} is not a JSON object", source)
+    return _merge(merged, {k: v for k, v in data.items() if k != BASE_KEY}, "", source, origins), origins
+
+
+def _merge(base: dict, over: dict, prefix: str, source: str, origins: dict[str, str]) -> dict:
+    """``over`` merged onto ``base`` (new dicts); records in ``origins`` that ``source`` wrote what it replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        path = join_key(prefix, str(key))
+        old = base.get(key)
+        if isinstance(old, dict) and isinstance(value, dict) and value.get("type", old.get("type")) == old.get("type"):
+            out[key] = _merge(old, value, path, source, origins)
+            continue
+        for stale in [k for k in origins if k.startswith((f"{path}.", f"{path}["))]:
+            del origins[stale]
+        out[key], origins[path] = value, source
+    return out
 
 
 def _show(value: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from core.config import (
     load_config,
     parse_config,
 )
-from core.typed_json import strip_json_comments
+from core.typed_json import read_json_with_base, strip_json_comments
 
 
 def valid_dict() -> dict[str, Any]:
@@ -304,9 +305,15 @@ def test_every_committed_config_parses(path: Path) -> None:
     load_config(path)
 
 
-def test_stage_2_of_the_real_scan_recipe_changes_only_what_it_says() -> None:
-    stage1 = load_config(CONFIG_ROOT / "harvard_x4_residual_64_256.json")
-    stage2 = load_config(CONFIG_ROOT / "harvard_x4_residual_start200_64_256.json")
+# the real-scan residual recipe: scale -> (stage 1, stage 2); each stage 2's base is its stage 1, the x2 and x8
+# stage 1's base is the x4 stage 1
+STAGES = {f"x{scale}": (f"harvard_x{scale}_residual_{256 // scale}_256.json",
+                        f"harvard_x{scale}_residual_start200_{256 // scale}_256.json") for scale in (2, 4, 8)}
+
+
+@pytest.mark.parametrize("scale", sorted(STAGES))
+def test_stage_2_of_the_real_scan_recipe_changes_only_what_it_says(scale: str) -> None:
+    stage1, stage2 = (load_config(CONFIG_ROOT / name) for name in STAGES[scale])
     assert stage2.model.diffusion.train_max_step == stage2.model.sampler.start_step == 200
     assert stage2.model.diffusion.train_zero_start == 0.5
     assert stage2.train.n_iter > stage1.train.n_iter
@@ -314,7 +321,114 @@ def test_stage_2_of_the_real_scan_recipe_changes_only_what_it_says() -> None:
     assert stage1.model.sampler.start_step == 200 and stage2.model.sampler.steps == 2
     same_diffusion = replace(stage2.model.diffusion, train_max_step=None, train_zero_start=0.0)
     assert replace(stage2.model, diffusion=same_diffusion, sampler=stage1.model.sampler) == stage1.model
-    assert stage2.path.pretrained == "pretrained/tfsdiff_x4_64_256.pth"
+    # only the x4 recipe has released weights; its sampler clips with "image" (chosen on validation)
+    assert stage2.path.pretrained == ("pretrained/tfsdiff_x4_64_256.pth" if scale == "x4" else None)
+    assert stage2.model.sampler.clip == ("image" if scale == "x4" else "x0")
     assert replace(stage2, name=stage1.name, model=stage1.model, path=stage1.path,
                    train=replace(stage2.train, n_iter=stage1.train.n_iter, val_freq=stage1.train.val_freq,
                                  optimizer=stage1.train.optimizer)) == stage1
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("scale", ["x2", "x8"])
+def test_the_x2_and_x8_recipes_are_the_x4_recipe_at_their_scale(scale: str, stage: int) -> None:
+    ours, x4 = (load_config(CONFIG_ROOT / STAGES[s][stage - 1]) for s in (scale, "x4"))
+    splits = {split: replace(getattr(x4.datasets, split), dataroot=f"datasets/harvard_{scale}/{split}",
+                             l_resolution=256 // int(scale[1:])) for split in ("train", "val", "test")}
+    expected = replace(x4, name=x4.name.replace("x4", scale), datasets=replace(x4.datasets, **splits))
+    if stage == 2:  # no released weights at x2 and x8 yet, so no sampler chosen on their validation split
+        expected = replace(expected, path=replace(x4.path, pretrained=None),
+                           model=replace(x4.model, sampler=replace(x4.model.sampler, clip="x0")))
+    assert ours == expected
+
+
+# ------------------------------------------------------------------------------------------ base configs
+
+
+def write_json(path: Path, data: dict[str, Any], header: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + json.dumps(data, indent=2), encoding="utf-8")
+    return path
+
+
+def test_base_config_keys_override_objects_merge_and_lists_replace(tmp_path: Path) -> None:
+    base = with_value("path", {"pretrained": "w.pth", "experiments_root": "runs"})
+    write_json(tmp_path / "base.json", base, "// the base\n")
+    child = write_json(tmp_path / "child.json", {
+        "base": "base.json", "name": "child", "seed": 7,
+        "path": {"pretrained": None},  # null replaces like any scalar
+        "datasets": {"train": {"batch_size": 4}},
+        "model": {"unet": {"channel_multiplier": [1, 2], "attn_res": [16]}},  # lists replace whole
+    })
+    expected = copy.deepcopy(base)
+    expected.update(name="child", seed=7)
+    expected["path"]["pretrained"] = None
+    expected["datasets"]["train"]["batch_size"] = 4
+    expected["model"]["unet"].update(channel_multiplier=[1, 2], attn_res=[16])
+    assert read_json_with_base(child) == expected
+    cfg = load_config(child)
+    assert cfg == parse_config(expected)
+    assert (cfg.path.experiments_root, cfg.datasets.train.dataroot, cfg.model.unet.inner_channel) == \
+        ("runs", "data/x", 8)
+
+
+def test_an_object_of_another_type_replaces_the_base_object_whole(tmp_path: Path) -> None:
+    write_json(tmp_path / "base.json", with_value("model.loss", {"type": "psf", "lambda_mse": 0.5, "lambda_ssim": 0.2}))
+    same = write_json(tmp_path / "same.json", {"base": "base.json", "model": {"loss": {"lambda_ssim": 0.3}}})
+    other = write_json(tmp_path / "other.json", {"base": "base.json", "model": {"loss": {"type": "mse"}}})
+    assert config_to_dict(load_config(same))["model"]["loss"] == {"type": "psf", "lambda_mse": 0.5, "lambda_ssim": 0.3,
+                                                                 "ssim_window": 11}
+    assert config_to_dict(load_config(other))["model"]["loss"] == {"type": "mse", "lambda_mse": 1.0}
+
+
+def test_base_chains_resolve_relative_to_each_configs_folder(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    write_json(tmp_path / "root.json", valid_dict())
+    mid = tmp_path / "sub" / "mid.json"  # a byte-order mark and comments, as in any config
+    mid.parent.mkdir()
+    mid.write_text('\ufeff// middle\n{"base": "../root.json", "seed": 5, // the seed\n "name": "mid"}',
+                   encoding="utf-8")
+    top = write_json(tmp_path / "top.json", {"base": "sub/mid.json", "name": "top"})
+    monkeypatch.chdir(mid.parent)
+    assert load_config(top) == parse_config({**valid_dict(), "name": "top", "seed": 5})
+
+
+def test_a_cycle_of_base_configs_is_an_error_naming_the_files(tmp_path: Path) -> None:
+    write_json(tmp_path / "a.json", {"base": "b.json"})
+    write_json(tmp_path / "b.json", {"base": "a.json"})
+    write_json(tmp_path / "self.json", {"base": "self.json"})
+    a, b, own = (str(tmp_path / name) for name in ("a.json", "b.json", "self.json"))
+    with pytest.raises(ConfigError, match=f"^{re.escape(b)}: base: the base configs form a cycle: "
+                       f"{re.escape(f'{a} -> {b} -> {a}')}$"):
+        load_config(a)
+    with pytest.raises(ConfigError, match=f"^{re.escape(own)}: base: the base configs form a cycle"):
+        load_config(own)
+
+
+def test_a_missing_or_malformed_base_is_an_error_naming_the_config(tmp_path: Path) -> None:
+    child = write_json(tmp_path / "child.json", {"base": "nope.json", "name": "x"})
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(child))}: base: base config "
+                       f"{re.escape(str(tmp_path / 'nope.json'))} not found$"):
+        load_config(child)
+    write_json(child, {"base": ["a.json"]})
+    with pytest.raises(ConfigError, match=r"child\.json: base: expected the file name of the base config"):
+        load_config(child)
+    (tmp_path / "broken.json").write_text("{", encoding="utf-8")
+    write_json(child, {"base": "broken.json"})
+    with pytest.raises(ConfigError, match=r"broken\.json: invalid JSON"):
+        load_config(child)
+
+
+def test_errors_name_the_file_that_wrote_the_key(tmp_path: Path) -> None:
+    base = write_json(tmp_path / "base.json", valid_dict())
+    child = write_json(tmp_path / "child.json", {"base": "base.json", "model": {"unet": {"colour": 1}}})
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(child))}: model\\.unet\\.colour: unknown key"):
+        load_config(child)
+    write_json(base, with_value("model.unet.colour", 1))
+    write_json(child, {"base": "base.json", "seed": 2})
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'{base} (a base of {child})')}: model\\.unet\\.colour: "):
+        load_config(child)
+    write_json(base, valid_dict())
+    write_json(child, {"base": "base.json", "seed": "two"})
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(child))}: seed: expected an integer"):
+        load_config(child)

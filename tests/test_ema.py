@@ -33,6 +33,7 @@ def test_update_rule() -> None:
     assert not ema.net.training and not any(p.requires_grad for p in ema.net.parameters())
 
 
+@pytest.mark.slow
 def test_ema_lags_the_weights_and_is_used_for_sampling(make_tiny_model: MakeModel,
                                                        make_batches: Callable[[int], Batches],
                                                        train_steps: Train) -> None:
@@ -45,6 +46,7 @@ def test_ema_lags_the_weights_and_is_used_for_sampling(make_tiny_model: MakeMode
     assert plain.ema is None and plain.sampling_net.module is plain.diffusion.denoise_fn
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip(tmp_path: Path, make_tiny_model: MakeModel,
                                   make_batches: Callable[[int], Batches], train_steps: Train) -> None:
     model = make_tiny_model(ema=True)
@@ -67,6 +69,7 @@ def test_save_and_load_round_trip(tmp_path: Path, make_tiny_model: MakeModel,
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_resume_with_ema_continues_exactly(tmp_path: Path, make_tiny_model: MakeModel,
                                           make_batches: Callable[[int], Batches], train_steps: Train) -> None:
     data = make_batches(4)
@@ -84,6 +87,7 @@ def test_resume_with_ema_continues_exactly(tmp_path: Path, make_tiny_model: Make
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_version_one_checkpoint_loads_and_starts_the_ema(tmp_path: Path, make_tiny_model: MakeModel,
                                                          make_batches: Callable[[int], Batches],
                                                          train_steps: Train) -> None:
@@ -122,6 +126,7 @@ def test_ema_config_errors(key: str, value: float, expected: str,
     assert expected in str(err.value)
 
 
+@pytest.mark.slow
 def test_channels_last_bf16_training_step_runs(make_tiny_model: MakeModel, make_batches: Callable[[int], Batches],
                                                train_steps: Train) -> None:
     model = make_tiny_model(ema=True, changes={"performance": {"channels_last": True, "autocast": "bf16"}})

@@ -49,6 +49,7 @@ def _manifest(root: Path) -> dict:
     return json.loads((root / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 def test_manifest_and_layout_pairing(built: dict[str, Path]) -> None:
     root = built["a"]
     manifest = _manifest(root)
@@ -72,6 +73,7 @@ def test_split_dir_rejects_unknown_split(tmp_path: Path) -> None:
         split_dir(tmp_path, "holdout")
 
 
+@pytest.mark.slow
 def test_image_sizes_and_modes(built: dict[str, Path]) -> None:
     for split in SPLITS:
         for sub in split_dir(built["a"], split).iterdir():
@@ -81,6 +83,7 @@ def test_image_sizes_and_modes(built: dict[str, Path]) -> None:
                     assert img.mode == "RGB" and img.size == (side, side), png
 
 
+@pytest.mark.slow
 def test_grey_modalities_are_grey_and_spect_is_colourful(built: dict[str, Path]) -> None:
     for split in SPLITS:
         folder = split_dir(built["a"], split)
@@ -93,6 +96,7 @@ def test_grey_modalities_are_grey_and_spect_is_colourful(built: dict[str, Path])
             assert chroma.mean() > 10.0 and chroma.max() > 80.0, png
 
 
+@pytest.mark.slow
 def test_same_seed_is_byte_identical_other_seed_changes_spect_only(built: dict[str, Path]) -> None:
     files_a, files_b, files_c = (_all_files(built[k]) for k in ("a", "b", "c"))
     assert files_a == files_b and len(files_a) > 0
@@ -105,6 +109,7 @@ def test_same_seed_is_byte_identical_other_seed_changes_spect_only(built: dict[s
             assert data != files_c[name], name
 
 
+@pytest.mark.slow
 def test_splits_are_disjoint_with_gaps() -> None:
     volumes = embedded._prepared_volumes()
     splits = embedded._split_slices(embedded._usable_slices(volumes))
@@ -118,12 +123,14 @@ def test_splits_are_disjoint_with_gaps() -> None:
         assert volumes.mask[z].mean() >= 0.15
 
 
+@pytest.mark.slow
 def test_limited_build_ids_disjoint(built: dict[str, Path]) -> None:
     splits = _manifest(built["a"])["splits"]
     ids = [cid for split in SPLITS for cid in splits[split]]
     assert len(ids) == len(set(ids))
 
 
+@pytest.mark.slow
 def test_ensure_reuses_existing(built: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> Path:
         raise AssertionError("must not rebuild")
@@ -134,6 +141,7 @@ def test_ensure_reuses_existing(built: dict[str, Path], monkeypatch: pytest.Monk
                  "--quiet"]) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kwargs", "key"), [({"seed": 1}, "seed"), ({"r_resolution": 64}, "r_resolution"),
                                              ({"scales": (2,)}, "scales"), ({"limit": None}, "limit")])
 def test_ensure_refuses_mismatched_parameters(built: dict[str, Path], kwargs: dict, key: str) -> None:
@@ -146,11 +154,13 @@ def test_ensure_refuses_mismatched_parameters(built: dict[str, Path], kwargs: di
     assert _all_files(built["a"]) == before
 
 
+@pytest.mark.slow
 def test_cli_reports_mismatch(built: dict[str, Path]) -> None:
     argv = ["--root", str(built["a"]), "--size", str(R), "--scales", "2", "4", "--seed", "5", "--limit", "3"]
     assert main(argv) == 2
 
 
+@pytest.mark.slow
 def test_build_refuses_non_empty_root_and_leaves_no_temp(built: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("keep")
     with pytest.raises(FileExistsError, match=str(tmp_path)):
@@ -222,6 +232,7 @@ def test_degrade_returns_documented_pair() -> None:
         degrade(hr.crop((0, 0, 32, 16)), 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("invocation", [["data/embedded.py"], ["-m", "data.embedded"]])
 def test_cli_runs_as_script_and_module(tmp_path: Path, invocation: list[str]) -> None:
     root = Path(__file__).resolve().parents[1]

@@ -326,6 +326,7 @@ def _run(inputs: dict, row: str, out: Path, *extra: str) -> int:
                              "--out", str(out), "--no-progress", *extra])
 
 
+@pytest.mark.slow
 def test_run_evaluates_the_newest_run_and_the_baselines_once(run_inputs: dict, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -347,6 +348,7 @@ def test_run_evaluates_the_newest_run_and_the_baselines_once(run_inputs: dict, t
     assert baseline_times == {r: (out / "x4" / f"{r}.json").stat().st_mtime_ns for r in FUSION_RULES}
 
 
+@pytest.mark.slow
 def test_run_refuses_a_partial_or_foreign_checkpoint(run_inputs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
@@ -364,6 +366,7 @@ def test_run_refuses_a_partial_or_foreign_checkpoint(run_inputs: dict, tmp_path:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_run_with_allow_partial_marks_the_row(run_inputs: dict, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -650,6 +650,7 @@ def test_infer_reads_16_bit_and_rgba_sources_as_prepare_data_does(world: World, 
     np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
 
 
+@pytest.mark.slow
 def test_infer_split_out_writes_one_folder_per_method_and_overwrites_on_request(
         world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "res"
@@ -721,6 +722,7 @@ def test_a_float_image_with_nan_pixels_keeps_its_other_pixels(tmp_path: Path) ->
         read_image(tmp_path / "empty.tif")
 
 
+@pytest.mark.slow
 def test_release_overwrite_replaces_only_its_own_release(world: World, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(world.root)
@@ -771,6 +773,7 @@ def test_experiments_table_rewrites_its_own_tables_only(tmp_path: Path, monkeypa
     assert tables.read_bytes() == written + b"my notes\n"
 
 
+@pytest.mark.slow
 def test_prepare_overwrite_replaces_only_its_own_marked_output(world: World, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """prepare_data.py marks its output; --overwrite replaces that output, never a folder without the marker; the

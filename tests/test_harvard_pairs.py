@@ -82,6 +82,7 @@ def _png_bytes(root: Path) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------------------ whole command
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = _make_pairs(tmp_path / "in")
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
@@ -103,6 +104,7 @@ def test_same_seed_same_bytes_and_layout(tmp_path: Path, capsys: pytest.CaptureF
     assert np.array_equal(hr, fuse("laplacian_ycbcr", sources))
 
 
+@pytest.mark.slow
 def test_subject_split_keeps_test_subjects_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = _make_pairs(tmp_path / "in")
     code, err = _run(capsys, inp, tmp_path / "o", "--copies", 2, "--val-per-kind", 1)
@@ -139,6 +141,7 @@ def test_split_subjects_rules() -> None:
         hp.split_subjects(kinds_of, ["77"])
 
 
+@pytest.mark.slow
 def test_only_identical_mris_pair_across_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = _make_pairs(tmp_path / "in")
     real = hp.find_real_triplets(hp.read_pairs(inp))
@@ -153,6 +156,7 @@ def test_only_identical_mris_pair_across_folders(tmp_path: Path, capsys: pytest.
                                                                 "SPECT-MRI/SPECT/21001.png"]
 
 
+@pytest.mark.slow
 def test_triplet_folder_dedupe_exclude_and_keep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = _make_pairs(tmp_path / "in")
     extra = tmp_path / "tri"
@@ -177,6 +181,7 @@ def test_triplet_folder_dedupe_exclude_and_keep(tmp_path: Path, capsys: pytest.C
     assert manifest["real_triplets"]["trimodal_new"]["subject"] is None
 
 
+@pytest.mark.slow
 def test_embedded_cases_join_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = _make_pairs(tmp_path / "in", slices=1)
     code, err = _run(capsys, inp, tmp_path / "o", "--embedded", 2)
@@ -187,6 +192,7 @@ def test_embedded_cases_join_train(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (tmp_path / "o" / "train" / "hr_64" / f"{embedded[0]}.png").is_file()
 
 
+@pytest.mark.slow
 def test_splits_writes_only_the_named_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = _make_pairs(tmp_path / "in", slices=1)
     code, err = _run(capsys, inp, tmp_path / "all", "--embedded", 1)
@@ -231,6 +237,7 @@ def test_bad_input_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFi
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
 
 
+@pytest.mark.slow
 def test_existing_output_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = _make_pairs(tmp_path / "in", slices=1)
     assert _run(capsys, inp, tmp_path / "o")[0] == 0

@@ -72,6 +72,7 @@ def official_model() -> TFSDiffModel:
     return TFSDiffModel(cfg, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_official_layout_keys_and_shapes(official_model: TFSDiffModel) -> None:
     expected = json.loads((FIXTURES / "official_tfsdiff_128_256_state_dict_shapes.json").read_text())
     ours = {k: list(v.shape) for k, v in official_model.diffusion.state_dict().items()}
@@ -80,6 +81,7 @@ def test_official_layout_keys_and_shapes(official_model: TFSDiffModel) -> None:
     assert official_model.num_parameters == 97_811_034
 
 
+@pytest.mark.slow
 def test_official_checkpoint_loads_strictly(official_model: TFSDiffModel, tmp_path: Path) -> None:
     expected = json.loads((FIXTURES / "official_tfsdiff_128_256_state_dict_shapes.json").read_text())
     buffers = dict(official_model.diffusion.named_buffers())

@@ -185,6 +185,7 @@ def test_prrgan_fuse_is_recomposed_raw() -> None:
         method.fuse_raw(triplet[:2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["IFCNN", "PRRGAN"])
 def test_seconds_per_256_triplet_one_thread(name: str) -> None:
     torch.manual_seed(0)
@@ -219,6 +220,7 @@ def test_state_dict_matches_authors_checkpoint(module, method: str) -> None:
     assert (module.WEIGHTS.size_bytes, module.WEIGHTS.sha256) == (weights["size_bytes"], weights["sha256"])
 
 
+@pytest.mark.slow
 @needs_peers
 @pytest.mark.parametrize("case", list(CASES))
 def test_ifcnn_matches_golden(ifcnn_method: ifcnn.IFCNNFusion, case: str) -> None:
@@ -238,6 +240,7 @@ def test_prrgan_inputs_match_golden(case: str) -> None:
         assert np.array_equal(mine, golden("PRRGAN", f"inputs/{case}_{name}.png")), name
 
 
+@pytest.mark.slow
 @needs_peers
 @pytest.mark.parametrize("case", list(CASES))
 def test_prrgan_matches_golden(prrgan_method: prrgan.PRRGANFusion, case: str) -> None:

@@ -107,6 +107,7 @@ def test_loaders_check_the_weight_file(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- MATR
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_matr_step1_and_dual_pair(matr_model: matr.MATR, case: str) -> None:
     run = series(matr_model, case)
@@ -118,6 +119,7 @@ def test_matr_step1_and_dual_pair(matr_model: matr.MATR, case: str) -> None:
     assert step1 <= TOLERANCE and dual <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_matr_step2_from_golden_step1(matr_model: matr.MATR, case: str) -> None:
     step1_u8 = golden("MATR", f"{case}_step1_anat.png")
@@ -127,6 +129,7 @@ def test_matr_step2_from_golden_step1(matr_model: matr.MATR, case: str) -> None:
     assert diff <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_matr_fuse_raw(matr_model: matr.MATR, case: str) -> None:
     run = series(matr_model, case)
@@ -148,6 +151,7 @@ def test_matr_fuse_raw(matr_model: matr.MATR, case: str) -> None:
     assert far <= TOLERANCE and close <= 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_matr_fuse_png(matr_model: matr.MATR, case: str) -> None:
     rgb = matr_model.fuse(sources(case))

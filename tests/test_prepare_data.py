@@ -77,6 +77,7 @@ def test_allocate_and_slabs() -> None:
 # ------------------------------------------------------------------------------------------------ slice folders
 
 
+@pytest.mark.slow
 def test_slices_layout_modes_and_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp, out = _make_slices(tmp_path / "in", n_cases=10), tmp_path / "out"
     (inp / "T1" / "notes.txt").write_text("not an image")
@@ -103,6 +104,7 @@ def test_slices_layout_modes_and_manifest(tmp_path: Path, capsys: pytest.Capture
     assert np.array_equal(np.asarray(Image.open(split / "3_sr_8_32" / f"{case}.png")), np.asarray(sr_img))
 
 
+@pytest.mark.slow
 def test_slices_gt_folder_padding_and_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = _make_slices(tmp_path / "in", n_cases=6, gt=True)
     code, err = _run(capsys, *_slices_args(inp, tmp_path / "a", "--size", 16, "--lr-sizes", 8, "--split", "0:0:1"))
@@ -121,6 +123,7 @@ def test_slices_gt_folder_padding_and_seed(tmp_path: Path, capsys: pytest.Captur
     assert splits[0] == splits[1] and splits[0] != splits[2]
 
 
+@pytest.mark.slow
 def test_non_square_images_are_padded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("a", "b", "c"):
         (tmp_path / "in" / name).mkdir(parents=True)
@@ -132,6 +135,7 @@ def test_non_square_images_are_padded(tmp_path: Path, capsys: pytest.CaptureFixt
     assert hr[0].max() < 10 and hr[16].min() > 245
 
 
+@pytest.mark.slow
 def test_workers_match_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = _make_slices(tmp_path / "in", n_cases=3)
     for name, workers in (("w0", 0), ("w2", 2)):
@@ -190,6 +194,7 @@ def test_slice_errors_leave_no_output(tmp_path: Path, capsys: pytest.CaptureFixt
     _no_output(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_size_mismatch_with_resize(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = _make_slices(tmp_path / "in")
     _break_size(inp)
@@ -206,6 +211,7 @@ def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], options
     _no_output(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_existing_output_refused_then_replaced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp, out = _make_slices(tmp_path / "in"), tmp_path / "out"
     out.mkdir()
@@ -226,6 +232,7 @@ def test_existing_output_refused_then_replaced(tmp_path: Path, capsys: pytest.Ca
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("invocation", [["data/prepare_data.py"], ["-m", "data.prepare_data"]])
 def test_cli_script_and_module(tmp_path: Path, invocation: list[str]) -> None:
     inp = _make_slices(tmp_path / "in")
@@ -255,6 +262,7 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Pat
     return path
 
 
+@pytest.mark.slow
 def test_single_subject_volumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = [_save(tmp_path / f"sub01_{m}.nii.gz", _volume(k)) for k, m in enumerate(("t1", "t2", "pet"))]
     gt = _save(tmp_path / "fused.nii", _volume(9))
@@ -273,6 +281,7 @@ def test_single_subject_volumes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert t1.shape == (16, 16, 3) and (t1[..., 0] == t1[..., 2]).all()
 
 
+@pytest.mark.slow
 def test_multi_subject_volume_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for s in range(3):
         for k, m in enumerate(("CT", "T2", "SPECT")):
@@ -309,6 +318,7 @@ def test_volume_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], probl
 # ------------------------------------------------------------------------------------------------ round trip
 
 
+@pytest.mark.slow
 def test_prepared_dataset_trains_with_sr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp, data = _make_slices(tmp_path / "in", n_cases=3), tmp_path / "data"
     assert _run(capsys, *_slices_args(inp, data, "--scales", 4, "--split", "1:1:1"))[0] == 0

@@ -91,6 +91,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory, make_rgb, make_tiny_conf
             "checkpoint": checkpoint, "record": json.loads((out / "real_scans.json").read_text())}
 
 
+@pytest.mark.slow
 def test_writes_the_test_split_results_tables_json_and_figure(bench_run: dict) -> None:
     out, record = bench_run["out"], bench_run["record"]
     ids = ["real_ct_spect_21001", "real_ct_spect_28001", "trimodal_novel", "trimodal_pet41"]
@@ -118,6 +119,7 @@ def test_writes_the_test_split_results_tables_json_and_figure(bench_run: dict) -
     assert Image.open(bench_run["figure"]).size == (120 + 10 * (128 + 4), 30 + 4 * (128 + 4))  # 4 rows, 10 columns
 
 
+@pytest.mark.slow
 def test_test_split_is_the_prepared_dataset_test_split(bench_run: dict, capsys: pytest.CaptureFixture[str]) -> None:
     prepared = bench_run["root"] / "prepared"
     code = prepare_main(["pairs", "--input", str(bench_run["pairs"]), "--triplets", str(bench_run["triplets"]),
@@ -140,6 +142,7 @@ def _per_image(csv_path: Path) -> dict[str, dict[str, dict[str, float | None]]]:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("convention", ["paper", "cddfuse"])
 def test_scores_equal_eval_py(bench_run: dict, convention: str, capsys: pytest.CaptureFixture[str]) -> None:
     prefix = bench_run["root"] / f"eval_{convention}"
@@ -149,6 +152,7 @@ def test_scores_equal_eval_py(bench_run: dict, convention: str, capsys: pytest.C
     assert _per_image(Path(f"{prefix}_per_image.csv")) == bench_run["record"]["per_case"][convention]
 
 
+@pytest.mark.slow
 def test_margins_and_targets_follow_the_per_case_numbers(bench_run: dict) -> None:
     record = bench_run["record"]
     per_case = record["per_case"]["paper"]
@@ -211,6 +215,7 @@ def test_score_folder_rejects_cases_of_mixed_sizes(tmp_path: Path, make_rgb, mak
     assert "differ in size" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["data", "triplets", "no_checkpoint", "bad_checkpoint", "cases", "config"])
 def test_input_errors_exit_2_with_one_line(bench_run: dict, problem: str, make_tiny_config,
                                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -238,6 +243,7 @@ def test_input_errors_exit_2_with_one_line(bench_run: dict, problem: str, make_t
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_rerun_replaces_only_its_own_outputs(bench_run: dict, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 22: bench.real_scans replaces its own previous --out without --overwrite (the documented rerun), keeps
     what it did not write, refuses a report file the user changed and a user's folder as --out, writing nothing."""
@@ -272,6 +278,7 @@ def _shipped_weights() -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (HARVARD.is_dir() and TRIMODAL.is_dir()),
                     reason=f"the real Harvard folders are not at {SHARED} (../shared of the repository, provided "
                            "beside the clone; they may not be copied into the repository)")

@@ -13,6 +13,8 @@ from model.checkpoint_io import CheckpointError
 from model.model import TFSDiffModel
 from model.release import export_release, main as release_main
 
+pytestmark = pytest.mark.slow  # every test exports a trained checkpoint (tests/conftest.py: the two tiers)
+
 MakeModel = Callable[..., TFSDiffModel]
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 

@@ -135,6 +135,7 @@ def test_train_max_step_is_checked_against_the_training_schedule(make_tiny_confi
             parse_config(make_tiny_config(changes={**sampler, **changes}))
 
 
+@pytest.mark.slow
 def test_sr_trains_and_validates_a_residual_model(tmp_path: Path, make_run_config: Callable) -> None:
     cfg = make_run_config(tmp_path, "residual", {**RESIDUAL, "train.n_iter": 2, "train.val_freq": 2,
                                                  "train.save_checkpoint_freq": 2,

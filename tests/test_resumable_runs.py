@@ -133,6 +133,7 @@ def test_save_removes_stale_temporaries_with_a_log_line(tmp_path: Path, make_tin
     assert f"removed {stale}" in caplog.text
 
 
+@pytest.mark.slow
 def test_resume_keeps_adams_moments_but_trains_at_the_configs_learning_rate(
         tmp_path: Path, make_tiny_model: Callable[..., Any], make_batches: Callable[[int], Any],
         train_steps: Callable[..., None], caplog: pytest.LogCaptureFixture) -> None:
@@ -156,6 +157,7 @@ def test_resume_keeps_adams_moments_but_trains_at_the_configs_learning_rate(
     assert [g["lr"] for g in same.optimizer.param_groups] == [1e-3] and "learning rate" not in caplog.text
 
 
+@pytest.mark.slow
 def test_learning_rate_milestones_apply_by_step_and_survive_a_resume(
         tmp_path: Path, make_tiny_model: Callable[..., Any], make_batches: Callable[[int], Any],
         train_steps: Callable[..., None]) -> None:
@@ -187,6 +189,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, make_run_config: Mak
     return _run_folder(folder / "experiments", "full") / "checkpoint"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["first_step", "first_save"])
 def test_killed_resumed_run_resumes_from_its_folder_bit_identically(moment: str, uninterrupted: Path, tmp_path: Path,
                                                                     make_run_config: MakeRunConfig) -> None:
