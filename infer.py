@@ -9,9 +9,10 @@
 Split mode writes, per case id, `<id>_fused.png`, `<id>_src{1,2,3}.png` (the bicubic-upsampled inputs of the
 dataset), `<id>_hr.png` (when the split has a ground truth) and, with --process, `<id>_process.png` (the
 denoising-process strip) into `results/<config name>/<split>/<method>/`, or `DIR/<method>/` with `--out DIR` (method
-`tfsdiff` for the model), so that every method keeps its own folder for `eval.py`. The model
-runs through `model.evaluation.evaluate_model`, the path `sr.py` validation uses, with the config's val noise schedule,
-its sampler (`model.sampler`), the model's sampling (EMA) weights and a generator seeded with the config's seed.
+`tfsdiff` for the model), so that every method keeps its own folder for `eval.py`. The model is a
+`model.fuser.Fuser` (weights only: no optimiser) and runs through `model.evaluation.evaluate_model`, the path `sr.py`
+validation uses, with the config's val noise schedule, its sampler (`model.sampler`), the sampling (EMA) weights and
+a generator seeded with the config's seed; single-case mode calls the same `Fuser.fuse`.
 Without --checkpoint the weights are the config's `path.resume_state`, else its released weights `path.pretrained`
 (for config/demo.json: the shipped demo model in pretrained/).
 A `--method` rule from `data.fusion_rules` fuses the same bicubic-upsampled inputs, so the baselines are scored
@@ -43,7 +44,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +58,14 @@ from core.device import free_memory_bytes, select_device
 from core.logger import setup_logger
 from core.outputs import check_apart, check_file_target, check_folder_target, is_project_folder, publish_folder, \
     record_files
-from core.results_layout import result_path
 from data.fusion_dataset import DatasetError, FusionBatch
 from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, to_tensor
 from data.loader import dataset_from_config, ensure_config_data
 from data.resample import resize_bicubic
+from model.checkpoint_io import CheckpointError
 from model.evaluation import evaluate_model, fuse_with_rule
-from model.model import CheckpointError, TFSDiffModel, load_for_sampling
+from model.fuser import Fuser
 
 MODEL_METHOD = "tfsdiff"
 MIN_OUTPUT_SIDE = 8  # the fusion rules' smallest side (data.fusion_rules), and at least one U-Net block
@@ -112,12 +112,15 @@ def _check_args(args: argparse.Namespace) -> None:
                          f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
 
 
-def load_model(cfg: TFSDiffConfig, checkpoint: str | None) -> TFSDiffModel:
-    """`model.model.load_for_sampling`, with an input error when no checkpoint is known."""
+def load_model(cfg: TFSDiffConfig, checkpoint: str | None) -> Fuser:
+    """`model.fuser.Fuser.from_checkpoint` on the device of `cfg.gpu_ids`, with an input error when no checkpoint is
+    known."""
     if not checkpoint:
         raise InputError("no checkpoint: pass --checkpoint PATH or set path.resume_state or path.pretrained in the "
                          "config")
-    return load_for_sampling(cfg, checkpoint)
+    fuser = Fuser.from_checkpoint(cfg, checkpoint)
+    log.info("loaded the weights of checkpoint %s", checkpoint)
+    return fuser
 
 
 def split_loader(cfg: TFSDiffConfig, split: str) -> DataLoader:
@@ -156,15 +159,15 @@ def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     check_apart(out_dir, (args.config, checkpoint, split_cfg.dataroot if split_cfg else None))
     # the default folder results/<name>/<split>/<method> is infer.py's own: its previous results are replaced
     check_replaceable(out_dir, args.overwrite or (args.out is None and is_project_folder(out_dir)), folder=True)
-    model = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
+    fuser = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
     loader = split_loader(cfg, args.split)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     try:
-        if model is None:
+        if fuser is None:
             fuse_with_rule(args.method, loader, staging)
         else:
-            result = evaluate_model(model, loader, staging, save_process=args.process, progress=not args.no_progress)
+            result = evaluate_model(fuser, loader, staging, save_process=args.process, progress=not args.no_progress)
             log.info("model: %s", result.describe())
         publish_folder(staging, out_dir, "infer.py")
     finally:
@@ -228,17 +231,16 @@ def upsample(images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray
     return [np.asarray(resize_bicubic(Image.fromarray(img), (width, height))) for img in images]
 
 
-def fuse_single_with_model(model: TFSDiffModel, sources: list[np.ndarray], progress: bool,
+def fuse_single_with_model(fuser: Fuser, sources: list[np.ndarray], progress: bool,
                            process_out: Path | None) -> np.ndarray:
-    """Fuse three registered uint8 RGB sources of one size through the evaluation path, at that size."""
+    """Fuse three registered uint8 RGB sources of one size with `Fuser.fuse`, at that size; with `process_out`, write
+    the denoising-process strip there."""
     srcs = [to_tensor(src)[None] for src in sources]
     batch = FusionBatch(src1=srcs[0], src2=srcs[1], src3=srcs[2], target=None, case_ids=("input",))
-    if process_out is None:
-        return evaluate_model(model, [batch], None, progress=progress).fused[0]
-    with tempfile.TemporaryDirectory(prefix="tfsdiff_infer_") as tmp:
-        result = evaluate_model(model, [batch], Path(tmp), save_process=True, progress=progress)
-        save_image_atomic(read_image(result_path(Path(tmp), "input", "process")), process_out)
-    return result.fused[0]
+    result = fuser.fuse(batch, process=process_out is not None, progress=progress)
+    if process_out is not None:
+        save_image_atomic(result.strip(0), process_out)
+    return result.image(0)
 
 
 def save_image_atomic(image: np.ndarray, path: Path) -> None:
@@ -266,13 +268,13 @@ def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     images = read_inputs(args.inputs)
     size = output_size(images[0].shape[:2], model_scale(cfg), args.out_size)
     check_memory(cfg if args.method == MODEL_METHOD else None, size)
-    model = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
+    fuser = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
     sources = upsample(images, size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if model is None:
+    if fuser is None:
         fused = fuse(args.method, sources)
     else:
-        fused = fuse_single_with_model(model, sources, not args.no_progress, process_out)
+        fused = fuse_single_with_model(fuser, sources, not args.no_progress, process_out)
     save_image_atomic(fused, out)
     log.info("fused %s (%dx%d) with %s into %s (%dx%d)", ", ".join(args.inputs), images[0].shape[1],
              images[0].shape[0], args.method, out, size[1], size[0])

@@ -15,6 +15,7 @@ unusable path); 1 for a failure while running (a NaN loss, disk full, anything u
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -29,18 +30,19 @@ from tqdm import tqdm
 
 from core.cli import UsageError, add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, \
     run_command
-from core.config import ConfigError, TFSDiffConfig, load_config
+from core.config import ConfigError, TFSDiffConfig, config_to_dict, load_config
 from core.device import select_device
 from core.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown_distributed
 from core.logger import RunDirs, make_run_dirs, setup_logger
-from core.metrics import PSNR_GREY_LABEL, PSNR_RGB_LABEL, SSIM_GREY_LABEL, SSIM_RGB_LABEL
 from data.fusion_dataset import DatasetError
 from data.loader import dataset_from_config, ensure_config_data
 from model.evaluation import Evaluation, evaluate_model
 from model.checkpoint_io import RESUMED_FROM, checkpoint_folder, remove_stale_temporaries, resume_records
+from model.fuser import Fuser
 from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel
 
 log = logging.getLogger("tfsdiff")
+RUN_CONFIG = "config.json"  # in the run folder: the resolved config of the run (setup_run)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,11 +99,8 @@ def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs | None, progres
             sampler.set_epoch(model.epoch, start=model.batch_in_epoch * bs)
             for batch in loader:
                 batch = batch.to(model.device)
-                losses = model.train_step(batch.target, batch.condition, batch.base)
-                model.step += 1
-                model.batch_in_epoch += 1
-                if model.batch_in_epoch == batches_per_epoch:
-                    model.epoch, model.batch_in_epoch = model.epoch + 1, 0
+                losses = model.train_step(batch.target, batch.condition, batch.base,
+                                          batches_per_epoch=batches_per_epoch)  # advances step, epoch, batch
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['loss']:.4g}")
                 after_step(model, dirs, writer, val_loader, losses, (time.perf_counter() - start) /
@@ -142,21 +141,21 @@ def after_step(model: TFSDiffModel, dirs: RunDirs | None, writer: SummaryWriter 
                 writer.add_scalar(f"train/{name}", value, step)
     if step % tcfg.val_freq == 0:
         if dirs is not None:
-            result = evaluate_model(model, val_loader, dirs.results / f"step_{step}", progress=progress)
+            result = evaluate_model(Fuser.from_model(model), val_loader, dirs.results / f"step_{step}",
+                                    progress=progress)
             log_validation(result, step, writer)
         barrier(model.dist)
     if step % tcfg.save_checkpoint_freq == 0:
         save_checkpoint(model, dirs)
 
 
-def validate(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: bool) -> int:
-    _, _, loader = dataset_from_config(cfg.datasets.val, seed=cfg.seed, train=False, dist=model.dist)
-    log.info("sampling with %s", cfg.model.sampler)
-    result = evaluate_model(model, loader, dirs.results, progress=progress)
-    log_validation(result, model.step, None)
+def validate(cfg: TFSDiffConfig, fuser: Fuser, info: DistInfo, dirs: RunDirs, progress: bool) -> int:
+    _, _, loader = dataset_from_config(cfg.datasets.val, seed=cfg.seed, train=False, dist=info)
+    log.info("sampling with %s", fuser.sampler)
+    result = evaluate_model(fuser, loader, dirs.results, progress=progress)
+    log_validation(result, fuser.step, None)
     for case in result.cases:
-        log.info("%s: %s %.2f dB, %s %.4f; %s %.2f dB, %s %.4f", case.case_id, PSNR_GREY_LABEL, case.psnr_grey,
-                 SSIM_GREY_LABEL, case.ssim_grey, PSNR_RGB_LABEL, case.psnr_rgb, SSIM_RGB_LABEL, case.ssim_rgb)
+        log.info("%s: %s", case.case_id, case.describe())
     log.info("images written to %s", dirs.results)
     return 0
 
@@ -164,9 +163,12 @@ def validate(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs, progress: b
 def setup_run(cfg: TFSDiffConfig, phase: str, info: DistInfo,
               resumed_from: str | None) -> tuple[RunDirs | None, torch.device, list[int]]:
     """Run folder and log file (rank 0 only), the device, and the DataParallel ids. A training run that resumes
-    from `resumed_from` records it in its checkpoint folder from the start (`model.checkpoint_io.resume_records`)."""
+    from `resumed_from` records it in its checkpoint folder from the start (`model.checkpoint_io.resume_records`).
+    The run folder records the config the run uses as `config.json`: resolved (its base configs merged in, command
+    line overrides such as --sampler or --cases applied), plain JSON that `core.config.load_config` reads back."""
     records = resume_records(resumed_from) if resumed_from else None
-    dirs = make_run_dirs(cfg.path.experiments_root, cfg.name, phase, records) if info.is_main else None
+    resolved = {RUN_CONFIG: json.dumps(config_to_dict(cfg), indent=4) + "\n"}
+    dirs = make_run_dirs(cfg.path.experiments_root, cfg.name, phase, records, resolved) if info.is_main else None
     setup_logger(dirs.logs / f"{phase}.log" if dirs is not None else None,
                  logging.INFO if info.is_main else logging.WARNING)
     if info.enabled:
@@ -202,13 +204,15 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         prepare_data(cfg, info, not args.no_progress)
+        if not training:  # sampling only: the weights without optimiser, scaler or loss
+            fuser = Fuser.from_checkpoint(cfg, checkpoint, device=device, use_ema=not args.no_ema)
+            log.info("loaded checkpoint %s (step %d, epoch %d)", checkpoint, fuser.step, fuser.epoch)
+            return validate(cfg, fuser, info, dirs, not args.no_progress) if dirs is not None else 0
         model = TFSDiffModel(cfg, device, device_ids, info)
         if checkpoint:
-            model.load(checkpoint, weights_only=not training, use_ema=not args.no_ema)
+            model.load(checkpoint)
             log.info("loaded checkpoint %s (step %d, epoch %d)", checkpoint, model.step, model.epoch)
-        if training:
-            return train(cfg, model, dirs, not args.no_progress)
-        return validate(cfg, model, dirs, not args.no_progress) if dirs is not None else 0
+        return train(cfg, model, dirs, not args.no_progress)
     finally:
         shutdown_distributed()
 

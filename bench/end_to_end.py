@@ -12,7 +12,7 @@ from bench.measure import synchronize
 from core.config import SamplerConfig, TFSDiffConfig, load_config
 from data.loader import dataset_from_config, ensure_config_data
 from model.evaluation import evaluate_model
-from model.model import TFSDiffModel
+from model.fuser import Fuser
 
 STEP_COUNTS = (10, 20, 25, 50, 100, 250)
 FEW_EVALUATIONS_FACTOR = 50  # "at least 50x fewer network evaluations ..."
@@ -37,19 +37,18 @@ def benchmark_end_to_end(config_path: str, checkpoint: str, device: torch.device
                          max_steps: int | None) -> dict[str, Any]:
     """Sample the test split (first `cases` cases) once per sampler with the checkpoint's sampling (EMA) weights."""
     cfg = load_config(config_path)
-    model = TFSDiffModel(cfg, device)
-    model.load(checkpoint, weights_only=True)
+    fuser = Fuser.from_checkpoint(cfg, checkpoint, device=device)
     dataroot, loader = _loader(cfg, cases)
     n_timestep = cfg.model.beta_schedule.val.n_timestep
     # warm-up: one-time costs stay out of the first timing
-    evaluate_model(model, loader, None, progress=False, sampler=SamplerConfig(type="ddim", steps=1))
+    evaluate_model(fuser, loader, None, progress=False, sampler=SamplerConfig(type="ddim", steps=1))
     rows: list[dict[str, Any]] = []
     for sampler in samplers_to_run(n_timestep):
         if max_steps is not None and sampler.steps is not None and sampler.steps > max_steps:
             continue
         synchronize(device)
         start = time.perf_counter()
-        result = evaluate_model(model, loader, None, progress=False, sampler=sampler)
+        result = evaluate_model(fuser, loader, None, progress=False, sampler=sampler)
         synchronize(device)
         seconds = time.perf_counter() - start
         summary = result.summary()

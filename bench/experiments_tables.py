@@ -45,7 +45,7 @@ class Column:
         return self.metric if self.convention == "paper" else f"{self.metric}_{self.convention}"
 
     def header(self) -> str:
-        arrow = "↑" if METRICS[self.metric].higher_is_better else "↓"
+        arrow = "↑" if METRICS.get(self.metric).higher_is_better else "↓"
         mark = "" if self.convention == "paper" else f" [{self.convention}]"
         return f"{metric_label(self.metric, self.convention, REFERENCE)} {arrow}{mark}"
 

@@ -9,10 +9,10 @@
    ``data.prepare_data.prepare_pairs``) into ``<out>/data``: each 256x256 source is an HR image, the LR input is
    ``data.resample.degrade`` of it at the config's scale, and the ground truth is ``laplacian_ycbcr`` of the HR
    sources, exactly as in the test split of the prepared dataset. ``--cases N`` keeps the first N cases.
-2. **Fusion.** TFS-Diff (``model.evaluation.evaluate_model``, timed without the model loading) into
-   ``<out>/x<scale>/tfsdiff/`` and every rule of ``data.fusion_rules.FUSION_RULES`` on the same bicubic-upsampled
-   inputs (``fuse_with_rule``) into ``<out>/x<scale>/<rule>/``: the results layout, so ``python eval.py
-   <out>/x<scale>`` reads them too.
+2. **Fusion.** TFS-Diff (a ``model.fuser.Fuser``, weights only, through ``model.evaluation.evaluate_model``,
+   timed without the model loading) into ``<out>/x<scale>/tfsdiff/`` and every rule of
+   ``data.fusion_rules.FUSION_RULES`` on the same bicubic-upsampled inputs (``fuse_with_rule``) into
+   ``<out>/x<scale>/<rule>/``: the results layout, so ``python eval.py <out>/x<scale>`` reads them too.
 3. **Scores.** ``core.scoring.score_folder``, eval.py's metrics against the ground truth (suite paper: grey metrics,
    and LPIPS when its AlexNet weights are installed), in the paper convention (``<out>/real_scans.md``, printed) and
    the cddfuse convention (``<out>/real_scans_cddfuse.md``), mean ± std over all cases and per subject (the
@@ -77,7 +77,7 @@ from data.prepare_data import Output, Settings, prepare_pairs
 from data.splits import PrepareError
 from model.checkpoint_io import CheckpointError, check_readable
 from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule
-from model.model import load_for_sampling
+from model.fuser import Fuser
 
 DEFAULT_CONFIG = "config/harvard_x4_residual_start200_64_256.json"
 DEFAULT_OUT = "results/real_scans"
@@ -239,11 +239,11 @@ def fuse_baselines(loader: DataLoader, scale_dir: Path) -> dict[str, Path]:
 def fuse_model(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, folder: Path, progress: bool) -> float:
     """TFS-Diff into ``folder`` (replaced when complete); returns its seconds per fused image (model loading
     excluded)."""
-    model = load_for_sampling(cfg, checkpoint)
+    fuser = Fuser.from_checkpoint(cfg, checkpoint)
 
     def write(staging: Path) -> float:
         start = time.perf_counter()
-        evaluation = evaluate_model(model, loader, staging, progress=progress)
+        evaluation = evaluate_model(fuser, loader, staging, progress=progress)
         return (time.perf_counter() - start) / len(evaluation.cases)
 
     return _replace_folder(folder, write)

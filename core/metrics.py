@@ -1,26 +1,125 @@
-"""Image conversion and the metrics logged by validation: RGB PSNR / SSIM, and the grey PSNR / SSIM of `eval.py`.
+"""The metric registry that validation and `eval.py` both read, the RGB validation metrics, and image conversion.
 
-Metrics are pure functions with an explicit data range and colour space, the image under test first:
+:data:`METRICS` (a `core.registry.Registry`) maps a metric's name to its :class:`MetricSpec`: the implementation, its
+kind (what it compares, see below), whether higher is better, its label qualifier per convention (``PSNR (grey,
+peak 255)``), and how many decimals tables and log lines print. It is declared and filled here, beside the RGB
+implementations; the grey ones are in :mod:`core.fusion_metrics`. :func:`core.scoring.score_metrics` computes any
+selection of them for one case; the selections are eval.py's suites (:mod:`core.scoring`) and validation's
+:data:`VALIDATION_METRICS`, which `model.evaluation` logs.
 
-* :func:`psnr_rgb`, :func:`ssim_rgb`: on the 8-bit RGB image, PSNR with peak 255 over all channels, SSIM as
-  scikit-image's ``structural_similarity`` (7x7 uniform window, data_range 255) averaged over the three channels.
-* :func:`grey_psnr_ssim`: on the grey image (:func:`core.fusion_metrics.to_grey`), exactly what
-  ``eval.py --reference gt`` reports for PSNR and SSIM in the chosen convention.
+Kinds (the image under test first, everywhere):
+
+* ``full_reference``: ``fn(fused, ref[, convention])`` on grey images (:func:`core.fusion_metrics.to_grey`);
+  ``pair_form(fused, a, b[, convention])``, when set, is its CDDFuse dual-modal form (convention ``cddfuse``
+  against the sources).
+* ``rgb_full_reference``: ``fn(fused, ref)`` on the 8-bit RGB images: :func:`psnr_rgb` (peak 255 over all
+  channels) and :func:`ssim_rgb` (scikit-image's ``structural_similarity``, 7x7 uniform window, data_range 255,
+  averaged over the three channels), SR3's validation metrics.
+* ``no_reference``: ``fn(fused)`` on the grey image; ``source_pairs``: ``fn(fused, a, b[, convention])`` on grey
+  images, averaged over the three source pairs; ``lpips``: the AlexNet network (`core.lpips`), given at run time.
+
+**Adding a metric**: its function (here or in `core.fusion_metrics`) and one `METRICS.add` below; then name it in a
+selection (`core.scoring`'s suites, :data:`VALIDATION_METRICS`). `tests/test_metric_registry.py` runs every entry.
 """
 from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from core.fusion_metrics import Convention, psnr, ssim, to_grey
-from core.scoring import metric_label
+from core.fusion_metrics import Convention, average_gradient, cc, check_convention, entropy, mae, mi_pair, mse, \
+    mse_pair, psnr, psnr_pair, qabf, rmse, scd, spatial_frequency, ssim, ssim_pair, standard_deviation, to_grey, \
+    viff, viff_pair
+from core.registry import Registry
 
-PSNR_RGB_LABEL = "PSNR (RGB, peak 255)"
-SSIM_RGB_LABEL = "SSIM (RGB, data_range 255)"
-PSNR_GREY_LABEL = metric_label("PSNR", "paper")  # "PSNR (grey, peak 255)", the label of grey_psnr_ssim's PSNR
-SSIM_GREY_LABEL = metric_label("SSIM", "paper")  # "SSIM (grey, data_range 255)"
+MetricKind = Literal["full_reference", "rgb_full_reference", "lpips", "no_reference", "source_pairs"]
+Reference = Literal["gt", "sources"]
+RGB_KINDS: tuple[MetricKind, ...] = ("rgb_full_reference", "lpips")
 
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: ``name`` (its registry key), ``fn`` (None for LPIPS), direction (as printed in the paper), kind,
+    its label qualifier per convention (``cddfuse`` None: the same as ``paper``), the CDDFuse dual-modal form, the
+    name printed in its label when the key differs (``title``), its unit, and the decimals of tables and log lines."""
+
+    name: str
+    fn: Callable[..., float] | None
+    higher_is_better: bool
+    kind: MetricKind
+    paper: str
+    cddfuse: str | None = None
+    pair_form: Callable[..., float] | None = None
+    title: str | None = None
+    unit: str = ""
+    decimals: int = 3  # in the tables of eval.py
+    log_decimals: int = 4  # in the log lines of validation
+
+    def qualifier(self, convention: Convention) -> str:
+        if check_convention(convention) == "cddfuse" and self.cddfuse is not None:
+            return self.cddfuse
+        return self.paper
+
+    def label(self, convention: Convention = "paper", reference: Reference = "gt") -> str:
+        """The label naming colour space and convention, e.g. ``PSNR (grey, peak 255)``.
+
+        Against the ground truth nothing is summed, so "sum over 2 sources" is left out of full-reference labels.
+        """
+        qualifier = self.qualifier(convention)
+        if reference == "gt" and self.kind == "full_reference":
+            qualifier = qualifier.replace(", sum over 2 sources", "")
+        return f"{self.title or self.name} ({qualifier})"
+
+    @property
+    def space(self) -> str:
+        """The colour space it measures: "RGB" or "grey"."""
+        return "RGB" if self.kind in RGB_KINDS else "grey"
+
+    @property
+    def field(self) -> str:
+        """Its key in validation summaries and TensorBoard tags: name and colour space, e.g. ``psnr_grey``."""
+        return f"{(self.title or self.name).lower()}_{self.space.lower()}"
+
+    def log_text(self, value: float) -> str:
+        """``<label> <value>[ <unit>]`` as validation logs it (paper convention, against the ground truth)."""
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{self.label()} {value:.{self.log_decimals}f}{unit}"
+
+    @cached_property
+    def _takes_convention(self) -> tuple[bool, bool]:
+        def takes(fn: Callable[..., Any] | None) -> bool:
+            return fn is not None and "convention" in inspect.signature(fn).parameters
+        return takes(self.fn), takes(self.pair_form)
+
+    def __call__(self, *images: np.ndarray, convention: Convention = "paper") -> float:
+        """``fn`` on the images (see the kinds in the module docstring), with ``convention`` when it takes one."""
+        if self.fn is None:
+            raise TypeError(f"metric {self.name} needs its network (core.lpips), not a function call")
+        return self.fn(*images, convention=convention) if self._takes_convention[0] else self.fn(*images)
+
+    def pair(self, fused: np.ndarray, a: np.ndarray, b: np.ndarray, convention: Convention = "cddfuse") -> float:
+        """The CDDFuse dual-modal form on grey images (``pair_form``)."""
+        if self.pair_form is None:
+            raise TypeError(f"metric {self.name} has no dual-modal form")
+        if self._takes_convention[1]:
+            return self.pair_form(fused, a, b, convention=convention)
+        return self.pair_form(fused, a, b)
+
+
+METRICS: Registry[MetricSpec] = Registry("metric", lambda spec: spec)  # filled with `add` at the end of this module
+
+
+def metric_label(name: str, convention: Convention, reference: Reference = "gt") -> str:
+    """The label of metric ``name`` naming colour space and convention, e.g. ``PSNR (grey, peak 255)``."""
+    return METRICS.get(name).label(convention, reference)
+
+
+# ----------------------------------------------------------------------------------------------- conversion
 
 def tensor2img(tensor: torch.Tensor, min_max: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
     """(3, H, W) or (H, W) float tensor in `min_max` -> (H, W, 3) or (H, W) uint8 array (rounded, clipped)."""
@@ -30,6 +129,8 @@ def tensor2img(tensor: torch.Tensor, min_max: tuple[float, float] = (-1.0, 1.0))
     arr = x.round().to(torch.uint8).numpy()
     return np.transpose(arr, (1, 2, 0)) if arr.ndim == 3 else arr
 
+
+# ----------------------------------------------------------------------------------------------- RGB metrics
 
 def _check_rgb(img: np.ndarray, ref: np.ndarray) -> None:
     if img.shape != ref.shape:
@@ -62,3 +163,41 @@ def grey_psnr_ssim(img: np.ndarray, ref: np.ndarray, convention: Convention = "p
     _check_rgb(img, ref)
     img_grey, ref_grey = to_grey(img), to_grey(ref)
     return psnr(img_grey, ref_grey, convention), ssim(img_grey, ref_grey, convention)
+
+
+# ----------------------------------------------------------------------------------------------- the registry
+# eval.py's metrics in the paper's Table 1 order, then the extra ones of the fusion literature, then SR3's RGB ones.
+
+for _metric in (
+    MetricSpec("MSE", mse, False, "full_reference", "grey", pair_form=mse_pair, decimals=2),
+    MetricSpec("VIF", viff, True, "full_reference", "grey, VIFF", "grey, VIFF, sum over 2 sources",
+               pair_form=viff_pair),
+    MetricSpec("SSIM", ssim, True, "full_reference", "grey, data_range 255", "grey, data_range 2, sum over 2 sources",
+               pair_form=ssim_pair),
+    MetricSpec("PSNR", psnr, True, "full_reference", "grey, peak 255", "grey, peak max(F)", pair_form=psnr_pair,
+               unit="dB", decimals=2, log_decimals=2),
+    MetricSpec("LPIPS", None, False, "lpips", "RGB, AlexNet"),
+    MetricSpec("MAE", mae, False, "full_reference", "grey", decimals=2),
+    MetricSpec("RMSE", rmse, False, "full_reference", "grey", decimals=2),
+    MetricSpec("AG", average_gradient, False, "no_reference", "grey"),  # the paper prints AG with a down arrow
+    MetricSpec("EN", entropy, True, "no_reference", "grey, bits"),
+    MetricSpec("SD", standard_deviation, True, "no_reference", "grey"),
+    MetricSpec("SF", spatial_frequency, True, "no_reference", "grey"),
+    MetricSpec("MI", mi_pair, True, "source_pairs", "grey, nats, sum over 2 sources"),
+    MetricSpec("Qabf", qabf, True, "source_pairs", "grey", "grey, GAF = gF"),
+    MetricSpec("SCD", scd, True, "source_pairs", "grey"),
+    MetricSpec("CC", cc, True, "source_pairs", "grey"),
+    MetricSpec("PSNR_RGB", psnr_rgb, True, "rgb_full_reference", "RGB, peak 255", title="PSNR", unit="dB",
+               decimals=2, log_decimals=2),
+    MetricSpec("SSIM_RGB", ssim_rgb, True, "rgb_full_reference", "RGB, data_range 255", title="SSIM"),
+):
+    METRICS.add(_metric.name, _metric)
+
+# What validation scores against the ground truth (paper convention), for the model and the bicubic-then-fuse
+# baseline: summaries and TensorBoard tags in this order (`MetricSpec.field`), log lines grey before RGB.
+VALIDATION_METRICS: tuple[str, ...] = ("PSNR_RGB", "SSIM_RGB", "PSNR", "SSIM")
+
+PSNR_RGB_LABEL = metric_label("PSNR_RGB", "paper")  # "PSNR (RGB, peak 255)"
+SSIM_RGB_LABEL = metric_label("SSIM_RGB", "paper")  # "SSIM (RGB, data_range 255)"
+PSNR_GREY_LABEL = metric_label("PSNR", "paper")  # "PSNR (grey, peak 255)", the label of grey_psnr_ssim's PSNR
+SSIM_GREY_LABEL = metric_label("SSIM", "paper")  # "SSIM (grey, data_range 255)"

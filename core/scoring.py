@@ -1,8 +1,11 @@
 """The columns of the metric tables and the scoring of one tri-modal case, in the paper or the CDDFuse convention.
 
 Columns: the paper's eight metrics (Table 1 order) and, in the ``all`` suite, seven more from the fusion
-literature; each declares whether higher is better (with the paper's arrows) and its label per convention, e.g.
-``PSNR (grey, peak 255)``. Formulas and conventions: :mod:`core.fusion_metrics` and ``docs/metrics.md``.
+literature, all entries of the one metric registry :data:`core.metrics.METRICS` (re-exported here), which validation
+reads too: each declares its function, whether higher is better (with the paper's arrows) and its label per
+convention, e.g. ``PSNR (grey, peak 255)``. Formulas and conventions: :mod:`core.fusion_metrics` and
+``docs/metrics.md``. :func:`score_metrics` computes any selection of the registry for one case (validation's is
+:data:`core.metrics.VALIDATION_METRICS`); RGB full-reference metrics are aggregated like the grey ones.
 
 Aggregation over the three sources (:func:`score_case`):
 
@@ -24,78 +27,27 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from core.fusion_metrics import Convention, average_gradient, cc, check_convention, entropy, mae, mi_pair, mse, \
-    mse_pair, psnr, psnr_pair, qabf, rmse, scd, spatial_frequency, ssim, ssim_pair, standard_deviation, to_grey, \
-    viff, viff_pair
+from core.fusion_metrics import Convention, check_convention, to_grey
 from core.lpips import Lpips
+from core.metrics import METRICS, MetricKind, MetricSpec, Reference, metric_label
 from core.results_layout import ImageReader, result_path
 
-Reference = Literal["gt", "sources"]
+__all__ = ["METRICS", "MetricKind", "MetricSpec", "Reference", "metric_label", "Suite", "PAPER_METRICS",
+           "ABLATION_METRICS", "EXTRA_METRICS", "metric_names", "score_metrics", "score_case", "ScoringError",
+           "MethodScores", "score_folder"]
+
 Suite = Literal["paper", "all"]
-MetricKind = Literal["full_reference", "lpips", "no_reference", "source_pairs"]
 Grey = np.ndarray
-FullReference = Callable[[Grey, Grey], float]
-TwoSource = Callable[[Grey, Grey, Grey], float]
 
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """One table column: name, direction (as printed in the paper), kind, and its qualifier per convention
-    (``cddfuse`` None: the same as ``paper``)."""
-
-    name: str
-    higher_is_better: bool
-    kind: MetricKind
-    paper: str
-    cddfuse: str | None = None
-
-    def qualifier(self, convention: Convention) -> str:
-        if check_convention(convention) == "cddfuse" and self.cddfuse is not None:
-            return self.cddfuse
-        return self.paper
-
-
-METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
-    MetricSpec("MSE", False, "full_reference", "grey"),
-    MetricSpec("VIF", True, "full_reference", "grey, VIFF", "grey, VIFF, sum over 2 sources"),
-    MetricSpec("SSIM", True, "full_reference", "grey, data_range 255", "grey, data_range 2, sum over 2 sources"),
-    MetricSpec("PSNR", True, "full_reference", "grey, peak 255", "grey, peak max(F)"),
-    MetricSpec("LPIPS", False, "lpips", "RGB, AlexNet"),
-    MetricSpec("MAE", False, "full_reference", "grey"),
-    MetricSpec("RMSE", False, "full_reference", "grey"),
-    MetricSpec("AG", False, "no_reference", "grey"),  # the paper prints AG with a down arrow
-    MetricSpec("EN", True, "no_reference", "grey, bits"),
-    MetricSpec("SD", True, "no_reference", "grey"),
-    MetricSpec("SF", True, "no_reference", "grey"),
-    MetricSpec("MI", True, "source_pairs", "grey, nats, sum over 2 sources"),
-    MetricSpec("Qabf", True, "source_pairs", "grey", "grey, GAF = gF"),
-    MetricSpec("SCD", True, "source_pairs", "grey"),
-    MetricSpec("CC", True, "source_pairs", "grey"),
-)}
 PAPER_METRICS: tuple[str, ...] = ("MSE", "VIF", "SSIM", "PSNR", "LPIPS", "MAE", "RMSE", "AG")  # Table 1 order
 ABLATION_METRICS: tuple[str, ...] = ("VIF", "SSIM", "PSNR", "AG", "MSE", "LPIPS", "MAE", "RMSE")  # Table 2 order
 EXTRA_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "MI", "Qabf", "SCD", "CC")
-NO_REFERENCE: dict[str, Callable[[Grey], float]] = {
-    "AG": average_gradient, "EN": entropy, "SD": standard_deviation, "SF": spatial_frequency}
-
-
-def metric_label(name: str, convention: Convention, reference: Reference = "gt") -> str:
-    """The column label naming colour space and convention, e.g. ``PSNR (grey, peak 255)``.
-
-    Against the ground truth nothing is summed, so "sum over 2 sources" is left out of full-reference labels.
-    """
-    spec = METRICS[name]
-    qualifier = spec.qualifier(convention)
-    if reference == "gt" and spec.kind == "full_reference":
-        qualifier = qualifier.replace(", sum over 2 sources", "")
-    return f"{name} ({qualifier})"
 
 
 def metric_names(suite: Suite) -> tuple[str, ...]:
@@ -105,24 +57,45 @@ def metric_names(suite: Suite) -> tuple[str, ...]:
     return PAPER_METRICS + (EXTRA_METRICS if suite == "all" else ())
 
 
-def full_reference_metrics(convention: Convention) -> dict[str, FullReference]:
-    """Full-reference metrics ``(fused, reference) -> value`` of one convention."""
-    return {"MSE": mse, "VIF": viff, "SSIM": partial(ssim, convention=convention),
-            "PSNR": partial(psnr, convention=convention), "MAE": mae, "RMSE": rmse}
-
-
-def two_source_metrics(convention: Convention) -> dict[str, TwoSource]:
-    """Two-source metrics ``(fused, a, b) -> value`` of one convention (MI, Qabf, SCD, CC)."""
-    return {"MI": mi_pair, "Qabf": partial(qabf, convention=convention), "SCD": scd, "CC": cc}
-
-
-CDDFUSE_PAIR_FORMS: dict[str, TwoSource] = {
-    "MSE": mse_pair, "PSNR": partial(psnr_pair, convention="cddfuse"),
-    "SSIM": partial(ssim_pair, convention="cddfuse"), "VIF": viff_pair}
-
-
-def _mean_over_pairs(fn: TwoSource, fused: Grey, sources: list[Grey]) -> float:
+def _mean_over_pairs(fn: Callable[[Grey, Grey, Grey], float], fused: Grey, sources: list[Grey]) -> float:
     return float(np.mean([fn(fused, a, b) for a, b in itertools.combinations(sources, 2)]))
+
+
+def score_metrics(names: Sequence[str], fused: np.ndarray, sources: Sequence[np.ndarray], gt: np.ndarray | None,
+                  reference: Reference, lpips_scorer: Lpips | None,
+                  convention: Convention = "paper") -> dict[str, float]:
+    """The metrics ``names`` of :data:`core.metrics.METRICS` for one case, aggregated over the references as the
+    module docstring says; metric name -> value in the order of ``names``. Arguments as :func:`score_case`."""
+    convention = check_convention(convention)
+    if len(sources) != 3:
+        raise ValueError(f"score_case expects 3 sources, got {len(sources)}")
+    if reference == "gt" and gt is None:
+        raise ValueError("reference 'gt' needs the ground-truth image")
+    specs: list[MetricSpec] = [METRICS.get(name) for name in names]
+    refs_rgb = [gt] if reference == "gt" else list(sources)
+    fused_grey, refs_grey = to_grey(fused), [to_grey(r) for r in refs_rgb]
+    dual_modal = convention == "cddfuse" and reference == "sources"  # CDDFuse's two-source forms
+    sources_grey = [to_grey(s) for s in sources] if dual_modal or any(
+        spec.kind == "source_pairs" for spec in specs) else []
+    values: dict[str, float] = {}
+    for spec in specs:
+        if dual_modal and spec.pair_form is not None:
+            value = _mean_over_pairs(lambda f, a, b, spec=spec: spec.pair(f, a, b, convention), fused_grey,
+                                     sources_grey)
+        elif spec.kind == "full_reference":
+            value = float(np.mean([spec(fused_grey, r, convention=convention) for r in refs_grey]))
+        elif spec.kind == "rgb_full_reference":
+            value = float(np.mean([spec(fused, r, convention=convention) for r in refs_rgb]))
+        elif spec.kind == "lpips":
+            value = float("nan") if lpips_scorer is None else float(
+                np.mean([lpips_scorer(fused, r) for r in refs_rgb]))
+        elif spec.kind == "no_reference":
+            value = spec(fused_grey, convention=convention)
+        else:
+            value = _mean_over_pairs(lambda f, a, b, spec=spec: spec(f, a, b, convention=convention), fused_grey,
+                                     sources_grey)
+        values[spec.name] = value
+    return values
 
 
 def score_case(fused: np.ndarray, sources: Sequence[np.ndarray], gt: np.ndarray | None, reference: Reference,
@@ -142,30 +115,7 @@ def score_case(fused: np.ndarray, sources: Sequence[np.ndarray], gt: np.ndarray 
         metric name -> value, in the suite's column order.
     """
     convention = check_convention(convention)
-    if len(sources) != 3:
-        raise ValueError(f"score_case expects 3 sources, got {len(sources)}")
-    if reference == "gt" and gt is None:
-        raise ValueError("reference 'gt' needs the ground-truth image")
-    refs_rgb = [gt] if reference == "gt" else list(sources)
-    fused_grey, refs_grey = to_grey(fused), [to_grey(r) for r in refs_rgb]
-    sources_grey = [to_grey(s) for s in sources]
-    full_reference, two_source = full_reference_metrics(convention), two_source_metrics(convention)
-    pair_forms = CDDFUSE_PAIR_FORMS if convention == "cddfuse" and reference == "sources" else {}
-    values: dict[str, float] = {}
-    for name in metric_names(suite):
-        kind = METRICS[name].kind
-        if name in pair_forms:
-            values[name] = _mean_over_pairs(pair_forms[name], fused_grey, sources_grey)
-        elif kind == "full_reference":
-            values[name] = float(np.mean([full_reference[name](fused_grey, r) for r in refs_grey]))
-        elif kind == "lpips":
-            values[name] = float("nan") if lpips_scorer is None else float(
-                np.mean([lpips_scorer(fused, r) for r in refs_rgb]))
-        elif kind == "no_reference":
-            values[name] = NO_REFERENCE[name](fused_grey)
-        else:
-            values[name] = _mean_over_pairs(two_source[name], fused_grey, sources_grey)
-    return values
+    return score_metrics(metric_names(suite), fused, sources, gt, reference, lpips_scorer, convention)
 
 
 class ScoringError(ValueError):

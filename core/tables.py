@@ -29,7 +29,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "pca": "Bicubic + PCA",
     "dwt": "Bicubic + DWT",
 }
-DECIMALS: dict[str, int] = {"MSE": 2, "PSNR": 2, "MAE": 2, "RMSE": 2}
+DECIMALS: dict[str, int] = {name: spec.decimals for name, spec in METRICS.items()}  # of the registry
 GT_NOTE = ("Reference: the ground-truth fused image (`<id>_hr.png`); full-reference metrics compare each fused "
            "image with it.")
 SOURCES_NOTE = "Reference: the three source images (`<id>_src{1,2,3}.png`, the bicubic-upsampled inputs); "
@@ -80,7 +80,7 @@ def scale_title(scale: str) -> str:
 
 
 def _arrow(metric: str, latex: bool) -> str:
-    up = METRICS[metric].higher_is_better
+    up = METRICS.get(metric).higher_is_better
     if latex:
         return r"$\uparrow$" if up else r"$\downarrow$"
     return "↑" if up else "↓"
@@ -106,7 +106,7 @@ def best_rows(rows: list[MethodScores], metric: str) -> set[str]:
     known = [v for v in means.values() if not math.isnan(v)]
     if not known:
         return set()
-    target = max(known) if METRICS[metric].higher_is_better else min(known)
+    target = max(known) if METRICS.get(metric).higher_is_better else min(known)
     return {name for name, v in means.items() if v == target}
 
 
@@ -191,7 +191,7 @@ def to_summary_csv(sections: list[ScaleSection], reference: Reference, conventio
             for metric in section.metrics:
                 mean, std = m.mean(metric), m.std(metric)
                 shown = tuple("" if math.isnan(x) else repr(x) for x in (mean, std))
-                writer.writerow([section.scale, m.method, metric, METRICS[metric].higher_is_better, *shown,
+                writer.writerow([section.scale, m.method, metric, METRICS.get(metric).higher_is_better, *shown,
                                  len(m.case_ids), metric_label(metric, convention, reference)])
     return buf.getvalue()
 

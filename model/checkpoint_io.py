@@ -15,6 +15,7 @@ fails with a clear error.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -33,6 +34,7 @@ CHECKPOINT_FILE = re.compile(r"I(\d+)_E(\d+)\.pth")
 LATEST, RESUMED_FROM, RUN_CHECKPOINTS = "latest", "resumed_from", "checkpoint"
 _TEMPORARY = re.compile(r"\..+\.tmp(\d+)")
 _STARTED = time.time()
+log = logging.getLogger("tfsdiff")
 
 
 class CheckpointError(RuntimeError):
@@ -92,6 +94,18 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def write_checkpoint(state: dict[str, Any], folder: Path) -> Path:
+    """Write the checkpoint dict `state` as `folder/I{step}_E{epoch}.pth` atomically, then point `latest` at it;
+    first remove the temporary files that killed saves left in `folder` (logged). Returns the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(folder):
+        log.info("removed %s, left by a save that was killed", stale)
+    path = folder / f"I{state['step']}_E{state['epoch']}.pth"
+    atomic_save(state, path)
+    write_text_atomic(folder / LATEST, path.name + "\n")
+    return path
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
@@ -223,6 +237,36 @@ def read_checkpoint(location: Path) -> dict[str, Any]:
         lacks = ", ".join(missing) or "a model state dict"
         raise CheckpointError(f"{location} is an incomplete TFS-Diff checkpoint (no {lacks}): pass another checkpoint")
     return state
+
+
+def sampling_weights(state: dict[str, Any], use_ema: bool = True) -> tuple[dict[str, Any], bool]:
+    """The `GaussianDiffusion` state dict to sample with from our checkpoint dict `state`: its `model` with the
+    network's weights replaced by its EMA weights when it has them and `use_ema`; and whether they were."""
+    ema_state = state.get("ema")
+    if not use_ema or ema_state is None:
+        return state["model"], False
+    return {**state["model"], **{f"denoise_fn.{k}": v for k, v in ema_state.items()}}, True
+
+
+def read_official_weights(prefix: Path) -> tuple[Path, dict[str, Any]]:
+    """The file `<prefix>_gen.pth` of an official checkpoint and its state dict (the `GaussianDiffusion` layout)."""
+    gen = Path(f"{prefix}_gen.pth")
+    state = load_file(gen, "official checkpoint")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{gen} is not an official TFS-Diff checkpoint (not a state dict)")
+    return gen, state
+
+
+def read_official_training_state(prefix: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The file `<prefix>_opt.pth` of an official checkpoint and its dict (`optimizer`, `iter`, `epoch`); None when
+    the checkpoint has no such file."""
+    opt = Path(f"{prefix}_opt.pth")
+    if not opt.is_file():
+        return None
+    opt_state = load_file(opt, "official optimiser state")
+    if not isinstance(opt_state, dict) or not {"optimizer", "iter", "epoch"} <= opt_state.keys():
+        raise CheckpointError(f"{opt} is not an official optimiser state (no optimizer, iter and epoch)")
+    return opt, opt_state
 
 
 def check_readable(path: str | Path) -> None:

@@ -1,68 +1,74 @@
-"""The one evaluation path: sample a data split with the model, save images by case id, score against ground truth.
+"""The one evaluation path: fuse a data split with a `Fuser`, save images by case id, score against ground truth.
 
-`evaluate_model` is called by validation during training, by `sr.py -p val`, by `infer.py` (splits and single
-cases) and by the benchmarks; none of them repeats its setup. It samples with
+`evaluate_model` is called by validation during training, by `sr.py -p val`, by `infer.py` (splits) and by the
+benchmarks; none of them repeats its setup. It fuses with `model.fuser.Fuser.fuse` (the val noise schedule, the
+configured sampler or the one passed in, the sampling weights, the residual parametrisation: all the fuser's), one
+loader batch at a time, with one generator seeded with the config's `seed` for the whole split (the global RNG is
+not touched). For every case it keeps the fused uint8 image and, with `out_dir`, writes the results layout of
+`core.results_layout` (`<case>_fused.png`, `<case>_src{1,2,3}.png`, `<case>_hr.png` when the split has a ground
+truth, `<case>_process.png` on request). Next to the model it scores the bicubic-then-fuse baseline, the ground-truth
+fusion rule applied to the same bicubic-upsampled inputs, so every number has an honest reference.
 
-- the noise schedule of `model.beta_schedule.val` (a `NoiseSchedule` table; the model's own training schedule is
-  never swapped),
-- the configured sampler (`model.sampler`, or the one passed in),
-- the model's sampling weights (the EMA average when there is one, with the performance switches), and
-- a generator seeded with the config's `seed` (the global RNG is not touched),
-
-one loader batch at a time, at the batch's own size (the U-Net is fully convolutional: a size that is not a
-multiple of its downsampling factor is padded by reflection and the result cropped back, never resized). For every
-case it keeps the fused uint8 image and, with `out_dir`, writes the results
-layout of `core.results_layout` (`<case>_fused.png`, `<case>_src{1,2,3}.png`, `<case>_hr.png` when the split has a
-ground truth, `<case>_process.png` on request). Next to the model it scores the bicubic-then-fuse baseline, the
-ground-truth fusion rule applied to the same bicubic-upsampled inputs, so every number has an honest reference.
-
-A model with `model.diffusion.residual_base` samples a residual (times `residual_scale`); it is divided by the scale,
-the rule's image of the whole bicubic-upsampled sources is added (to every frame of the process strip too) and the
-sum clipped to [-1, 1].
+The scores are the metrics of `core.metrics.VALIDATION_METRICS`, entries of the metric registry that `eval.py` reads
+too, computed by `core.scoring.score_metrics` against the ground truth in the paper convention; log lines name each
+with its label (`MetricSpec.log_text`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.config import SamplerConfig
-from core.metrics import (PSNR_GREY_LABEL, PSNR_RGB_LABEL, SSIM_GREY_LABEL, SSIM_RGB_LABEL, grey_psnr_ssim,
-                          psnr_rgb, ssim_rgb, tensor2img)
+from core.metrics import METRICS, VALIDATION_METRICS, MetricSpec, tensor2img
 from core.results_layout import write_case
+from core.scoring import score_metrics
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
-from data.images import to_tensor
+from model.fuser import Fuser, case_sources
 from model.model import TFSDiffModel
-from model.samplers import Sampler, build_sampler, sample_loop
-from model.schedule import NoiseSchedule
 
 BASELINE_RULE = "laplacian_ycbcr"
-METRIC_FIELDS = ("psnr_rgb", "ssim_rgb", "psnr_grey", "ssim_grey")
-SCORE_FIELDS = (*METRIC_FIELDS, *(f"baseline_{f}" for f in METRIC_FIELDS))
+BASELINE = "baseline_"  # the prefix of the baseline's fields
+VALIDATION_SPECS: tuple[MetricSpec, ...] = tuple(METRICS.get(name) for name in VALIDATION_METRICS)
+METRIC_FIELDS: tuple[str, ...] = tuple(spec.field for spec in VALIDATION_SPECS)  # psnr_rgb, ssim_rgb, psnr_grey, ...
+SCORE_FIELDS: tuple[str, ...] = (*METRIC_FIELDS, *(BASELINE + f for f in METRIC_FIELDS))
+# log lines: the grey metrics (those of eval.py's tables) first, then the RGB ones
+LOG_GROUPS: tuple[tuple[MetricSpec, ...], ...] = tuple(
+    group for group in (tuple(s for s in VALIDATION_SPECS if s.space == "grey"),
+                        tuple(s for s in VALIDATION_SPECS if s.space != "grey")) if group)
+
+
+def _log_text(scores: Mapping[str, float], prefix: str = "", group_separator: str = ", ") -> str:
+    return group_separator.join(", ".join(spec.log_text(scores[prefix + spec.field]) for spec in group)
+                                for group in LOG_GROUPS)
 
 
 @dataclass(frozen=True)
 class CaseResult:
-    """Scores of one case against its ground truth, NaN without one: the RGB validation metrics of SR3
-    (`core.metrics.psnr_rgb` / `ssim_rgb`) and the grey metrics that `eval.py` reports in the paper convention
-    (`core.metrics.grey_psnr_ssim`), for the model and for the bicubic-then-fuse baseline."""
+    """Scores of one case against its ground truth, NaN without one: field (`MetricSpec.field`, e.g. `psnr_grey`)
+    -> value of the model and of the bicubic-then-fuse baseline; `case.psnr_grey` and `case.baseline_psnr_grey`
+    read them."""
 
     case_id: str
-    psnr_rgb: float
-    ssim_rgb: float
-    psnr_grey: float
-    ssim_grey: float
-    baseline_psnr_rgb: float
-    baseline_ssim_rgb: float
-    baseline_psnr_grey: float
-    baseline_ssim_grey: float
+    model: Mapping[str, float]
+    baseline: Mapping[str, float]
+
+    def __getattr__(self, name: str) -> float:
+        scores = self.__dict__.get("baseline" if name.startswith(BASELINE) else "model")
+        field = name.removeprefix(BASELINE)
+        if scores is None or field not in scores:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return scores[field]
+
+    def describe(self) -> str:
+        """The model's scores, each named with its label: grey metrics, then RGB ones after a semicolon."""
+        return _log_text(self.model, group_separator="; ")
 
 
 @dataclass(frozen=True)
@@ -83,123 +89,63 @@ class Evaluation:
     def describe(self) -> str:
         """One log line: the model's and the baseline's mean scores, each metric named with its convention."""
         s = self.summary()
-
-        def scores(prefix: str) -> str:
-            return (f"{PSNR_GREY_LABEL} {s[prefix + 'psnr_grey']:.2f} dB, {SSIM_GREY_LABEL} "
-                    f"{s[prefix + 'ssim_grey']:.4f}, {PSNR_RGB_LABEL} {s[prefix + 'psnr_rgb']:.2f} dB, "
-                    f"{SSIM_RGB_LABEL} {s[prefix + 'ssim_rgb']:.4f}")
-        return (f"{len(self.cases)} cases; model: {scores('')}; bicubic-then-fuse baseline: {scores('baseline_')}"
-                " (NaN without ground truth)")
+        return (f"{len(self.cases)} cases; model: {_log_text(s)}; bicubic-then-fuse baseline: "
+                f"{_log_text(s, BASELINE)} (NaN without ground truth)")
 
 
-def _metrics(img: np.ndarray, target: np.ndarray) -> tuple[float, float, float, float]:
-    return (psnr_rgb(img, target), ssim_rgb(img, target), *grey_psnr_ssim(img, target))
+def _scores(image: np.ndarray | None, target: np.ndarray | None, sources: list[np.ndarray]) -> dict[str, float]:
+    if image is None or target is None:
+        return {field: float("nan") for field in METRIC_FIELDS}
+    values = score_metrics(VALIDATION_METRICS, image, sources, target, "gt", None, "paper")
+    return {spec.field: values[spec.name] for spec in VALIDATION_SPECS}
 
 
-def _score(fused: np.ndarray, target: np.ndarray | None, sources: list[np.ndarray]) -> tuple[float, ...]:
-    if target is None:
-        return (float("nan"),) * len(SCORE_FIELDS)
-    return (*_metrics(fused, target), *_metrics(fuse(BASELINE_RULE, sources), target))
+def _case_result(case_id: str, fused: np.ndarray, target: np.ndarray | None,
+                 sources: list[np.ndarray]) -> CaseResult:
+    baseline = None if target is None else fuse(BASELINE_RULE, sources)
+    return CaseResult(case_id, _scores(fused, target, sources), _scores(baseline, target, sources))
 
 
-def _process_strip(frames: torch.Tensor, index: int) -> np.ndarray:
-    return np.concatenate([tensor2img(frame[index]) for frame in frames], axis=1)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad (B, C, H, W) at the bottom and right, by reflection (edge replication where the image is too small to
-    reflect), to the next multiple of `multiple`; unchanged when H and W already are multiples."""
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-
-
-def residual_base(rule: str | None, sources: list[list[np.ndarray]], device: torch.device) -> torch.Tensor | None:
-    """(B, 3, H, W) in [-1, 1]: `rule` applied to each case's three uint8 sources, as `FusionDataset` makes
-    `FusionBatch.base` for training; None without a rule."""
-    if rule is None:
-        return None
-    return torch.stack([to_tensor(fuse(rule, case)) for case in sources]).to(device)
-
-
-def _sample(model: TFSDiffModel, condition: torch.Tensor, base: torch.Tensor | None, sampler: Sampler,
-            generator: torch.Generator, save_process: bool, progress: bool, samples: int,
-            clip: str = "x0") -> torch.Tensor:
-    """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back; the mean of
-    `samples` samples drawn one after another (frame by frame for the process strip); for a residual model, divided
-    by its scale and added to `base`, with each step's x0 clipped as `clip` (`SamplerConfig.clip`) says."""
-    h, w = condition.shape[-2:]
-    padded = pad_to_multiple(condition, model.size_multiple)
-    scale = model.cfg.model.diffusion.residual_scale
-    bounds = None
-    if base is not None and clip == "image":  # x0 such that base + x0 / scale lies in [-1, 1]
-        padded_base = pad_to_multiple(base, model.size_multiple)
-        bounds = (scale * (-1.0 - padded_base), scale * (1.0 - padded_base))
-    result = sum(sample_loop(model.sampling_net, sampler, padded, generator, model.diffusion.channels,
-                             continuous=save_process, progress=progress, bounds=bounds)
-                 for _ in range(samples)) / samples
-    result = result[..., :h, :w]
-    if base is None:
-        return result
-    return (result / scale + base).clamp(-1.0, 1.0)
-
-
-def _evaluate_batch(model: TFSDiffModel, batch: FusionBatch, sampler: Sampler, settings: SamplerConfig,
-                    generator: torch.Generator, out_dir: Path | None, save_process: bool,
+def _evaluate_batch(fuser: Fuser, batch: FusionBatch, sampler: SamplerConfig, generator: torch.Generator,
+                    out_dir: Path | None, save_process: bool,
                     progress: bool) -> tuple[list[CaseResult], list[np.ndarray], np.ndarray]:
-    case_sources = [[tensor2img(src[i]) for src in (batch.src1, batch.src2, batch.src3)]
-                    for i in range(len(batch))]
-    base = residual_base(model.cfg.model.diffusion.residual_base, case_sources, batch.src1.device)
-    result = _sample(model, batch.condition, base, sampler, generator, save_process, progress, settings.samples,
-                     settings.clip)
-    fused_t = result[-1] if save_process else result
+    result = fuser.fuse(batch, sampler=sampler, generator=generator, process=save_process, progress=progress)
     cases, fused_images, rows = [], [], []
-    for i, case_id in enumerate(batch.case_ids):
-        sources = case_sources[i]
-        fused = tensor2img(fused_t[i])
+    for i, (case_id, sources) in enumerate(zip(batch.case_ids, case_sources(batch))):
+        fused = result.image(i)
         target = tensor2img(batch.target[i]) if batch.target is not None else None
-        cases.append(CaseResult(case_id, *_score(fused, target, sources)))
+        cases.append(_case_result(case_id, fused, target, sources))
         fused_images.append(fused)
         rows.append(np.concatenate(sources + [fused] + ([target] if target is not None else []), axis=1))
         if out_dir is not None:
-            write_case(out_dir, case_id, sources, fused, target,
-                       _process_strip(result, i) if save_process else None)
+            write_case(out_dir, case_id, sources, fused, target, result.strip(i) if save_process else None)
     return cases, fused_images, np.concatenate(rows, axis=0)
 
 
 @torch.no_grad()
-def evaluate_model(model: TFSDiffModel, batches: Iterable[FusionBatch], out_dir: Path | None, *,
+def evaluate_model(model: Fuser | TFSDiffModel, batches: Iterable[FusionBatch], out_dir: Path | None, *,
                    sampler: SamplerConfig | None = None, save_process: bool = False,
                    progress: bool = True) -> Evaluation:
-    """Sample every case of `batches` (a loader or a list of `FusionBatch`) as the module docstring says.
+    """Fuse every case of `batches` (a loader or a list of `FusionBatch`) with `model` (a `Fuser`, or a model in
+    training, sampled through `Fuser.from_model`) as the module docstring says.
 
-    `sampler` defaults to the config's `model.sampler`. Preview rows: src1 | src2 | src3 | fused | ground truth,
-    one row per case of the first batch.
+    `sampler` defaults to the fuser's (the config's `model.sampler`). Preview rows: src1 | src2 | src3 | fused |
+    ground truth, one row per case of the first batch.
     """
-    cfg = model.cfg
-    schedule = NoiseSchedule.from_spec(cfg.model.beta_schedule.val)
-    sampler = cfg.model.sampler if sampler is None else sampler
-    chain = build_sampler(schedule, sampler, cfg.model.diffusion.clip_denoised)
+    fuser = model if isinstance(model, Fuser) else Fuser.from_model(model)
+    settings, _ = fuser.chain(sampler)  # an unusable sampler fails before anything is written
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
-    was_training = model.diffusion.training
-    model.diffusion.eval()
+    generator = fuser.generator()
     cases: list[CaseResult] = []
     fused: list[np.ndarray] = []
     preview = None
-    try:
-        for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
-            batch_cases, batch_fused, rows = _evaluate_batch(model, batch.to(model.device), chain, sampler,
-                                                             generator, out_dir, save_process, progress)
-            cases.extend(batch_cases)
-            fused.extend(batch_fused)
-            preview = rows if preview is None else preview
-    finally:
-        model.diffusion.train(was_training)
+    for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
+        batch_cases, batch_fused, rows = _evaluate_batch(fuser, batch.to(fuser.device), settings, generator, out_dir,
+                                                         save_process, progress)
+        cases.extend(batch_cases)
+        fused.extend(batch_fused)
+        preview = rows if preview is None else preview
     return Evaluation(tuple(cases), tuple(fused), preview)
 
 
@@ -215,4 +161,3 @@ def fuse_with_rule(rule: str, batches: Iterable[FusionBatch], out_dir: Path) -> 
             write_case(out_dir, case_id, sources, fused, target)
             fused_images.append(fused)
     return tuple(fused_images)
-

@@ -1,4 +1,9 @@
-"""The trainable TFS-Diff model: network + diffusion, optimiser, device placement, and checkpoints.
+"""The trainable TFS-Diff model: network + diffusion, optimiser, device placement, the train step, and checkpoints.
+
+`TFSDiffModel.train_step` advances the model's own position (`step`, and with the loader's `batches_per_epoch`
+`batch_in_epoch` and `epoch`), which checkpoints record for exact resumption. Sampling lives apart, in
+`model.fuser.Fuser`, which loads the sampling weights with `load_sampling_weights` (below) and builds no optimiser,
+scaler or loss; checkpoint files are read and written by `model.checkpoint_io`.
 
 Checkpoint format (ours, version 2; version 1 still loads): one self-describing dict saved atomically as
 `I{step}_E{epoch}.pth`: `{"format": "tfsdiff", "version", "step", "epoch", "batch_in_epoch", "model", "ema",
@@ -28,13 +33,13 @@ import torch
 from torch import nn
 
 from core.config import EMASchedulerConfig, ModelConfig, TFSDiffConfig, config_to_dict
-from core.device import select_device
 from core.distributed import DistInfo, any_rank, gather_objects
-from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, atomic_save, load_file, read_checkpoint,
-                                 remove_stale_temporaries, resolve_checkpoint, write_text_atomic)
+from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, read_checkpoint, read_official_training_state,
+                                 read_official_weights, resolve_checkpoint, sampling_weights, write_checkpoint)
 from model.diffusion import GaussianDiffusion
 from model.losses import build_loss
 from model.net_runner import NetRunner, prepare_net
+from model.residual import Residual
 from model.schedule import NoiseSchedule
 from model.unet import UNet, init_weights
 
@@ -116,6 +121,7 @@ class TFSDiffModel:
         loss = cfg.model.loss
         self.loss_fn = build_loss(loss.type, loss.lambda_mse, loss.lambda_ssim, loss.ssim_window)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.residual = Residual.from_config(cfg.model.diffusion)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -137,27 +143,28 @@ class TFSDiffModel:
             self._sampling_runner = NetRunner(module, self.cfg.performance, self.device)
         return self._sampling_runner
 
-    def train_step(self, x0: torch.Tensor, condition: torch.Tensor,
-                   base: torch.Tensor | None = None) -> dict[str, float]:
-        """Optimisation step `self.step + 1` on a batch (the caller advances `step`), then the EMA update.
+    def train_step(self, x0: torch.Tensor, condition: torch.Tensor, base: torch.Tensor | None = None, *,
+                   batches_per_epoch: int | None = None) -> dict[str, float]:
+        """Optimisation step `self.step + 1` on a batch, then the EMA update; then `step` counts it, and with
+        `batches_per_epoch` (the loader's batches per epoch) so do `batch_in_epoch` and `epoch`, which a checkpoint
+        records for exact resumption.
 
         With `model.diffusion.residual_base`, `base` is that rule's image of the batch (`FusionBatch.base`): the
         diffusion noises and denoises the residual s (x0 - base), s = `residual_scale`, and the loss compares
-        base + x0_hat / s with x0, so the PSF loss's SSIM term still measures the fused image. Raises
-        NonFiniteLossError before touching the weights.
+        base + x0_hat / s with x0 (`model.residual`), so the PSF loss's SSIM term still measures the fused image.
+        Raises NonFiniteLossError before touching the weights (and the counters).
         """
-        if (base is None) != (self.cfg.model.diffusion.residual_base is None):
+        if (base is None) != (self.residual.rule is None):
             raise ValueError("train_step needs a base image exactly when model.diffusion.residual_base is set")
         self.diffusion.train()
         shard = None
         if self.dist.enabled:
             global_batch = self.cfg.datasets.train.batch_size
             shard = (global_batch, self.dist.shard(global_batch))
-        scale = self.cfg.model.diffusion.residual_scale
-        diffused = x0 if base is None else (x0 - base) * scale
+        diffused = self.residual.to_residual(x0, base)
         terms = self.diffusion.training_terms(diffused, condition, self.generator, self.train_runner, shard)
         if base is not None:
-            terms = dataclasses.replace(terms, x0_hat=terms.x0_hat / scale + base)
+            terms = dataclasses.replace(terms, x0_hat=self.residual.from_residual(terms.x0_hat, base))
         losses = self.loss_fn(terms, x0)
         values = {name: float(v.detach()) for name, v in losses.items()}
         finite = all(math.isfinite(v) for v in values.values())
@@ -171,6 +178,11 @@ class TFSDiffModel:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.diffusion.denoise_fn, self.step + 1)
+        self.step += 1
+        if batches_per_epoch is not None:
+            self.batch_in_epoch += 1
+            if self.batch_in_epoch == batches_per_epoch:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         return values
 
     # ----- checkpoints ----------------------------------------------------------------------------------------
@@ -189,47 +201,40 @@ class TFSDiffModel:
 
     def save(self, folder: Path | None) -> Path | None:
         """Write `I{step}_E{epoch}.pth` atomically, then point `latest` at it; first remove the temporary files
-        that killed saves left in `folder` (logged).
+        that killed saves left in `folder` (logged): `model.checkpoint_io.write_checkpoint`.
 
         Under DDP every rank calls it; only rank 0 (the one given a folder) writes.
         """
         state = self.checkpoint()
-        if folder is None:
-            return None
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in remove_stale_temporaries(folder):
-            log.info("removed %s, left by a save that was killed", stale)
-        path = folder / f"I{self.step}_E{self.epoch}.pth"
-        atomic_save(state, path)
-        write_text_atomic(folder / "latest", path.name + "\n")
-        return path
+        return None if folder is None else write_checkpoint(state, folder)
 
     def load(self, path: str | Path, weights_only: bool = False, use_ema: bool = True) -> None:
         """Load ours or an official checkpoint.
 
         `weights_only` (validation/inference) skips optimiser, epoch position and RNG (step and epoch are kept for
-        the logs) and loads the weights to sample with: the checkpoint's EMA weights when it has them and
-        `use_ema`, else its trained weights. A full load (resuming training) restores the EMA too; a checkpoint
-        without one starts the EMA at its weights.
+        the logs) and loads the weights to sample with (`load_sampling_weights`): the checkpoint's EMA weights when
+        it has them and `use_ema`, else its trained weights. A full load (resuming training) restores the EMA too; a
+        checkpoint without one starts the EMA at its weights. (To sample only, `model.fuser.Fuser.from_checkpoint`
+        builds no optimiser at all.)
         """
+        if weights_only:
+            loaded = load_sampling_weights(self.diffusion, self.cfg, path, use_ema)
+            if loaded.official:
+                self._restart_ema(f"{loaded.location} is an official checkpoint without EMA weights")
+                return
+            self.step, self.epoch = loaded.step, loaded.epoch
+            self._restart_ema("")
+            return
         kind, location = resolve_checkpoint(path)
         if kind == "official":
-            self._load_official(location, weights_only)
+            self._load_official(location)
             self._restart_ema(f"{location} is an official checkpoint without EMA weights")
             return
         state = read_checkpoint(location)
-        self._check_network_config(state.get("config", {}), location)
+        check_network_config(self.cfg, state.get("config", {}), location)
         ema_state = state.get("ema")
-        if weights_only and use_ema and ema_state is not None:
-            net_keys = {f"denoise_fn.{k}": v for k, v in ema_state.items()}
-            self._load_model_state({**state["model"], **net_keys}, location)
-            log.info("sampling with the EMA weights of %s", location)
-        else:
-            self._load_model_state(state["model"], location)
+        load_diffusion_state(self.diffusion, state["model"], location)
         self.step, self.epoch = state["step"], state["epoch"]
-        if weights_only:
-            self._restart_ema("")
-            return
         if state.get("release"):
             raise CheckpointError(f"{location} holds released weights only: it samples (infer.py, sr.py -p val) "
                                   "but cannot resume training, which needs a training checkpoint")
@@ -279,56 +284,74 @@ class TFSDiffModel:
         if reason:
             log.info("%s: the EMA starts at its weights", reason)
 
-    def _check_network_config(self, saved: dict, location: Path) -> None:
-        saved_model = saved.get("model", {})
-        current = config_to_dict(self.cfg)["model"]
-        for key in ("unet", "tmfa"):
-            if saved_model.get(key) != current[key]:
-                raise CheckpointError(f"{location} was trained with model.{key} = {saved_model.get(key)}, "
-                                      f"but the config has model.{key} = {current[key]}")
-        for key, default in (("residual_base", None), ("residual_scale", 1.0)):
-            saved_value = saved_model.get("diffusion", {}).get(key, default)
-            if saved_value != current["diffusion"][key]:
-                raise CheckpointError(f"{location} was trained with model.diffusion.{key} = {saved_value}, but the "
-                                      f"config has {current['diffusion'][key]}")
-
-    def _load_model_state(self, state: dict[str, torch.Tensor], location: Path) -> None:
-        betas = state.get("betas")
-        if not isinstance(betas, torch.Tensor) or betas.shape != self.diffusion.betas.shape or not torch.allclose(
-                betas.to(self.diffusion.betas), self.diffusion.betas, rtol=1e-5, atol=1e-9):
-            raise CheckpointError(f"{location}: its noise schedule differs from model.beta_schedule.train")
-        try:
-            self.diffusion.load_state_dict(state, strict=True)
-        except (RuntimeError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{location} does not fit the configured network (official checkpoints need "
-                                  f"model.tmfa.placement 'all_channels' and the official U-Net sizes): {err}") from err
-
-    def _load_official(self, prefix: Path, weights_only: bool) -> None:
-        gen = Path(f"{prefix}_gen.pth")
-        state = load_file(gen, "official checkpoint")
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{gen} is not an official TFS-Diff checkpoint (not a state dict)")
-        self._load_model_state(state, gen)
-        opt = Path(f"{prefix}_opt.pth")
-        if weights_only or not opt.is_file():
+    def _load_official(self, prefix: Path) -> None:
+        """The weights of an official checkpoint and, when it has its `_opt.pth`, Adam's state and its position."""
+        gen, state = read_official_weights(prefix)
+        load_diffusion_state(self.diffusion, state, gen)
+        training = read_official_training_state(prefix)
+        if training is None:
             return
-        opt_state = load_file(opt, "official optimiser state")
-        if not isinstance(opt_state, dict) or not {"optimizer", "iter", "epoch"} <= opt_state.keys():
-            raise CheckpointError(f"{opt} is not an official optimiser state (no optimizer, iter and epoch)")
+        opt, opt_state = training
         self.step, self.epoch = int(opt_state["iter"]), int(opt_state["epoch"])
         self._load_optimizer(opt_state["optimizer"], opt)
         log.info("resumed official training state %s at iteration %d, epoch %d (RNG states are not in official "
                  "checkpoints, so the continuation is not bit-exact)", opt, self.step, self.epoch)
 
 
-def load_for_sampling(cfg: TFSDiffConfig, checkpoint: str | Path) -> TFSDiffModel:
-    """The model of `cfg` on the device of `cfg.gpu_ids`, with the sampling weights of `checkpoint` (the EMA weights
-    when it has them), in eval mode."""
-    device, device_ids, where = select_device(cfg.gpu_ids)
-    log.info("%s", where)
-    model = TFSDiffModel(cfg, device, device_ids)
-    model.load(checkpoint, weights_only=True)
-    model.diffusion.eval()
-    log.info("loaded the weights of checkpoint %s", checkpoint)
-    return model
+def check_network_config(cfg: TFSDiffConfig, saved: dict, location: Path) -> None:
+    """CheckpointError unless the config `saved` in the checkpoint at `location` has the network (`model.unet`,
+    `model.tmfa`) and the residual parametrisation of `cfg`."""
+    saved_model = saved.get("model", {})
+    current = config_to_dict(cfg)["model"]
+    for key in ("unet", "tmfa"):
+        if saved_model.get(key) != current[key]:
+            raise CheckpointError(f"{location} was trained with model.{key} = {saved_model.get(key)}, "
+                                  f"but the config has model.{key} = {current[key]}")
+    for key, default in (("residual_base", None), ("residual_scale", 1.0)):
+        saved_value = saved_model.get("diffusion", {}).get(key, default)
+        if saved_value != current["diffusion"][key]:
+            raise CheckpointError(f"{location} was trained with model.diffusion.{key} = {saved_value}, but the "
+                                  f"config has {current['diffusion'][key]}")
 
+
+def load_diffusion_state(diffusion: GaussianDiffusion, state: dict[str, torch.Tensor], location: Path) -> None:
+    """Load `state` (the `GaussianDiffusion` layout) strictly into `diffusion`; CheckpointError naming `location`
+    when its noise schedule or its network differs."""
+    betas = state.get("betas")
+    if not isinstance(betas, torch.Tensor) or betas.shape != diffusion.betas.shape or not torch.allclose(
+            betas.to(diffusion.betas), diffusion.betas, rtol=1e-5, atol=1e-9):
+        raise CheckpointError(f"{location}: its noise schedule differs from model.beta_schedule.train")
+    try:
+        diffusion.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{location} does not fit the configured network (official checkpoints need "
+                              f"model.tmfa.placement 'all_channels' and the official U-Net sizes): {err}") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedWeights:
+    """Where sampling weights came from: the checkpoint file (official: the prefix), and its training position (0, 0
+    for an official checkpoint, whose position is in its `_opt.pth`)."""
+
+    location: Path
+    official: bool
+    step: int = 0
+    epoch: int = 0
+
+
+def load_sampling_weights(diffusion: GaussianDiffusion, cfg: TFSDiffConfig, checkpoint: str | Path,
+                          use_ema: bool = True) -> LoadedWeights:
+    """Load into `diffusion` (built from `cfg`) the weights to sample with from ours or an official checkpoint: its
+    EMA weights when it has them and `use_ema`, else its trained weights. Reads nothing of the training state."""
+    kind, location = resolve_checkpoint(checkpoint)
+    if kind == "official":
+        gen, state = read_official_weights(location)
+        load_diffusion_state(diffusion, state, gen)
+        return LoadedWeights(location, official=True)
+    saved = read_checkpoint(location)
+    check_network_config(cfg, saved.get("config", {}), location)
+    weights, ema = sampling_weights(saved, use_ema)
+    load_diffusion_state(diffusion, weights, location)
+    if ema:
+        log.info("sampling with the EMA weights of %s", location)
+    return LoadedWeights(location, official=False, step=saved["step"], epoch=saved["epoch"])

@@ -2,6 +2,10 @@
 
 One intra-op thread makes the tiny test networks several times faster on small CPUs.
 
+Two tiers: a test that trains, builds a dataset, runs a command end to end (sr.py, infer.py on a model,
+prepare_data, bench) or runs a full-size network is marked ``slow`` (pytest.ini); ``python -m pytest -m "not slow"
+-q`` runs the fast tier, ``python -m pytest -q`` (README, CI) runs both.
+
 The factories are fixtures that return a function (pytest's "factory as fixture"):
 
 - ``make_rgb(seed, shape, grey=False)``: a seeded random uint8 RGB image; ``make_results(folder, case_ids,
@@ -10,7 +14,7 @@ The factories are fixtures that return a function (pytest's "factory as fixture"
 - ``make_tiny_unet(**kwargs)``, ``make_tiny_diffusion(n_timestep)``, ``make_tiny_model(**config_kwargs)``: the
   network of that config, a short diffusion process around it, and the whole model, seeded.
 - ``make_batches(n)`` and ``train_steps(model, batches)``: random training batches for the tiny model, and
-  training on them as ``sr.py`` does (one optimiser step per batch, counting steps).
+  training on them as ``sr.py`` does (one optimiser step per batch, which counts itself).
 - ``make_run_config(folder, name, changes)``: a config file for ``sr.py`` runs on ``embedded_dataset``, a 4-case
   32x32 x4 embedded dataset built once per session.
 """
@@ -126,10 +130,9 @@ def tiny_batches(n: int) -> Batches:
 
 
 def train_on(model: TFSDiffModel, batches: Batches) -> None:
-    """One training step per batch, counting ``model.step`` as sr.py does."""
+    """One training step per batch, as sr.py trains (``train_step`` counts ``model.step`` itself)."""
     for x0, condition in batches:
         model.train_step(x0, condition)
-        model.step += 1
 
 
 def write_run_config(folder: Path, dataset: Path, name: str, changes: Mapping[str, Any]) -> Path:

@@ -18,7 +18,7 @@ ALLOWED = {
 }
 # Modules of model/ that make up the network and the diffusion process: they never see data/.
 DATA_FREE = ("model.tmfa", "model.unet", "model.schedule", "model.samplers", "model.diffusion", "model.losses",
-             "model.net_runner", "model.checkpoint_io", "model.model", "model.release")
+             "model.net_runner", "model.checkpoint_io", "model.model", "model.release", "model.residual")
 
 
 def _module_name(path: Path) -> str:

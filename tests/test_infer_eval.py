@@ -17,7 +17,7 @@ import infer
 from core.config import load_config
 from data.fusion_rules import FUSION_RULES, _pca_weights, fuse, haar_dwt2, haar_idwt2, rgb_to_ycbcr
 from data.layout import hr_dir, sr_dir
-from model.evaluation import pad_to_multiple
+from model.fuser import pad_to_multiple
 from model.model import TFSDiffModel
 
 SIZE, LOW = 16, 8
@@ -163,6 +163,7 @@ def _tiny_checkpoint(config: Path, tmp_path: Path) -> Path:
     return TFSDiffModel(load_config(config), torch.device("cpu")).save(tmp_path / "ckpt")
 
 
+@pytest.mark.slow
 def test_infer_split_with_model_and_rule_then_eval(tmp_path: Path, monkeypatch, config: Path,
                                                    make_rgb: MakeRGB) -> None:
     checkpoint = _tiny_checkpoint(config, tmp_path)
@@ -185,6 +186,7 @@ def test_infer_needs_a_checkpoint(tmp_path: Path, capsys, config: Path) -> None:
     assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_infer_single_case_any_size(tmp_path: Path, config: Path, make_rgb: MakeRGB) -> None:
     """The inputs are the LR sources: the output is scale x their size (the tiny model is x2), or --out-size;
     non-square and non-multiple-of-4 sizes keep their shape (padded for the U-Net, cropped back)."""

@@ -162,7 +162,8 @@ def test_labels_name_colour_space_and_convention() -> None:
     assert metric_label("SSIM", "cddfuse", "gt") == "SSIM (grey, data_range 2)"
     assert metric_label("LPIPS", "paper") == "LPIPS (RGB, AlexNet)"
     assert metric_label("Qabf", "cddfuse") == "Qabf (grey, GAF = gF)"
-    assert all("grey" in metric_label(n, c) or n == "LPIPS" for n in METRICS for c in fm.CONVENTIONS)
+    assert all(f"({METRICS.get(n).space}" in metric_label(n, c) for n in METRICS.names() for c in fm.CONVENTIONS)
+    assert all("grey" in metric_label(n, c) for n in metric_names("all") if n != "LPIPS" for c in fm.CONVENTIONS)
     assert (PSNR_GREY_LABEL, SSIM_GREY_LABEL) == (metric_label("PSNR", "paper"), metric_label("SSIM", "paper"))
 
 
@@ -175,7 +176,7 @@ def test_eval_tables_name_the_convention_in_title_notes_and_columns(tmp_path: Pa
         markdown = (tmp_path / "res" / "pca" / f"{name}.md").read_text(encoding="utf-8")
         assert f"(reference: sources, convention: {convention})" in markdown
         assert f"Convention: {convention} (" in markdown
-        columns = [f"{metric_label(m, convention, 'sources')} {'↑' if METRICS[m].higher_is_better else '↓'}"
+        columns = [f"{metric_label(m, convention, 'sources')} {'↑' if METRICS.get(m).higher_is_better else '↓'}"
                    for m in metric_names("paper")]
         assert "| Method | " + " | ".join(columns) + " |" in markdown.splitlines()
         latex = (tmp_path / "res" / "pca" / f"{name}.tex").read_text(encoding="utf-8")

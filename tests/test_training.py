@@ -1,6 +1,7 @@
 """End to end on a tiny embedded dataset: train, checkpoint, resume exactly, stop on NaN, sample with a finite PSNR."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Callable, Mapping
@@ -13,8 +14,11 @@ import torch
 from PIL import Image
 
 import sr
+from core.config import config_to_dict, load_config
 from core.metrics import psnr_rgb
 from model import model as model_module
+
+pytestmark = pytest.mark.slow  # sr.py end to end (tests/conftest.py: the two tiers)
 
 TRAINING = {"datasets.train.batch_size": 3, "model.beta_schedule.train.n_timestep": 40,
             "model.beta_schedule.val.n_timestep": 40, "train.n_iter": 6, "train.val_freq": 1000,
@@ -79,16 +83,23 @@ def test_validation_samples_with_finite_psnr(tmp_path: Path, write_config: Write
 
 def test_val_cases_overrides_the_configs_data_len(tmp_path: Path, write_config: WriteConfig,
                                                  capsys: pytest.CaptureFixture) -> None:
-    cfg = write_config("cases", {"train.n_iter": 1, "train.val_freq": 5})
+    """Also: a run folder records the resolved config (base merged in, --cases applied) as config.json."""
+    write_config("cases", {"train.n_iter": 1})
+    cfg = tmp_path / "child.json"
+    cfg.write_text('// on top of a base\n{"base": "cases.json", "train": {"val_freq": 5}}', encoding="utf-8")
     assert sr.main(["-c", str(cfg), "--no-progress"]) == 0
     ckpt = run_dir(tmp_path, "cases") / "checkpoint"
-    counts = []
+    recorded = json.loads((ckpt.parent / sr.RUN_CONFIG).read_text(encoding="utf-8"))
+    assert recorded == config_to_dict(load_config(cfg)) and recorded["train"]["val_freq"] == 5
+    counts, data_lens = [], []
     for cases in ("1", "-1"):
         for folder in (tmp_path / "experiments").glob("cases_val_*"):
             shutil.rmtree(folder)
         assert sr.main(["-p", "val", "-c", str(cfg), "--checkpoint", str(ckpt), "--cases", cases, "--no-progress"]) == 0
         counts.append(len(list((run_dir(tmp_path, "cases", "val") / "results").glob("*_fused.png"))))
+        data_lens.append(load_config(run_dir(tmp_path, "cases", "val") / sr.RUN_CONFIG).datasets.val.data_len)
     assert counts == [1, 4]  # the config's data_len is 2; the embedded val split has 4 cases
+    assert data_lens == [1, -1]
     assert sr.main(["-c", str(cfg), "--cases", "1", "--no-progress"]) == 2
     assert "--cases is for -p val" in capsys.readouterr().err
     assert sr.main(["-p", "val", "-c", str(cfg), "--checkpoint", str(ckpt), "--cases", "0", "--no-progress"]) == 2

@@ -1,0 +1,182 @@
+"""The fuser: a trained network and everything sampling needs, apart from training.
+
+A `Fuser` holds
+
+- the network to sample with (the EMA weights when there are any), behind the performance switches (`NetRunner`),
+- the table of the validation noise schedule (`model.beta_schedule.val`; the training schedule is never used),
+- the sampler config (`model.sampler`, or the one passed to `fuse`) and the clipping of the diffusion,
+- the residual parametrisation (`model.residual`: base rule and scale), and
+- the device and the seed of its sampling generator.
+
+It is built from a checkpoint or released weights (`Fuser.from_checkpoint`) without any optimiser, gradient scaler
+or loss, or from a `TFSDiffModel` in training (`Fuser.from_model`, which shares its weights, for validation). Its
+one call, `fuse`, turns a batch of sources into fused images: at the batch's own size (the U-Net is fully
+convolutional: a size that is not a multiple of its downsampling factor is padded by reflection and the result cropped
+back, never resized), with the network in eval mode (its mode is restored afterwards), the mean of `samples` samples,
+optionally with the denoising-process strip. A residual model samples the scaled residual; it is divided by the scale,
+the rule's image of the whole bicubic-upsampled sources is added (to every frame of the strip too) and the sum clipped
+to [-1, 1] (`model.residual`).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.config import SamplerConfig, TFSDiffConfig
+from core.device import select_device
+from core.metrics import tensor2img
+from data.fusion_dataset import FusionBatch
+from data.fusion_rules import fuse as fuse_with
+from data.images import to_tensor
+from model.model import TFSDiffModel, build_diffusion, load_sampling_weights
+from model.net_runner import NetRunner, prepare_net
+from model.residual import Residual
+from model.samplers import Sampler, build_sampler, sample_loop
+from model.schedule import NoiseSchedule
+
+log = logging.getLogger("tfsdiff")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom and right, by reflection (edge replication where the image is too small to
+    reflect), to the next multiple of `multiple`; unchanged when H and W already are multiples."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def case_sources(batch: FusionBatch) -> list[list[np.ndarray]]:
+    """Each case's three sources (the bicubic-upsampled inputs) as (H, W, 3) uint8 images."""
+    return [[tensor2img(src[i]) for src in (batch.src1, batch.src2, batch.src3)] for i in range(len(batch))]
+
+
+def residual_base(rule: str | None, sources: list[list[np.ndarray]], device: torch.device) -> torch.Tensor | None:
+    """(B, 3, H, W) in [-1, 1]: `rule` applied to each case's three uint8 sources, as `FusionDataset` makes
+    `FusionBatch.base` for training; None without a rule."""
+    if rule is None:
+        return None
+    return torch.stack([to_tensor(fuse_with(rule, case)) for case in sources]).to(device)
+
+
+@dataclass(frozen=True)
+class FusedBatch:
+    """What `Fuser.fuse` returns: the fused images (B, 3, H, W) in [-1, 1] and, when asked for, the denoising process
+    (K, B, 3, H, W): x_T, about ten intermediate states and the result last (as images for a residual model)."""
+
+    images: torch.Tensor
+    process: torch.Tensor | None = None
+
+    def image(self, index: int) -> np.ndarray:
+        """The fused image of case `index` as (H, W, 3) uint8."""
+        return tensor2img(self.images[index])
+
+    def strip(self, index: int) -> np.ndarray:
+        """The process strip of case `index`: its frames side by side, (H, K W, 3) uint8."""
+        if self.process is None:
+            raise ValueError("no denoising process: fuse with process=True")
+        return np.concatenate([tensor2img(frame[index]) for frame in self.process], axis=1)
+
+
+class Fuser:
+    """A network that fuses, with its sampling setup (module docstring); no optimiser, scaler or loss."""
+
+    def __init__(self, cfg: TFSDiffConfig, net: NetRunner, device: torch.device, *, step: int = 0,
+                 epoch: int = 0) -> None:
+        model = cfg.model
+        self.cfg = cfg
+        self.net = net
+        self.device = device
+        self.schedule = NoiseSchedule.from_spec(model.beta_schedule.val)
+        self.sampler = model.sampler
+        self.clip_denoised = model.diffusion.clip_denoised
+        self.residual = Residual.from_config(model.diffusion)
+        self.channels = model.diffusion.channels
+        self.size_multiple = 2 ** (len(model.unet.channel_multiplier) - 1)  # 2 per U-Net downsampling level
+        self.seed = cfg.seed
+        self.step, self.epoch = step, epoch  # the training position of the weights, for the logs
+        self._chains: dict[SamplerConfig, Sampler] = {}
+
+    @classmethod
+    def from_checkpoint(cls, cfg: TFSDiffConfig, checkpoint: str | Path, *, device: torch.device | None = None,
+                        use_ema: bool = True) -> Fuser:
+        """The network of `cfg` with the sampling weights of `checkpoint` (ours, released or official; its EMA
+        weights when it has them and `use_ema`), on `device` (default: the device of `cfg.gpu_ids`)."""
+        if device is None:
+            device, _, where = select_device(cfg.gpu_ids)
+            log.info("%s", where)
+        diffusion = build_diffusion(cfg.model).to(device)
+        net = prepare_net(diffusion.denoise_fn, cfg.performance)
+        loaded = load_sampling_weights(diffusion, cfg, checkpoint, use_ema)
+        net.eval().requires_grad_(False)
+        return cls(cfg, NetRunner(net, cfg.performance, device), device, step=loaded.step, epoch=loaded.epoch)
+
+    @classmethod
+    def from_model(cls, model: TFSDiffModel) -> Fuser:
+        """The sampling network of a model in training (its EMA when it has one), shared, not copied."""
+        return cls(model.cfg, model.sampling_net, model.device, step=model.step, epoch=model.epoch)
+
+    def chain(self, sampler: SamplerConfig | None = None) -> tuple[SamplerConfig, Sampler]:
+        """The sampler config (`sampler`, default the fuser's) and the sampler it builds on the val schedule."""
+        settings = self.sampler if sampler is None else sampler
+        if settings not in self._chains:
+            self._chains[settings] = build_sampler(self.schedule, settings, self.clip_denoised)
+        return settings, self._chains[settings]
+
+    def generator(self) -> torch.Generator:
+        """A generator on the fuser's device seeded with the config's seed (the global RNG is never used)."""
+        return torch.Generator(device=self.device).manual_seed(self.seed)
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        module = self.net.module
+        was_training = module.training
+        module.eval()
+        try:
+            yield
+        finally:
+            module.train(was_training)
+
+    @torch.no_grad()
+    def fuse(self, batch: FusionBatch, *, sampler: SamplerConfig | None = None,
+             generator: torch.Generator | None = None, process: bool = False, progress: bool = True) -> FusedBatch:
+        """Fuse the sources of `batch` (its target is not used) as the module docstring says.
+
+        `sampler` replaces the fuser's sampler config; `generator` (default: a fresh `generator()`) draws the noise,
+        so one generator passed to successive calls samples a split as one sequence; `process` keeps the denoising
+        process; `progress` shows the steps.
+        """
+        settings, chain = self.chain(sampler)
+        generator = self.generator() if generator is None else generator
+        batch = batch.to(self.device)
+        base = None
+        if self.residual.rule is not None:
+            base = residual_base(self.residual.rule, case_sources(batch), batch.src1.device)
+        with self._eval_mode():
+            result = self._sample(batch.condition, base, chain, generator, process, progress, settings.samples,
+                                  settings.clip)
+        return FusedBatch(result[-1], result) if process else FusedBatch(result)
+
+    def _sample(self, condition: torch.Tensor, base: torch.Tensor | None, chain: Sampler,
+                generator: torch.Generator, process: bool, progress: bool, samples: int, clip: str) -> torch.Tensor:
+        """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back; the mean
+        of `samples` samples drawn one after another (frame by frame for the process); for a residual model, the
+        image of the residual, with each step's x0 clipped as `clip` (`SamplerConfig.clip`) says."""
+        h, w = condition.shape[-2:]
+        padded = pad_to_multiple(condition, self.size_multiple)
+        bounds = None
+        if base is not None and clip == "image":
+            bounds = self.residual.clip_bounds(pad_to_multiple(base, self.size_multiple))
+        result = sum(sample_loop(self.net, chain, padded, generator, self.channels, continuous=process,
+                                 progress=progress, bounds=bounds)
+                     for _ in range(samples)) / samples
+        return self.residual.to_image(result[..., :h, :w], base)
