@@ -3,6 +3,7 @@
     python infer.py -c CONFIG [--checkpoint PATH] [--split test|val] [--out DIR] [--process] [--overwrite]
     python infer.py -c CONFIG [--checkpoint PATH] --sampler ddim --steps 50   # a fast sampler instead of model.sampler
     python infer.py -c CONFIG --method average|maximum|laplacian_ycbcr|pca|dwt [--split test|val] [--out DIR]
+    python infer.py -c CONFIG --method ifcnn|prrgan|matr|mufusion --peer-dir DIR ...   # a published method
     python infer.py -c CONFIG --checkpoint PATH --inputs T1.png T2.png SPECT.png --out fused.png [--process]
     add --debug to any of them for the traceback of an error
 
@@ -16,7 +17,8 @@ a generator seeded with the config's seed; single-case mode calls the same `Fuse
 Without --checkpoint the weights are the config's `path.resume_state`, else its released weights `path.pretrained`
 (for config/demo.json: the shipped demo model in pretrained/).
 A `--method` rule from `data.fusion_rules` fuses the same bicubic-upsampled inputs, so the baselines are scored
-on exactly the model's inputs.
+on exactly the model's inputs; so does a published method of `model.peers` (IFCNN, PRRGAN, MATR, MUFusion, ...),
+with its authors' weights from `--peer-dir` (a clone of their repository; size and SHA-256 are checked).
 
 Single-case mode (--inputs, three registered images of one size, any size and aspect ratio, grey or colour): the
 three images are the low-resolution sources. Each is converted to RGB and upsampled with
@@ -58,13 +60,13 @@ from core.device import free_memory_bytes, select_device
 from core.logger import setup_logger
 from core.outputs import check_apart, check_file_target, check_folder_target, is_project_folder, publish_folder, \
     record_files
+from core.registry import FUSION_METHODS
 from data.fusion_dataset import DatasetError, FusionBatch
-from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, to_tensor
 from data.loader import dataset_from_config, ensure_config_data
 from data.resample import resize_bicubic
 from model.checkpoint_io import CheckpointError
-from model.evaluation import evaluate_model, fuse_with_rule
+from model.evaluation import evaluate_model, fuse_with_rule, method_fuser
 from model.fuser import Fuser
 
 MODEL_METHOD = "tfsdiff"
@@ -83,8 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-c", "--config", required=True, help="JSON config file (// comments allowed)")
     parser.add_argument("--checkpoint", help="model checkpoint (default: the config's path.resume_state, else its "
                                              "released weights path.pretrained)")
-    parser.add_argument("--method", default=MODEL_METHOD, choices=(MODEL_METHOD, *sorted(FUSION_RULES)),
-                        help="the model (default) or a classical fusion rule applied to the bicubic inputs")
+    parser.add_argument("--method", default=MODEL_METHOD, choices=(MODEL_METHOD, *sorted(FUSION_METHODS.names())),
+                        help="the model (default), a classical fusion rule or a published method (ifcnn, prrgan, "
+                             "matr, mufusion, ...; needs --peer-dir) applied to the bicubic inputs")
+    parser.add_argument("--peer-dir", help="a published method's weights: a clone of its authors' repository, or a "
+                                           "folder holding the weight file at the same relative path")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="data split of the config")
     parser.add_argument("--inputs", nargs=3, metavar=("SRC1", "SRC2", "SRC3"),
                         help="fuse one case from three image files instead of a split (needs --out FILE)")
@@ -101,6 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.peer_dir and (args.method == MODEL_METHOD or not FUSION_METHODS.get(args.method).needs_weights):
+        raise InputError(f"--peer-dir is for a published method with weights; {args.method!r} has none")
     if args.process and args.method != MODEL_METHOD:
         raise InputError(f"--process needs the model; method {args.method!r} has no denoising process")
     if args.out_size and not args.inputs:
@@ -156,16 +163,17 @@ def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     out_dir = split_output(cfg, args)
     split_cfg = getattr(cfg.datasets, args.split)
     checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=False) if args.method == MODEL_METHOD else None
-    check_apart(out_dir, (args.config, checkpoint, split_cfg.dataroot if split_cfg else None))
+    check_apart(out_dir, (args.config, checkpoint, args.peer_dir, split_cfg.dataroot if split_cfg else None))
     # the default folder results/<name>/<split>/<method> is infer.py's own: its previous results are replaced
     check_replaceable(out_dir, args.overwrite or (args.out is None and is_project_folder(out_dir)), folder=True)
     fuser = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
+    method = method_fuser(args.method, args.peer_dir) if fuser is None else None
     loader = split_loader(cfg, args.split)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     try:
         if fuser is None:
-            fuse_with_rule(args.method, loader, staging)
+            fuse_with_rule(method, loader, staging)
         else:
             result = evaluate_model(fuser, loader, staging, save_process=args.process, progress=not args.no_progress)
             log.info("model: %s", result.describe())
@@ -263,16 +271,20 @@ def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=False) if args.method == MODEL_METHOD else None
     for path, flag in ((out, "--out"), (process_out, "--process")):
         if path is not None:
-            check_apart(path, (*args.inputs, args.config, checkpoint), flag)
+            check_apart(path, (*args.inputs, args.config, checkpoint, args.peer_dir), flag)
             check_replaceable(path, args.overwrite, folder=False)
     images = read_inputs(args.inputs)
     size = output_size(images[0].shape[:2], model_scale(cfg), args.out_size)
     check_memory(cfg if args.method == MODEL_METHOD else None, size)
     fuser = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
+    method = method_fuser(args.method, args.peer_dir) if fuser is None else None
     sources = upsample(images, size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if fuser is None:
-        fused = fuse(args.method, sources)
+    if method is not None:
+        try:
+            fused = method(sources)
+        except ValueError as err:  # a published method that cannot take these sources, e.g. too small
+            raise InputError(f"--method {args.method}: {err}") from err
     else:
         fused = fuse_single_with_model(fuser, sources, not args.no_progress, process_out)
     save_image_atomic(fused, out)

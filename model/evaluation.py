@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from core.config import SamplerConfig
 from core.metrics import METRICS, VALIDATION_METRICS, MetricSpec, tensor2img
+from core.registry import FUSION_METHODS
 from core.results_layout import write_case
 from core.scoring import score_metrics
 from data.fusion_dataset import FusionBatch
@@ -149,15 +150,29 @@ def evaluate_model(model: Fuser | TFSDiffModel, batches: Iterable[FusionBatch], 
     return Evaluation(tuple(cases), tuple(fused), preview)
 
 
-def fuse_with_rule(rule: str, batches: Iterable[FusionBatch], out_dir: Path) -> tuple[np.ndarray, ...]:
-    """A classical baseline run: fuse every case's bicubic-upsampled sources with the `data.fusion_rules` rule
-    `rule` and write the results layout that `evaluate_model` writes; returns the fused images."""
+def method_fuser(name: str, peer_dir: str | Path | None = None,
+                 device: torch.device | str = "cpu") -> Callable[[list[np.ndarray]], np.ndarray]:
+    """The function that fuses three uint8 RGB sources with the registered fusion method `name`
+    (`core.registry.FUSION_METHODS`): a classical rule as it is, a published method (`model.peers`) loaded with its
+    authors' weights from `peer_dir` (`model.peers.PeerWeightsError` when they are missing or wrong)."""
+    spec = FUSION_METHODS.get(name)
+    if not spec.needs_weights:
+        return spec.fuse
+    return spec.load(peer_dir, device).fuse
+
+
+def fuse_with_rule(rule: str | Callable[[list[np.ndarray]], np.ndarray], batches: Iterable[FusionBatch],
+                   out_dir: Path) -> tuple[np.ndarray, ...]:
+    """A baseline run: fuse every case's bicubic-upsampled sources with the `data.fusion_rules` rule `rule` (or a
+    fusion function, e.g. from `method_fuser`) and write the results layout that `evaluate_model` writes; returns
+    the fused images."""
+    fuse_case = rule if callable(rule) else (lambda sources: fuse(rule, sources))
     fused_images = []
     for batch in batches:
         for i, case_id in enumerate(batch.case_ids):
             sources = [tensor2img(src[i]) for src in (batch.src1, batch.src2, batch.src3)]
             target = tensor2img(batch.target[i]) if batch.target is not None else None
-            fused = fuse(rule, sources)
+            fused = fuse_case(sources)
             write_case(out_dir, case_id, sources, fused, target)
             fused_images.append(fused)
     return tuple(fused_images)

@@ -184,6 +184,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, make_tiny_config: Callable[.
     (root / "lost_run" / "checkpoint").mkdir(parents=True)
     (root / "lost_run" / "checkpoint" / "resumed_from").write_text(f"{root / 'gone.pth'}\n", encoding="utf-8")
     _images(root / "img", make_rgb)
+    (root / "fake_peer" / "Code" / "snapshots").mkdir(parents=True)
+    (root / "fake_peer" / "Code" / "snapshots" / "IFCNN-MAX.pth").write_bytes(b"not the weights")
     _save(root / "out" / "existing.png", make_rgb(9))
     _save(root / "out" / "split" / "tfsdiff" / "p1_fused.png", make_rgb(9, (SIZE, SIZE)))
     (root / "out" / "split_file").mkdir()
@@ -406,6 +408,18 @@ CASES: dict[str, Case] = {
                                     lambda w: "--samples: expected an integer from 1 to 1000"),
     "infer-start-step-untrained": Case("infer", lambda w: ["-c", str(w / "run_chain_untrained.json"), "--method",
                                                            "average"], 2, lambda w: "model.sampler.start_step"),
+    # infer.py: published methods and their weights (--peer-dir)
+    "infer-peer-without-peer-dir": Case("infer", lambda w: _rule(w, w.root / "o.png")[:-4] + [
+        "--method", "ifcnn", "--out", str(w.root / "o.png")], 2,
+                                        lambda w: "Code/snapshots/IFCNN-MAX.pth (337,094 bytes, SHA-256 6022b44c",
+                                        lambda w: w.root / "o.png"),
+    "infer-peer-wrong-weights": Case("infer", lambda w: _infer_single(
+        w, "--method", "ifcnn", "--peer-dir", str(w / "fake_peer"), "--out", str(w.root / "o.png")), 2,
+                                     lambda w: "IFCNN-MAX.pth is not the authors' weight file",
+                                     lambda w: w.root / "o.png"),
+    "infer-peer-dir-with-a-rule": Case("infer", lambda w: _infer_single(
+        w, "--method", "average", "--peer-dir", str(w / "fake_peer"), "--out", str(w.root / "o.png")), 2,
+                                       lambda w: "--peer-dir is for a published method with weights"),
     # configs: numbers
     "sr-residual-scale-infinite": Case("sr", lambda w: _sr(w, "run_inf_scale"), 2,
                                        lambda w: "model.diffusion.residual_scale: expected a finite number, got inf"),

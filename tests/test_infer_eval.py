@@ -234,3 +234,27 @@ def test_infer_single_case_input_errors_name_the_file(tmp_path: Path, capsys, co
     assert "corrupt.png" in capsys.readouterr().err
     assert infer.main([*base, str(good), str(small), str(good)]) == 2
     assert "one size" in capsys.readouterr().err
+
+
+PEERS = Path(__file__).resolve().parents[1].parent / "shared" / "peers"
+
+
+@pytest.mark.skipif(not (PEERS / "IFCNN" / "weights").is_dir(), reason="needs ../shared/peers (the authors' weights)")
+def test_infer_fuses_with_a_published_method(tmp_path: Path, config: Path, make_rgb: MakeRGB) -> None:
+    """--method ifcnn --peer-dir DIR: the published method fuses the same bicubic-upsampled sources as the rules,
+    single case and split mode alike."""
+    from model.peers import ifcnn
+    paths = []
+    for k in (1, 2, 3):
+        paths.append(tmp_path / f"s{k}.png")
+        Image.fromarray(make_rgb(k, (16, 16))).save(paths[-1])
+    out = tmp_path / "fused.png"
+    peer_dir = str(PEERS / "IFCNN" / "weights")
+    assert infer.main(["-c", str(config), "--method", "ifcnn", "--peer-dir", peer_dir, "--inputs",
+                       *map(str, paths), "--out", str(out)]) == 0
+    sources = infer.upsample([np.asarray(Image.open(p).convert("RGB")) for p in paths], (32, 32))
+    expected = ifcnn.load(peer_dir).fuse(sources)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), expected)
+    assert infer.main(["-c", str(config), "--method", "ifcnn", "--peer-dir", peer_dir, "--out",
+                       str(tmp_path / "split")]) == 0
+    assert sorted(p.name for p in (tmp_path / "split" / "ifcnn").glob("*_fused.png"))
