@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from dataclasses import replace
@@ -432,3 +433,20 @@ def test_errors_name_the_file_that_wrote_the_key(tmp_path: Path) -> None:
     write_json(child, {"base": "base.json", "seed": "two"})
     with pytest.raises(ConfigError, match=f"^{re.escape(str(child))}: seed: expected an integer"):
         load_config(child)
+
+
+@pytest.mark.parametrize("row", ["wo_tmfa_x4", "wo_psf_x4", "official_x4"])
+@pytest.mark.parametrize("stage", ["", "_start200"])
+def test_recipe_ablation_rows_change_only_their_keys(row: str, stage: str) -> None:
+    """Table 2 in the recipe (config/experiments/recipe/): each stage is the recipe's stage with the row's one change
+    (the TMFA placement, the loss, or both for the official row); stage 2 carries no released weights."""
+    recipe = "harvard_x4_residual_start200_64_256.json" if stage else "harvard_x4_residual_64_256.json"
+    cfg = load_config(CONFIG_ROOT / "experiments" / "recipe" / f"{row}{stage}.json")
+    base = load_config(CONFIG_ROOT / recipe)
+    changed = {"wo_tmfa_x4": {"tmfa"}, "wo_psf_x4": {"loss"}, "official_x4": {"tmfa", "loss"}}[row]
+    model = {f.name: getattr(base.model, f.name) for f in dataclasses.fields(base.model) if f.name not in changed}
+    assert {k: getattr(cfg.model, k) for k in model} == model
+    assert {k for k in changed if getattr(cfg.model, k) != getattr(base.model, k)} == changed
+    assert cfg.path == (replace(base.path, pretrained=None) if stage else base.path)
+    assert cfg == replace(base, name=cfg.name, model=cfg.model, path=cfg.path)
+    assert cfg.name == f"recipe_{row}{stage}"
