@@ -90,8 +90,9 @@ class Evaluation:
     def describe(self) -> str:
         """One log line: the model's and the baseline's mean scores, each metric named with its convention."""
         s = self.summary()
+        without_target = any(not math.isfinite(getattr(c, METRIC_FIELDS[0])) for c in self.cases)
         return (f"{len(self.cases)} cases; model: {_log_text(s)}; bicubic-then-fuse baseline: "
-                f"{_log_text(s, BASELINE)} (NaN without ground truth)")
+                f"{_log_text(s, BASELINE)}" + (" (NaN without ground truth)" if without_target else ""))
 
 
 def _scores(image: np.ndarray | None, target: np.ndarray | None, sources: list[np.ndarray]) -> dict[str, float]:
