@@ -174,6 +174,6 @@ def _fusion_spec(obj: Callable[..., Any], needs_weights: bool = False,
 
 FUSION_METHODS: Registry[FusionMethodSpec] = Registry("fusion method", _fusion_spec, (
     "data.fusion_rules", "model.peers.ifcnn", "model.peers.prrgan", "model.peers.matr", "model.peers.mufusion",
-    "model.peers.bitonicx"))
+    "model.peers.bitonicx", "model.peers.ctsr"))
 # the methods a name in the config or on a command line may choose without weights: residual bases, ground truths
 WEIGHT_FREE_FUSION = Names(FUSION_METHODS, lambda spec: not spec.needs_weights)
