@@ -49,7 +49,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -66,6 +66,7 @@ from core.logger import setup_logger
 from core.lpips import load_lpips, missing_weights_note
 from core.outputs import FOLDER_MARKER, OutputError, check_apart, check_file_target, check_folder_target, mark_folder, \
     publish_files, publish_folder, record_files
+from core.registry import FUSION_METHODS
 from core.scoring import MethodScores, ScoringError, metric_names, score_folder
 from core.tables import MODEL_RUN, to_markdown
 from data.fusion_dataset import DatasetError
@@ -76,7 +77,7 @@ from data.pairs_form import PairsRequest
 from data.prepare_data import Output, Settings, prepare_pairs
 from data.splits import PrepareError
 from model.checkpoint_io import CheckpointError, check_readable
-from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule
+from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule, method_fuser
 from model.fuser import Fuser
 
 DEFAULT_CONFIG = "config/harvard_x4_residual_start200_64_256.json"
@@ -114,6 +115,7 @@ class Fused:
 
     folders: dict[str, Path]
     seconds_per_image: float
+    published_seconds: dict[str, float] = field(default_factory=dict)  # published method -> seconds per image
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -131,10 +133,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "an input, inside one or containing one")
     parser.add_argument("--figure", type=Path, help="also write a comparison figure of 4 cases to this PNG file (never "
                         "over a file it did not write)")
+    parser.add_argument("--peer", action="append", default=[], metavar="NAME[=DIR]",
+                        help="also fuse with the published method NAME (ifcnn, prrgan, matr, mufusion, ctsr, bitonicx), "
+                             "its authors' weights in DIR (a clone of their repository; bitonicx has none); repeat "
+                             "for several methods")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_debug_arg(parser)
     add_sampler_args(parser)
     return parser.parse_args(argv)
+
+
+def published_methods(args: argparse.Namespace) -> dict[str, str | None]:
+    """--peer NAME[=DIR] as name -> weights folder (None without one), in the order given; BenchError for a name that
+    is not a published method or a repeated one."""
+    published = [name for name, spec in FUSION_METHODS.items() if spec.needs_weights]
+    peers: dict[str, str | None] = {}
+    for given in args.peer:
+        name, _, folder = given.partition("=")
+        if name not in published:
+            raise BenchError(f"--peer {given}: {name!r} is not a published method (one of {', '.join(published)})")
+        if name in peers:
+            raise BenchError(f"--peer {name} is given twice")
+        peers[name] = folder or None
+    return peers
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
@@ -149,7 +170,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 def _inputs(args: argparse.Namespace, setup: Setup) -> list[Path | str]:
     """Every file and folder the run reads: --data, --triplets, the checkpoint and the config."""
-    return [args.data, *args.triplets, setup.checkpoint, args.config]
+    return [args.data, *args.triplets, setup.checkpoint, args.config, *filter(None, published_methods(args).values())]
 
 
 def _writer(folder: Path) -> str | None:
@@ -175,7 +196,7 @@ def check_outputs(args: argparse.Namespace, setup: Setup) -> None:
     scale_dir = out / setup.scale
     if scale_dir.is_symlink() or (scale_dir.exists() and not scale_dir.is_dir()):
         raise OutputError(f"{scale_dir} is not a folder: it would hold the results; remove it or choose another --out")
-    for folder in (out / "data", *(scale_dir / method for method in METHODS)):
+    for folder in (out / "data", *(scale_dir / method for method in (*METHODS, *published_methods(args)))):
         check_folder_target(folder, True, "--out")
     for name in REPORT_FILES:
         check_file_target(out / name, True, "--out")
@@ -236,6 +257,20 @@ def fuse_baselines(loader: DataLoader, scale_dir: Path) -> dict[str, Path]:
     return folders
 
 
+def fuse_published(peers: dict[str, Callable], loader: DataLoader, scale_dir: Path) -> dict[str, float]:
+    """Every loaded published method of `peers` (name -> fusion function, `method_fuser`) into
+    ``scale_dir/<name>/`` (each replaced when complete); name -> seconds per fused image."""
+    seconds = {}
+    for name, fuse_case in peers.items():
+        def write(staging: Path, fuse_case: Callable = fuse_case) -> float:
+            start = time.perf_counter()
+            count = len(fuse_with_rule(fuse_case, loader, staging))
+            return (time.perf_counter() - start) / max(1, count)
+
+        seconds[name] = _replace_folder(scale_dir / name, write)
+    return seconds
+
+
 def fuse_model(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, folder: Path, progress: bool) -> float:
     """TFS-Diff into ``folder`` (replaced when complete); returns its seconds per fused image (model loading
     excluded)."""
@@ -249,11 +284,15 @@ def fuse_model(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, folder: 
     return _replace_folder(folder, write)
 
 
-def fuse_all(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, scale_dir: Path, progress: bool) -> Fused:
-    """Every baseline rule and TFS-Diff into ``scale_dir/<method>/`` (each folder replaced when complete)."""
-    folders = fuse_baselines(loader, scale_dir) | {MODEL_RUN: scale_dir / MODEL_RUN}
+def fuse_all(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, scale_dir: Path, progress: bool,
+             peers: dict[str, Callable] | None = None) -> Fused:
+    """Every baseline rule, every published method of `peers` and TFS-Diff into ``scale_dir/<method>/`` (each folder
+    replaced when complete)."""
+    folders = fuse_baselines(loader, scale_dir)
+    peer_seconds = fuse_published(peers or {}, loader, scale_dir)
+    folders |= {name: scale_dir / name for name in peer_seconds} | {MODEL_RUN: scale_dir / MODEL_RUN}
     seconds_per_image = fuse_model(cfg, checkpoint, loader, folders[MODEL_RUN], progress)
-    return Fused(folders, seconds_per_image)
+    return Fused(folders, seconds_per_image, peer_seconds)
 
 
 def score_all(folders: dict[str, Path], ids: list[str], progress: bool) -> tuple[dict[str, list[MethodScores]],
@@ -320,7 +359,8 @@ def _run_info(args: argparse.Namespace, setup: Setup, test_root: Path, subjects:
             "test_split": str(test_root), "scale": setup.scale, "l_resolution": split.l_resolution,
             "r_resolution": split.r_resolution, "reference": REFERENCE, "suite": SUITE,
             "cases": [{"case_id": c, "subject": subjects[c]} for c in groups[report.ALL]], "groups": groups,
-            "methods": {m: str(f) for m, f in fused.folders.items()}, "seconds_per_image": fused.seconds_per_image}
+            "methods": {m: str(f) for m, f in fused.folders.items()}, "seconds_per_image": fused.seconds_per_image,
+            "published_seconds_per_image": fused.published_seconds}
 
 
 def _heading(args: argparse.Namespace, setup: Setup, cases: int) -> list[str]:
@@ -338,6 +378,8 @@ def _heading(args: argparse.Namespace, setup: Setup, cases: int) -> list[str]:
 def run(args: argparse.Namespace) -> str:
     """The whole benchmark; returns the Markdown to print (also written to ``<out>/real_scans.md``)."""
     _check_inputs(args)
+    # published methods are loaded (their weights checked) before anything is written
+    peers = {name: method_fuser(name, folder) for name, folder in published_methods(args).items()}
     setup = _setup(args)
     check_outputs(args, setup)
     created = _start_out(args.out)
@@ -350,7 +392,7 @@ def run(args: argparse.Namespace) -> str:
     loader = dataset_from_config(replace(setup.split, dataroot=str(test_root), data_len=args.cases or -1),
                                  seed=setup.cfg.seed, train=False)[2]
     ids = list(loader.dataset.case_ids)
-    fused = fuse_all(setup.cfg, setup.checkpoint, loader, args.out / setup.scale, not args.no_progress)
+    fused = fuse_all(setup.cfg, setup.checkpoint, loader, args.out / setup.scale, not args.no_progress, peers)
     groups = report.case_groups(ids, subjects)
     scores, lpips_missing = score_all(fused.folders, ids, not args.no_progress)
     markdown, numbers = _tables(scores, groups, lpips_missing)
@@ -358,7 +400,10 @@ def run(args: argparse.Namespace) -> str:
     numbers["false_colour"] = report.false_colour_summary(colour, groups)
     text = "\n".join([*_heading(args, setup, len(ids)),
                       *report.verdict_lines(numbers["margins"], numbers["targets"], fused.seconds_per_image),
-                      report.false_colour_line(numbers["false_colour"]), "", markdown["paper"]])
+                      report.false_colour_line(numbers["false_colour"]),
+                      *([f"- Published methods, seconds per fused image (weights loading excluded): "
+                         + ", ".join(f"{report.display_name(m)} {s:.2f}" for m, s in fused.published_seconds.items())
+                         + "."] if fused.published_seconds else []), "", markdown["paper"]])
     record = _run_info(args, setup, test_root, subjects, groups, fused) | numbers
     publish_files(dict(zip((args.out / name for name in REPORT_FILES),
                            (text, markdown["cddfuse"], json.dumps(record, indent=1) + "\n"))), overwrite=True)

@@ -28,6 +28,12 @@ DISPLAY_NAMES: dict[str, str] = {
     "laplacian_ycbcr": "Bicubic + Laplacian-YCbCr",
     "pca": "Bicubic + PCA",
     "dwt": "Bicubic + DWT",
+    "ifcnn": "Bicubic + IFCNN",
+    "prrgan": "Bicubic + PRRGAN",
+    "matr": "Bicubic + MATR",
+    "mufusion": "Bicubic + MUFusion",
+    "ctsr": "Bicubic + CTSR",
+    "bitonicx": "Bicubic + BitonicX",
 }
 DECIMALS: dict[str, int] = {name: spec.decimals for name, spec in METRICS.items()}  # of the registry
 GT_NOTE = ("Reference: the ground-truth fused image (`<id>_hr.png`); full-reference metrics compare each fused "

@@ -599,6 +599,15 @@ CASES: dict[str, Case] = {
         "real_scans", lambda w: ["--data", str(w / "slices"), "-c", str(w / "tiny.json"), "--checkpoint",
                                  str(w / "bad" / "random.pth"), "--out", str(w.root / "rs"), "--no-progress"], 2,
         lambda w: "random.pth", lambda w: w.root / "rs"),
+    "real-scans-peer-unknown": Case(
+        "real_scans", lambda w: ["--data", str(w / "slices"), "-c", str(w / "tiny.json"), "--checkpoint",
+                                 str(w / "ckpt"), "--out", str(w.root / "rs"), "--peer", "median", "--no-progress"], 2,
+        lambda w: "--peer median: 'median' is not a published method", lambda w: w.root / "rs"),
+    "real-scans-peer-wrong-weights-writes-nothing": Case(
+        "real_scans", lambda w: ["--data", str(w / "slices"), "-c", str(w / "tiny.json"), "--checkpoint",
+                                 str(w / "ckpt"), "--out", str(w.root / "rs"), "--peer",
+                                 f"ifcnn={w / 'fake_peer'}", "--no-progress"], 2,
+        lambda w: "IFCNN-MAX.pth is not the authors' weight file", lambda w: w.root / "rs"),
     "real-scans-config-missing-writes-nothing": Case(
         "real_scans", lambda w: ["--data", str(w / "slices"), "-c", str(w.root / "none.json"), "--out",
                                  str(w.root / "rs"), "--no-progress"], 2, lambda w: "none.json",
