@@ -2,12 +2,17 @@
 
     python sr.py -p train -c config/demo.json
     python sr.py -p val -c config/demo.json --checkpoint experiments/<run>/checkpoint/latest-or-file
+    python sr.py -p train -c config/finetune_x4_own_data.json   # fine-tune: a new run from path.init_weights
     python sr.py -p val -c config/demo.json --checkpoint <...> --sampler ddim --steps 50   # fast sampling
     torchrun --nproc_per_node 4 sr.py -p train -c config/tfsdiff_x4_64_256.json   # DistributedDataParallel
 
 --checkpoint takes a checkpoint file, a checkpoint folder or a run folder: a folder stands for the file its `latest`
 names, else its newest complete checkpoint, else the checkpoint its run resumed from (`resumed_from`, written when a
 resumed run starts), so a run killed at any moment can be resumed by passing its folder.
+
+--init-weights (or the config's path.init_weights) starts a new training run from the weights of a release or a
+checkpoint: its network weights and EMA, a fresh optimiser, step 0 (docs/own_data.md, "Fine-tuning the shipped
+model on your data"). Resuming (--checkpoint, path.resume_state) continues a run: the two do not go together.
 
 Exit status (`core.cli.run_command`): 0 success; 2 for a usage or input error (config, dataset, checkpoint, an
 unusable path); 1 for a failure while running (a NaN loss, disk full, anything unexpected). --debug shows tracebacks.
@@ -18,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import replace
@@ -37,7 +43,8 @@ from core.logger import RunDirs, make_run_dirs, setup_logger
 from data.fusion_dataset import DatasetError
 from data.loader import dataset_from_config, ensure_config_data
 from model.evaluation import Evaluation, evaluate_model
-from model.checkpoint_io import RESUMED_FROM, checkpoint_folder, remove_stale_temporaries, resume_records
+from model.checkpoint_io import (RESUMED_FROM, checkpoint_folder, remove_stale_temporaries, resolve_checkpoint,
+                                 resume_records)
 from model.fuser import Fuser
 from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel
 
@@ -52,6 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="checkpoint to start from (default: path.resume_state; -p val also falls "
                         "back to path.pretrained): our .pth file, a checkpoint folder (its 'latest'), or an official "
                         "I{iter}_E{epoch} prefix")
+    parser.add_argument("--init-weights", metavar="PATH",
+                        help="-p train: start a new run (step 0, fresh optimiser) from the weights of a release or a "
+                        "checkpoint (its EMA too); overrides path.init_weights, 'none' drops it (e.g. to resume a "
+                        "fine-tuning run with --checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--no-ema", action="store_true",
                         help="-p val: sample with the trained weights even if the checkpoint has EMA weights")
@@ -185,6 +196,17 @@ def setup_run(cfg: TFSDiffConfig, phase: str, info: DistInfo,
     return dirs, device, device_ids
 
 
+def init_weights_to_load(args: argparse.Namespace, cfg: TFSDiffConfig, training: bool) -> str | None:
+    """The weights a new training run starts from: --init-weights ('none': no weights), else path.init_weights;
+    --init-weights is a usage error with -p val (which samples with --checkpoint or the config's weights)."""
+    if args.init_weights and not training:
+        raise UsageError("--init-weights is for -p train (a new run from those weights); -p val samples with "
+                         "--checkpoint")
+    if args.init_weights:
+        return None if args.init_weights.lower() == "none" else args.init_weights
+    return cfg.path.init_weights if training else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Train or validate as `args` say; returns the exit code (errors propagate to `core.cli.run_command`)."""
     cfg = apply_sampler_args(args, load_config(args.config))
@@ -195,7 +217,18 @@ def run(args: argparse.Namespace) -> int:
         if args.cases == 0 or args.cases < -1:
             raise UsageError(f"--cases must be -1 (all) or a positive number of cases, got {args.cases}")
         cfg = replace(cfg, datasets=replace(cfg.datasets, val=replace(cfg.datasets.val, data_len=args.cases)))
+    init_weights = init_weights_to_load(args, cfg, training)
     checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=training)
+    if init_weights and checkpoint:
+        given = "--checkpoint" if args.checkpoint else "path.resume_state"
+        raise UsageError(f"{'--init-weights' if args.init_weights else 'path.init_weights'} {init_weights} starts a "
+                         f"new run from its weights, but {given} {checkpoint} continues a run: give one of them (to "
+                         "resume a fine-tuning run, add --init-weights none)")
+    if init_weights:  # a missing file fails now, before a run folder is made; the run's config.json records it
+        resolve_checkpoint(init_weights)
+        init_weights = os.path.abspath(init_weights)
+    if training:
+        cfg = replace(cfg, path=replace(cfg.path, init_weights=init_weights))
     if not training and not checkpoint:
         raise UsageError("-p val needs a checkpoint: pass --checkpoint or set path.resume_state or path.pretrained")
     info = init_distributed()
@@ -212,6 +245,9 @@ def run(args: argparse.Namespace) -> int:
         if checkpoint:
             model.load(checkpoint)
             log.info("loaded checkpoint %s (step %d, epoch %d)", checkpoint, model.step, model.epoch)
+        elif init_weights:
+            source = model.init_from(init_weights)
+            log.info("new run from the weights of %s (step 0, fresh optimiser)", source)
         return train(cfg, model, dirs, not args.no_progress)
     finally:
         shutdown_distributed()

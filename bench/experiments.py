@@ -58,7 +58,8 @@ from bench import experiments_results as layout
 from bench import real_scans
 from bench.experiments_tables import build_tables
 from core.cli import add_debug_arg, run_and_report
-from core.config import ConfigError, DatasetConfig, TFSDiffConfig, config_to_dict, load_config, parse_config
+from core.config import (ConfigError, DatasetConfig, TFSDiffConfig, config_to_dict, load_config, parse_config,
+                         resolve_input_paths)
 from core.logger import setup_logger
 from core.outputs import check_apart, check_file_target, publish_files, record_files
 from core.scoring import ScoringError
@@ -143,9 +144,11 @@ def latest_run(cfg: TFSDiffConfig) -> Path:
     return runs[-1]
 
 
-def checkpoint_facts(checkpoint: str) -> tuple[Path, int | None, TFSDiffConfig | None]:
+def checkpoint_facts(checkpoint: str, config: str) -> tuple[Path, int | None, TFSDiffConfig | None]:
     """(the file or official prefix a checkpoint path names, the training step and the training config it records;
-    None where it does not, as for official prefixes, whose step comes from their ``I{step}_E{epoch}`` name)."""
+    None where it does not, as for official prefixes, whose step comes from their ``I{step}_E{epoch}`` name). The
+    recorded config's relative paths (runs from before config paths were resolved on loading) are read as written
+    in the row's ``config`` (`core.config.resolve_input_paths`), as loading it reads its own."""
     kind, location = resolve_checkpoint(checkpoint)
     if kind == "official":
         match = CHECKPOINT_FILE.fullmatch(f"{location.name}.pth")
@@ -153,7 +156,8 @@ def checkpoint_facts(checkpoint: str) -> tuple[Path, int | None, TFSDiffConfig |
     state = read_checkpoint(location)
     trained = state.get("config")
     try:
-        return location, int(state["step"]), None if trained is None else parse_config(trained, str(location))
+        return location, int(state["step"]), None if trained is None else parse_config(
+            resolve_input_paths(trained, config), str(location))
     except ConfigError as err:
         raise ExperimentError(f"{location}: the config it records does not parse ({err}); pass a checkpoint of "
                               "this code") from None
@@ -168,7 +172,7 @@ def row_setup(args: argparse.Namespace) -> Setup:
     scale = f"x{split.r_resolution // split.l_resolution}"
     if scale != row.scale:
         raise ExperimentError(f"{config}: its test split is at scale {scale}, but row {row.name} is {row.scale}")
-    location, step, trained = checkpoint_facts(args.checkpoint or str(latest_run(cfg)))
+    location, step, trained = checkpoint_facts(args.checkpoint or str(latest_run(cfg)), config)
     checkpoint = str(location)
     if step != cfg.train.n_iter and not args.allow_partial:
         raise ExperimentError(f"checkpoint {checkpoint} is at step {step}, not at the budget train.n_iter "

@@ -2,13 +2,26 @@
 
 Parsing (`core.typed_json`) has no side effects: no folders are created and no environment variables are set.
 Every error is a :class:`ConfigError` whose message names the source file and the full key path.
+
+Paths in a config file (`load_config`; docs/config.md, "Paths"): the paths a config reads from (`path.pretrained`,
+`path.resume_state`, `path.init_weights`, `datasets.<split>.dataroot`, `datasets.embedded.root`) are resolved when
+the file is loaded, so a config means the same files whatever the current directory. A relative path (``~`` is the
+home folder) resolves against the *project root* of the file that wrote it (the config itself or one of its base
+configs): the nearest folder, from the file's own folder upwards, that holds a `.tfsdiff-root` marker file. The
+repository root holds one, so a committed config's ``pretrained/...`` or ``datasets/...`` means the repository's
+folder; a config outside any marked folder resolves against its own folder. The loaded config holds absolute paths.
+`path.experiments_root`, where runs are written, is an output folder: like every output of the commands it stays
+relative to the current directory. `parse_config` (a dict, no file) takes every path as it is.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from core.registry import LOSSES, SAMPLERS, WEIGHT_FREE_FUSION, Registry
@@ -55,6 +68,14 @@ class PathConfig:
     experiments_root: str = "experiments"
     resume_state: str | None = field(default=None, metadata={_SR3_ALIAS: ("", None)})  # "" means None (SR3 writes "")
     pretrained: str | None = None  # released weights (model/release.py) for sampling when no checkpoint is given
+    # training: start a new run (step 0, fresh optimiser) from these weights, a release or a training checkpoint
+    # (its weights and its EMA); resume_state instead continues a run
+    init_weights: str | None = field(default=None, metadata={_SR3_ALIAS: ("", None)})
+
+    def __post_init__(self) -> None:
+        _check(self.init_weights is None or self.resume_state is None, "init_weights",
+               f"{self.init_weights} starts a new run from its weights, but resume_state {self.resume_state} "
+               "continues a run: set one of them to null")
 
     def sampling_checkpoint(self) -> str | None:
         """The checkpoint `sr.py -p val` and `infer.py` sample with when none is passed on the command line."""
@@ -444,10 +465,59 @@ class TFSDiffConfig:
 # ----------------------------------------------------------------------------------------------- reading
 
 
+PROJECT_MARKER = ".tfsdiff-root"  # a file marking a project root, against which config paths resolve
+# the config keys that name files or folders to read; relative ones resolve against the writing file's project root
+INPUT_PATH_KEYS = ("path.pretrained", "path.resume_state", "path.init_weights", "datasets.train.dataroot",
+                   "datasets.val.dataroot", "datasets.test.dataroot", "datasets.embedded.root")
+
+
+def project_root(config_file: str | os.PathLike) -> str:
+    """The folder relative paths in ``config_file`` resolve against: the nearest folder from the file's own folder
+    upwards that holds a `PROJECT_MARKER` file (the repository root for the committed configs), else the file's own
+    folder. Absolute."""
+    folder = os.path.dirname(os.path.abspath(config_file))
+    for candidate in (folder, *(str(parent) for parent in Path(folder).parents)):
+        if os.path.isfile(os.path.join(candidate, PROJECT_MARKER)):
+            return candidate
+    return folder
+
+
+def resolve_config_path(value: str, config_file: str | os.PathLike) -> str:
+    """``value``, a path written in ``config_file``, as an absolute path: ``~`` expanded, a relative path joined to
+    the file's `project_root`. "" (SR3's null) stays ""."""
+    if not value:
+        return value
+    value = os.path.expanduser(value)
+    return os.path.normpath(value if os.path.isabs(value) else os.path.join(project_root(config_file), value))
+
+
+def resolve_input_paths(data: Any, config_file: str | os.PathLike) -> Any:
+    """A plain config dict (e.g. the config a checkpoint records) with its input paths resolved as `load_config`
+    resolves those written in ``config_file``; for ``parse_config``."""
+    return _resolve_input_paths(data, lambda key: os.fspath(config_file))
+
+
+def _resolve_input_paths(data: Any, origin_of: Callable[[str], str]) -> Any:
+    """``data`` (a merged config dict) with each string at `INPUT_PATH_KEYS` resolved against the project root of
+    the file that wrote it (`resolve_config_path`); anything else is left for the parser to judge."""
+    if not isinstance(data, dict):
+        return data
+    data = copy.deepcopy(data)
+    for key in INPUT_PATH_KEYS:
+        *parents, last = key.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(last), str):
+            node[last] = resolve_config_path(node[last], origin_of(key))
+    return data
+
+
 def load_config(path: str | os.PathLike) -> TFSDiffConfig:
     """Read the JSON-with-comments file at ``path``, merged onto the base config it names (``"base"``, a file name
-    relative to its folder: `core.typed_json.parse_json_file`), and parse it with :func:`parse_config`."""
-    return parse_json_file(path, parse_config)
+    relative to its folder: `core.typed_json.parse_json_file`), resolve its input paths against the project root of
+    the file that wrote each (module docstring, `resolve_config_path`), and parse it with :func:`parse_config`."""
+    return parse_json_file(path, parse_config, _resolve_input_paths)
 
 
 def parse_config(data: dict, source: str = "<dict>") -> TFSDiffConfig:

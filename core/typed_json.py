@@ -75,7 +75,8 @@ def read_json_with_base(path: str | os.PathLike) -> Any:
     return _read_chain(Path(path), os.fspath(path), ())[0]
 
 
-def parse_json_file(path: str | os.PathLike, parse: Callable[[Any, str], T]) -> T:
+def parse_json_file(path: str | os.PathLike, parse: Callable[[Any, str], T],
+                    prepare: Callable[[Any, Callable[[str], str]], Any] | None = None) -> T:
     """``parse(data, source)`` of the config file at ``path``, after merging in its chain of base configs.
 
     A config whose top-level object has a ``"base"`` key (a file name, relative to the config's folder) is the base
@@ -84,19 +85,29 @@ def parse_json_file(path: str | os.PathLike, parse: Callable[[Any, str], T]) -> 
     object's replaces it whole (its other keys were options of the base's type). A cycle of bases or a missing
     base is a ConfigError naming the config that names it. An error in the merged data names the file that wrote
     the offending key ("<base> (a base of <config>)" for a key that comes from a base), else ``path``.
+
+    ``prepare(data, origin_of)``, when given, turns the merged data into what is parsed; ``origin_of(key_path)``
+    names the file that wrote that key (the name of a file of the chain, usable from the current directory; ``path``
+    for a key no file wrote), e.g. to resolve a relative path against the folder of the file that wrote it.
     """
     source = os.fspath(path)
     data, origins = _read_chain(Path(path), source, ())
+    if prepare is not None:
+        data = prepare(data, lambda key: _origin(origins, key, source))
     try:
         return parse(data, source)
     except ConfigError as err:
-        key = err.key
-        while key and key not in origins:
-            key = key[:key.rindex("[")] if key.endswith("]") and "[" in key else key.rpartition(".")[0]
-        origin = origins.get(key, source)
+        origin = _origin(origins, err.key, source)
         if origin == source or err.source != source:
             raise
         raise ConfigError(err.key, err.reason, f"{origin} (a base of {source})") from None
+
+
+def _origin(origins: dict[str, str], key: str, source: str) -> str:
+    """The file that wrote key path ``key``: that of its nearest listed prefix, else the top-level ``source``."""
+    while key and key not in origins:
+        key = key[:key.rindex("[")] if key.endswith("]") and "[" in key else key.rpartition(".")[0]
+    return origins.get(key, source)
 
 
 def _read_chain(path: Path, source: str, seen: tuple[tuple[Path, str], ...]) -> tuple[Any, dict[str, str]]:

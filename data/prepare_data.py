@@ -20,8 +20,9 @@ requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
   99.5 percentiles ``lo, hi`` and ``clip((v - lo) / (hi - lo), 0, 1) * 255`` is rounded to uint8; a slice is kept
   when at least ``--min-foreground`` (default 5 %) of its pixels are non-zero in some modality.
 * Degradation: ``data.resample.degrade``; ground truth from the GT folder/volume, else ``data.fusion_rules.fuse``.
-* Splits are by case (slice cases: the file stems; volume cases: the subjects) with a ``--seed`` permutation; a single
-  subject is cut into contiguous slabs ``train | gap | val | gap | test | gap | train``.
+* Splits are by case (slice cases: the file stems, or with ``--group REGEX`` the subjects the expression names in
+  them; volume cases: the subjects) with a ``--seed`` permutation; a single subject is cut into contiguous slabs
+  ``train | gap | val | gap | test | gap | train``.
 * Pairs (the public Harvard AANLIB pair layout): split by subject, real triplets for test, derived and augmented
   triplets for train/val; rules in ``data/harvard_pairs.py``, ``data/harvard_cases.py`` and ``data/triplets.py``;
   ``--splits`` writes only the named splits (the manifest lists them as ``written_splits``).
@@ -68,7 +69,8 @@ from data import harvard_cases, layout, pairs_form
 from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, ImageReadError, pad_to_square, read_image
 from data.resample import resize_bicubic
-from data.splits import SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split, split_cases
+from data.splits import (SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split, split_by_subject,
+                         split_cases)
 from data.volumes import AXES, PERCENTILES, find_subjects, single_subject, subject_slices
 
 __all__ = ["Settings", "Output", "CaseJob", "write_case", "prepare_slices", "prepare_volumes", "prepare_pairs",
@@ -233,15 +235,20 @@ def _base_manifest(output: Output, form: str, modalities: list[str], gt_source: 
 
 
 def prepare_slices(input_root: Path, folders: list[str], modalities: list[str], output: Output,
-                   gt_folder: str | None = "GT") -> Path:
-    """Slice-folder form: ``input_root/<folder>/<stem>.<img>`` per modality (+ optional ``gt_folder``)."""
+                   gt_folder: str | None = "GT", group: str | None = None) -> Path:
+    """Slice-folder form: ``input_root/<folder>/<stem>.<img>`` per modality (+ optional ``gt_folder``). With
+    ``group`` (a regular expression, ``--group``) the stems are grouped into the subjects it names and the subjects
+    are split, so all slices of a subject land in one split (``data.splits.split_by_subject``)."""
     skipped: list[Path] = []
     listed = {name: list_folder(input_root / name, IMAGE_EXTENSIONS, skipped) for name in folders}
     use_gt = gt_folder is not None and (input_root / gt_folder).is_dir()
     if use_gt:
         listed[gt_folder] = list_folder(input_root / gt_folder, IMAGE_EXTENSIONS, skipped)
     stems = pair_folders(listed, input_root)
-    splits = split_cases(stems, output.split, output.seed, "cases")
+    if group is None:
+        splits, subjects = split_cases(stems, output.split, output.seed, "cases"), None
+    else:
+        splits, subjects = split_by_subject(stems, group, output.split, output.seed)
 
     def jobs_for(tmp: Path) -> Iterator[CaseJob]:
         for split, ids in splits.items():
@@ -252,6 +259,8 @@ def prepare_slices(input_root: Path, folders: list[str], modalities: list[str], 
     manifest = _base_manifest(output, "slices", modalities, str(input_root / gt_folder) if use_gt else "")
     manifest.update(input=str(input_root.resolve()), folders=folders, splits=splits,
                     skipped_files=[str(path) for path in skipped])
+    if group is not None:
+        manifest.update(group=group, subject_splits=subjects)
     return _build(output, jobs_for, manifest, len(stems), [input_root])
 
 
@@ -357,13 +366,18 @@ def _slices_parser(forms: argparse._SubParsersAction, name: str, base: argparse.
                               "a warning; hidden files are ignored.")
     slices.add_argument("--input", required=True, type=Path, help="folder holding the modality folders")
     slices.add_argument("--folders", nargs=3, metavar="DIR", help="the three modality folders (default: --modalities)")
+    slices.add_argument("--group", metavar="REGEX", help="split by subject, not by slice: a regular expression "
+                        "searched in each file stem whose first group (or whole match, without a group) names the "
+                        "subject, e.g. '^(sub[0-9]+)_' for sub01_slice07.png; all slices of a subject go to one split "
+                        "and --split counts subjects. A stem it does not match is an error (default: every stem is "
+                        "its own case, so neighbouring slices of one subject can land in different splits)")
     slices.add_argument("--resize", action="store_true", help="allow images of one case to differ in size: each is "
                         "padded to a square and resized to --size on its own (default: error)")
 
 
 def _from_slices(args: argparse.Namespace, output: Output) -> Path:
     folders, modalities = _names(args)
-    return prepare_slices(args.input, folders, modalities, output, args.gt_folder)
+    return prepare_slices(args.input, folders, modalities, output, args.gt_folder, args.group)
 
 
 DATASET_LAYOUTS.add("slices", InputLayout(_slices_parser, _from_slices))

@@ -2,11 +2,14 @@
 
 Cases are paired by file stem across the modality folders. Splits are by case: a ``seed``-ed permutation of the
 sorted case ids cut by the ``train:val:test`` ratio (largest remainder, at least one case per non-zero ratio); a
-single subject is cut into contiguous slabs ``train | gap | val | gap | test | gap | train`` instead.
+single subject is cut into contiguous slabs ``train | gap | val | gap | test | gap | train`` instead. Slice cases may
+be grouped into subjects first (``subjects_of_stems``, ``prepare_data.py slices --group``): then the subjects are
+split, and all slices of a subject go to one split.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from data.images import PairingError, list_by_stem, pair_by_stem
 from data.layout import SPLITS
 
 __all__ = ["PrepareError", "SPLITS", "list_folder", "pair_folders", "parse_split", "allocate_counts", "split_cases",
-           "slab_split"]
+           "slab_split", "subjects_of_stems", "split_by_subject"]
 
 
 class PrepareError(Exception):
@@ -80,6 +83,36 @@ def split_cases(ids: list[str], ratios: tuple[int, int, int], seed: int, what: s
     counts = allocate_counts(len(ids), ratios, what)
     bounds = np.cumsum([0] + counts)
     return {s: sorted(order[bounds[k]:bounds[k + 1]]) for k, s in enumerate(SPLITS)}
+
+
+def subjects_of_stems(stems: list[str], pattern: str) -> dict[str, str]:
+    """Stem -> subject: the first group of the regular expression ``pattern`` searched in the stem (``re.search``:
+    anchor it with ``^`` to match from the start), or its whole match when it has no group. A stem it does not match
+    (or whose first group is empty) is a PrepareError naming the stem."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise PrepareError(f"--group '{pattern}' is not a valid regular expression: {err}") from None
+    subjects = {}
+    for stem in stems:
+        match = regex.search(stem)
+        subject = match and (match.group(1) if regex.groups else match.group(0))
+        if not subject:
+            what = "does not match" if match is None else "matches with an empty first group for"
+            raise PrepareError(f"--group '{pattern}' {what} the stem {stem!r}, so it names no subject: every stem "
+                               "must name its subject (e.g. --group '^(sub[0-9]+)_' for sub01_slice07)")
+        subjects[stem] = subject
+    return subjects
+
+
+def split_by_subject(stems: list[str], pattern: str, ratios: tuple[int, int, int],
+                     seed: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(stems of each split, subjects of each split): the subjects that ``pattern`` names (``subjects_of_stems``) are
+    split as cases are (``split_cases``), and every stem goes to its subject's split; each list sorted."""
+    subject_of = subjects_of_stems(stems, pattern)
+    subjects = split_cases(sorted(set(subject_of.values())), ratios, seed, "subjects (--group)")
+    split_of = {subject: split for split, names in subjects.items() for subject in names}
+    return {split: sorted(stem for stem in stems if split_of[subject_of[stem]] == split) for split in SPLITS}, subjects
 
 
 def slab_split(indices: list[int], ratios: tuple[int, int, int], gap: int, what: str) -> dict[int, str]:

@@ -237,7 +237,8 @@ class TFSDiffModel:
         self.step, self.epoch = state["step"], state["epoch"]
         if state.get("release"):
             raise CheckpointError(f"{location} holds released weights only: it samples (infer.py, sr.py -p val) "
-                                  "but cannot resume training, which needs a training checkpoint")
+                                  "but cannot resume training, which needs a training checkpoint; to fine-tune it, "
+                                  "start a new run from it with path.init_weights or sr.py --init-weights")
         missing = [key for key in ("optimizer", "batch_in_epoch", "rng") if key not in state]
         if missing:
             raise CheckpointError(f"{location} lacks the training state ({', '.join(missing)}) that resuming needs: "
@@ -259,6 +260,35 @@ class TFSDiffModel:
         self.generator.set_state(state["rng"]["train_generator"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def init_from(self, path: str | Path) -> Path:
+        """Start a new run from the network weights of `path` (`path.init_weights`, `sr.py --init-weights`): a
+        release, a training checkpoint (ours, a file or a folder) or an official one. The network config must be the
+        checkpoint's (`check_network_config`, `load_diffusion_state`: the errors of loading for sampling). A release
+        holds its EMA weights as its model: the trained weights and the EMA both start at them. A training checkpoint
+        gives its trained weights and its EMA (the EMA starts at the weights when it has none). Nothing else is
+        read: the optimiser stays fresh, `step`, `epoch` and `batch_in_epoch` stay 0 and the RNGs stay seeded by
+        the config. Returns the file (official: the prefix) the weights came from."""
+        if self.step or self.epoch or self.batch_in_epoch:
+            raise RuntimeError("init_from starts a new run: call it on a fresh model")
+        kind, location = resolve_checkpoint(path)
+        if kind == "official":
+            gen, state = read_official_weights(location)
+            load_diffusion_state(self.diffusion, state, gen)
+            self._restart_ema("")
+            return location
+        state = read_checkpoint(location)
+        check_network_config(self.cfg, state.get("config", {}), location)
+        load_diffusion_state(self.diffusion, state["model"], location)
+        ema_state = state.get("ema")
+        if self.ema is not None and ema_state is not None:
+            self.ema.net.load_state_dict(ema_state)
+        else:
+            self._restart_ema("")
+            if self.ema is None and ema_state is not None:
+                log.warning("%s has EMA weights but train.ema_scheduler is not set: training starts from its trained "
+                            "weights without EMA", location)
+        return location
 
     def _load_optimizer(self, state: dict, location: Path) -> None:
         """Adam's moments and step counts from `state` (call it once `self.step` is loaded); the learning rate stays

@@ -38,6 +38,15 @@ def valid_dict() -> dict[str, Any]:
     }
 
 
+def with_roots(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` with its relative dataroots resolved against ``folder``, as `load_config` resolves those of a file in
+    ``folder`` (outside any folder marked with `.tfsdiff-root`)."""
+    data = copy.deepcopy(data)
+    for split in data["datasets"].values():
+        split["dataroot"] = str(folder / split["dataroot"])
+    return data
+
+
 def with_value(path: str, value: Any) -> dict[str, Any]:
     """valid_dict() with the dotted key ``path`` set to ``value``."""
     data = valid_dict()
@@ -276,7 +285,7 @@ def test_load_config_with_comments(tmp_path: Path) -> None:
     text = "// experiment\n" + json.dumps(valid_dict(), indent=2).replace('"tiny",', '"tiny", // the name')
     path = tmp_path / "c.json"
     path.write_text(text, encoding="utf-8")
-    assert load_config(path) == parse_config(valid_dict())
+    assert load_config(path) == parse_config(with_roots(valid_dict(), tmp_path))
 
 
 def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
@@ -298,7 +307,8 @@ def test_malformed_json_reports_line_and_column(tmp_path: Path) -> None:
         load_config(path)
 
 
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "config"
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_ROOT = REPO / "config"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_ROOT.rglob("*.json")), ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
@@ -323,7 +333,7 @@ def test_stage_2_of_the_real_scan_recipe_changes_only_what_it_says(scale: str) -
     same_diffusion = replace(stage2.model.diffusion, train_max_step=None, train_zero_start=0.0)
     assert replace(stage2.model, diffusion=same_diffusion, sampler=stage1.model.sampler) == stage1.model
     # only the x4 recipe has released weights; its sampler clips with "image" (chosen on validation)
-    assert stage2.path.pretrained == ("pretrained/tfsdiff_x4_64_256.pth" if scale == "x4" else None)
+    assert stage2.path.pretrained == (str(REPO / "pretrained/tfsdiff_x4_64_256.pth") if scale == "x4" else None)
     assert stage2.model.sampler.clip == ("image" if scale == "x4" else "x0")
     assert replace(stage2, name=stage1.name, model=stage1.model, path=stage1.path,
                    train=replace(stage2.train, n_iter=stage1.train.n_iter, val_freq=stage1.train.val_freq,
@@ -334,7 +344,7 @@ def test_stage_2_of_the_real_scan_recipe_changes_only_what_it_says(scale: str) -
 @pytest.mark.parametrize("scale", ["x2", "x8"])
 def test_the_x2_and_x8_recipes_are_the_x4_recipe_at_their_scale(scale: str, stage: int) -> None:
     ours, x4 = (load_config(CONFIG_ROOT / STAGES[s][stage - 1]) for s in (scale, "x4"))
-    splits = {split: replace(getattr(x4.datasets, split), dataroot=f"datasets/harvard_{scale}/{split}",
+    splits = {split: replace(getattr(x4.datasets, split), dataroot=str(REPO / f"datasets/harvard_{scale}/{split}"),
                              l_resolution=256 // int(scale[1:])) for split in ("train", "val", "test")}
     expected = replace(x4, name=x4.name.replace("x4", scale), datasets=replace(x4.datasets, **splits))
     if stage == 2:  # no released weights at x2 and x8 yet, so no sampler chosen on their validation split
@@ -368,9 +378,9 @@ def test_base_config_keys_override_objects_merge_and_lists_replace(tmp_path: Pat
     expected["model"]["unet"].update(channel_multiplier=[1, 2], attn_res=[16])
     assert read_json_with_base(child) == expected
     cfg = load_config(child)
-    assert cfg == parse_config(expected)
+    assert cfg == parse_config(with_roots(expected, tmp_path))
     assert (cfg.path.experiments_root, cfg.datasets.train.dataroot, cfg.model.unet.inner_channel) == \
-        ("runs", "data/x", 8)
+        ("runs", str(tmp_path / "data/x"), 8)
 
 
 def test_an_object_of_another_type_replaces_the_base_object_whole(tmp_path: Path) -> None:
@@ -391,7 +401,7 @@ def test_base_chains_resolve_relative_to_each_configs_folder(tmp_path: Path,
                    encoding="utf-8")
     top = write_json(tmp_path / "top.json", {"base": "sub/mid.json", "name": "top"})
     monkeypatch.chdir(mid.parent)
-    assert load_config(top) == parse_config({**valid_dict(), "name": "top", "seed": 5})
+    assert load_config(top) == parse_config({**with_roots(valid_dict(), tmp_path), "name": "top", "seed": 5})
 
 
 def test_a_cycle_of_base_configs_is_an_error_naming_the_files(tmp_path: Path) -> None:
@@ -450,3 +460,57 @@ def test_recipe_ablation_rows_change_only_their_keys(row: str, stage: str) -> No
     assert cfg.path == (replace(base.path, pretrained=None) if stage else base.path)
     assert cfg == replace(base, name=cfg.name, model=cfg.model, path=cfg.path)
     assert cfg.name == f"recipe_{row}{stage}"
+
+
+# ------------------------------------------------------------------------------------------ paths in config files
+
+
+def test_a_committed_config_finds_its_files_from_any_current_directory(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Input paths resolve against the repository root (it holds `.tfsdiff-root`), whatever the current directory;
+    experiments_root, an output folder, stays relative to the current directory."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(CONFIG_ROOT / "harvard_x4_residual_start200_64_256.json")
+    assert cfg.path.pretrained == str(REPO / "pretrained" / "tfsdiff_x4_64_256.pth")
+    assert Path(cfg.path.pretrained).is_file()
+    assert cfg.datasets.train.dataroot == str(REPO / "datasets" / "harvard_x4" / "train")
+    assert cfg.path.experiments_root == "experiments"
+    monkeypatch.chdir(REPO / "docs")
+    finetune = load_config("../config/finetune_x4_own_data.json")
+    assert finetune.path.init_weights == cfg.path.pretrained and finetune.path.pretrained is None
+    assert finetune.datasets.val.dataroot == str(REPO / "datasets" / "own_x4" / "val")
+    demo = load_config(Path("..") / "config" / "demo.json")
+    assert demo.datasets.embedded is not None and demo.datasets.embedded.root == str(REPO / ".cache/embedded_mni152_64")
+
+
+def test_relative_paths_resolve_against_the_project_root_of_the_file_that_wrote_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project, user = tmp_path / "project", tmp_path / "user"
+    (project / "configs").mkdir(parents=True)
+    (project / ".tfsdiff-root").write_text("", encoding="utf-8")
+    base = with_value("path", {"pretrained": "weights/w.pth", "experiments_root": "runs"})
+    write_json(project / "configs" / "base.json", base)
+    child = write_json(user / "sub" / "child.json", {
+        "base": "../../project/configs/base.json",
+        "path": {"resume_state": "~/runs/r.pth"},
+        "datasets": {"val": {"dataroot": "../scans/val"}, "test": {"dataroot": str(tmp_path / "abs"),
+                                                                   "l_resolution": 8, "r_resolution": 32}},
+    })
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "project")
+    cfg = load_config(Path("..") / "user" / "sub" / "child.json")
+    assert cfg.path.pretrained == str(project / "weights" / "w.pth")  # the base's folder has no marker: its root's
+    assert cfg.datasets.train.dataroot == str(project / "data" / "x")
+    assert cfg.datasets.val.dataroot == str(user / "scans" / "val")  # no marker above the child: its own folder
+    assert cfg.datasets.test is not None and cfg.datasets.test.dataroot == str(tmp_path / "abs")
+    assert cfg.path.resume_state == str(tmp_path / "home" / "runs" / "r.pth")
+    assert cfg.path.experiments_root == "runs"  # an output folder: relative to the current directory
+    write_json(child, {"base": "../../project/configs/base.json", "path": {"resume_state": ""}})
+    assert load_config(child).path.resume_state is None  # SR3's "" is null, not the config's folder
+
+
+def test_init_weights_and_resume_state_together_are_an_error() -> None:
+    both = with_value("path", {"init_weights": "w.pth", "resume_state": "run/checkpoint"})
+    assert re.search(r"cfg\.json: path\.init_weights: w\.pth starts a new run from its weights, but resume_state "
+                     r"run/checkpoint continues a run: set one of them to null", error_of(both))
+    assert parse_config(with_value("path", {"init_weights": ""})).path.init_weights is None

@@ -82,7 +82,7 @@ def test_config_matches_its_row_and_its_prepare_command(row: str) -> None:
     words = command.group(1).replace("\\\n//", " ").split()
     out = words[words.index("--out") + 1]
     scales = words[words.index("--scales") + 1:words.index("--copies")]
-    assert cfg.datasets.train.dataroot == f"{out}/train" and str(scale) in scales
+    assert cfg.datasets.train.dataroot == str(ROOT / out / "train") and str(scale) in scales
     assert f"python -m bench.experiments --run {row} " in text and f"-c config/experiments/{row}.json" in text
     assert read_json_with_comments(path)["name"] == row
 

@@ -4,6 +4,7 @@ and a prepare -> sr.py round trip."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from data.fusion_rules import fuse
 from data.images import read_image
 from data.prepare_data import main
 from data.resample import degrade
-from data.splits import allocate_counts, slab_split
+from data.splits import PrepareError, allocate_counts, slab_split, split_by_subject, subjects_of_stems
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -72,6 +73,59 @@ def test_allocate_and_slabs() -> None:
     assignment = slab_split(list(range(30)), (8, 1, 1), 2, "slices")
     letters = "".join({"train": "R", "val": "V", "test": "T"}.get(assignment.get(i, ""), "-") for i in range(30))
     assert letters == "R" * 9 + "--" + "V" * 3 + "--" + "T" * 2 + "--" + "R" * 10
+
+
+# subject grouping (--group): 7 subjects with 1 to 7 slices each, stems like "sub03_z005"
+GROUPED_STEMS = [f"sub{s:02d}_z{z:03d}" for s in range(1, 8) for z in range(s)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("ratios", [(8, 1, 1), (1, 1, 1), (3, 0, 1)])
+def test_group_keeps_every_subject_in_one_split(seed: int, ratios: tuple[int, int, int]) -> None:
+    splits, subjects = split_by_subject(GROUPED_STEMS, r"^(sub\d+)_", ratios, seed)
+    assert sorted(stem for ids in splits.values() for stem in ids) == sorted(GROUPED_STEMS)
+    where = {stem[:5]: {split for split, ids in splits.items() if any(i.startswith(stem[:5]) for i in ids)}
+             for stem in GROUPED_STEMS}
+    assert all(len(found) == 1 for found in where.values()), where  # no subject straddles two splits
+    assert [len(subjects[s]) for s in ("train", "val", "test")] == allocate_counts(7, ratios, "subjects")
+    assert all(stem[:5] in subjects[split] for split, ids in splits.items() for stem in ids)
+
+
+def test_group_uses_the_whole_match_without_a_group_and_names_a_stem_it_does_not_match() -> None:
+    assert subjects_of_stems(["sub01_z001", "x_sub02_z7"], r"sub\d+") == {"sub01_z001": "sub01", "x_sub02_z7": "sub02"}
+    with pytest.raises(PrepareError, match=re.escape("--group '^(sub\\d+)_' does not match the stem 'scan7'")):
+        subjects_of_stems(["sub01_z001", "scan7"], r"^(sub\d+)_")
+    with pytest.raises(PrepareError, match="empty first group for the stem 'sub_1'"):
+        subjects_of_stems(["sub_1"], r"^sub(\d*)_")
+    with pytest.raises(PrepareError, match="not a valid regular expression"):
+        subjects_of_stems(["sub01"], "(sub")
+    with pytest.raises(PrepareError, match="2 subjects \\(--group\\) cannot fill 3 non-empty splits"):
+        split_by_subject(["a_1", "a_2", "b_1"], "^(.)_", (8, 1, 1), 0)
+
+
+def test_group_that_misses_a_stem_is_an_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp = _make_slices(tmp_path / "in")  # stems "case 00.v1" ...
+    code, err = _run(capsys, *_slices_args(inp, tmp_path / "out", "--scales", 4, "--group", r"^case (0[0-2])"))
+    assert code == 2 and "does not match the stem 'case 03.v1'" in err, err
+    _no_output(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_grouped_slices_of_a_subject_land_in_one_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp = _make_slices(tmp_path / "in", n_cases=9)
+    for path in sorted(inp.rglob("case *")):  # case 00..08 -> subject p0, p1, p2 with three slices each
+        k = int(path.name[5:7])
+        path.rename(path.with_name(f"p{k // 3}_slice{k % 3}{path.suffix}"))
+    out = tmp_path / "out"
+    code, err = _run(capsys, *_slices_args(inp, out, "--scales", 4, "--split", "1:1:1", "--group", r"^(p\d)_"))
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["group"] == r"^(p\d)_"
+    assert sorted(sum(manifest["subject_splits"].values(), [])) == ["p0", "p1", "p2"]
+    for split, (subject,) in manifest["subject_splits"].items():
+        expected = [f"{subject}_slice{i}" for i in range(3)]
+        assert manifest["splits"][split] == expected
+        assert sorted(p.stem for p in (out / split / "hr_32").iterdir()) == expected
 
 
 # ------------------------------------------------------------------------------------------------ slice folders

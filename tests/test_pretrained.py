@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import load_config, parse_config
+from core.config import load_config, parse_config, resolve_input_paths
 from core.hashing import sha256_file
 from data.embedded import build_embedded_dataset
 from data.fusion_dataset import FusionDataset, create_dataloader
@@ -36,7 +36,7 @@ def test_every_release_matches_its_manifest(weights: Path) -> None:
 def test_recorded_config_is_the_training_config_and_the_demo_network() -> None:
     state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
     trained_with = load_config(ROOT / MANIFEST["config"])
-    recorded = parse_config(state["config"])
+    recorded = parse_config(resolve_input_paths(state["config"], ROOT / MANIFEST["config"]))  # paths as if loaded
     # The run was started with n_iter 10000 and stopped at step 8000 (see the model card); n_iter only says where
     # training stops, so the config in the repository says 8000 and everything else must match the record.
     assert recorded.train.n_iter == 10000
@@ -45,7 +45,7 @@ def test_recorded_config_is_the_training_config_and_the_demo_network() -> None:
     for section in ("unet", "tmfa", "init", "beta_schedule", "diffusion"):
         assert getattr(DEMO.model, section) == getattr(trained_with.model, section), section
     assert DEMO.datasets.embedded == trained_with.datasets.embedded
-    assert DEMO.path.pretrained == f"pretrained/{WEIGHTS.name}"
+    assert DEMO.path.pretrained == str(WEIGHTS)
 
 
 @pytest.mark.slow

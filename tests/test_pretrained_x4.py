@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import load_config, parse_config
+from core.config import load_config, parse_config, resolve_input_paths
 from data.embedded import build_embedded_dataset
 from data.fusion_dataset import FusionDataset, create_dataloader
 from infer import load_model
@@ -26,10 +26,10 @@ DEMO = load_config(ROOT / "config" / "demo_x4_64_256.json")
 def test_recorded_config_is_the_recipe_and_the_demo_samples_with_its_network() -> None:
     state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
     assert MANIFEST["config"].startswith("config/harvard_x4_residual")
-    recorded = parse_config(state["config"])
+    recorded = parse_config(resolve_input_paths(state["config"], ROOT / MANIFEST["config"]))  # paths as if loaded
     # everything but the sampler (chosen on validation after training) and the paths is the committed recipe
     assert replace(recorded, model=replace(recorded.model, sampler=RECIPE.model.sampler), path=RECIPE.path) == RECIPE
-    assert RECIPE.path.pretrained == DEMO.path.pretrained == f"pretrained/{WEIGHTS.name}"
+    assert RECIPE.path.pretrained == DEMO.path.pretrained == str(WEIGHTS)
     assert DEMO.model == RECIPE.model
 
 
