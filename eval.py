@@ -7,7 +7,9 @@ Each RESULT_DIR is a method folder (per case id `<id>_fused.png`, `<id>_src{1,2,
 results layout of `core.results_layout`, as `infer.py` writes it), a folder of method folders (e.g.
 `results/demo/test`), or a folder of scale folders `x2/ x4/ x8/` each holding method folders. The method is the
 folder name; the scale is the name of the folder holding it when that is `x<digits>` (one table section per scale).
-Runs named `wo_tmfa` / `wo_psf` form an ablation table next to `tfsdiff`.
+Runs named `wo_tmfa` / `wo_psf` form an ablation table next to `tfsdiff`. The figure (`core.figure`) adds a
+"<method> spread" column for a method whose folders hold `<id>_uncertainty.png` maps (`infer.py --uncertainty`) for
+every shown case.
 
 Metrics, conventions and the aggregation over the three sources: `docs/metrics.md` (code: `core.fusion_metrics`,
 `core.scoring`); layout: see `core.tables`. `--reference gt` compares with the ground truth, `--reference sources`

@@ -5,6 +5,8 @@
     python infer.py -c CONFIG --method average|maximum|laplacian_ycbcr|pca|dwt [--split test|val] [--out DIR]
     python infer.py -c CONFIG --method ifcnn|prrgan|matr|mufusion --peer-dir DIR ...   # a published method
     python infer.py -c CONFIG --checkpoint PATH --inputs T1.png T2.png SPECT.png --out fused.png [--process]
+    python infer.py -c CONFIG --input-dir SCANS --out OUT [--method M] [--out-size H W]   # every case of a folder
+    python infer.py -c CONFIG --inputs ... --out fused.png --samples 4 --uncertainty [U.png]   # + uncertainty map
     add --debug to any of them for the traceback of an error
 
 Split mode writes, per case id, `<id>_fused.png`, `<id>_src{1,2,3}.png` (the bicubic-upsampled inputs of the
@@ -24,16 +26,40 @@ Single-case mode (--inputs, three registered images of one size, any size and as
 three images are the low-resolution sources. Each is converted to RGB and upsampled with
 `data.resample.resize_bicubic` to the output size, which is the inputs' size times the model's scale
 (`datasets.train.r_resolution / l_resolution`: 64x64 in gives 256x256 out for a x4 model), or `--out-size H W`.
+Every size infer.py prints is HxW (height x width), the order of `--out-size`. An `--out-size` whose aspect ratio
+(width / height) differs from the inputs' by more than 1 % stretches the sources; infer.py warns, naming both ratios.
 The model then fuses at that size (fully convolutional; sizes that are not a multiple of the U-Net's downsampling
 factor are padded by reflection and cropped back, never distorted). With `--out-size` equal to the inputs' size,
 sources that are already high-resolution are fused without super-resolution, but the model still treats them as
 bicubic-upsampled inputs and adds the detail it learned to restore, which sharpens them beyond the originals.
 With --method the rule fuses the same upsampled sources (bicubic-then-fuse). With --process the strip is written
-next to the output as `<out stem>_process.png`.
+next to the output as `<out stem>_process.png`. Single-case mode writes only those images, which `eval.py` cannot
+score (it needs the sources beside the fused image): to score your own cases, use folder mode.
+
+Folder mode (--input-dir DIR --out OUT): every case of DIR, its files named `<case>_<k>_<anything>.<ext>` with
+k = 1, 2, 3 (e.g. `case01_1_CT.png`, `case01_2_MR-T2.png`, `case01_3_SPECT-Tc.png`; the last `_1`/`_2`/`_3` that is
+followed by `_` or ends the name splits case and k; hidden files are ignored, other files skipped with a warning),
+is fused as single-case mode fuses it (same sizes and --out-size, same seed, so the same image), with the model
+loaded once and a progress bar over the cases. A case without exactly one file for each k is an error naming the
+case and its files, before anything is read or written. OUT gets the results layout (`core.results_layout`):
+`OUT/<case>_{src1,src2,src3,fused}.png` (the sources as the method saw them, upsampled), `<case>_process.png` with
+--process, `<case>_uncertainty.png` with --uncertainty, so that `python eval.py OUT --reference sources` scores
+them. The log gives the seconds per case after loading.
+
+Uncertainty (--samples K --uncertainty, K >= 2, the model only): the fused image stays the mean of the K samples,
+exactly as without --uncertainty; the map is, per pixel, the standard deviation over the K samples (root of the
+mean squared deviation) of the luminance 0.299 R + 0.587 G + 0.114 B, in grey levels 0..255, of each sample's own
+fused image (base + sample / scale, clipped, as a one-sample run gives it), saved as a grey 8-bit PNG with value =
+min(255, round(16 * std)): value / 16 is the spread in grey levels, 255 means 15.94 or more
+(`core.results_layout.uncertainty_image`). It is written to `--uncertainty FILE.png`, by default
+`<out stem>_uncertainty.png`, in folder mode to `OUT/<case>_uncertainty.png`. How well it ranks the errors:
+`python -m bench.uncertainty` (docs/usage.md, "Uncertainty").
 
 Results are written under a temporary name and renamed into place when complete, so a failed run leaves no partial
-output. An existing result (a non-empty method folder, or the single-case output file) is replaced only with
---overwrite.
+output (single-case mode publishes its images together or none, `core.outputs.publish_files`). No output is an
+input, lies in an input folder (--input-dir, a split's dataroot) or contains one. An existing result (a non-empty
+method or --out folder, or a single-case output file) is replaced only with --overwrite, and only when the project
+wrote it (`core.outputs`: a folder with the `.tfsdiff-output` marker, a file in the `.tfsdiff-written.json` ledger).
 
 Exit status (`core.cli.run_command`): 0 success; 2 for a usage or input error (config, missing or unreadable
 checkpoint, missing or unreadable image, images too small, an existing result without --overwrite, an unusable
@@ -42,37 +68,47 @@ path); 1 for a failure while running (disk full, anything unexpected). --debug s
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from core.cli import UsageError, add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, \
     naming_path, run_command
 from core.config import ConfigError, TFSDiffConfig, load_config
 from core.device import free_memory_bytes, select_device
 from core.logger import setup_logger
-from core.outputs import check_apart, check_file_target, check_folder_target, is_project_folder, publish_folder, \
-    record_files
+from core.outputs import check_apart, check_file_target, check_folder_target, is_project_folder, publish_files, \
+    publish_folder, resolved
 from core.registry import FUSION_METHODS
+from core.results_layout import UNCERTAINTY_SCALE, uncertainty_image, write_case
 from data.fusion_dataset import DatasetError, FusionBatch
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, to_tensor
 from data.loader import dataset_from_config, ensure_config_data
 from data.resample import resize_bicubic
 from model.checkpoint_io import CheckpointError
 from model.evaluation import evaluate_model, fuse_with_rule, method_fuser
-from model.fuser import Fuser
+from model.fuser import FusedBatch, Fuser
 
 MODEL_METHOD = "tfsdiff"
 MIN_OUTPUT_SIDE = 8  # the fusion rules' smallest side (data.fusion_rules), and at least one U-Net block
 BYTES_PER_PIXEL_RULE = 400  # float64 RGB images, YCbCr planes and pyramids of three sources
 BYTES_PER_PIXEL_PER_CHANNEL = 128  # network activations per output pixel and inner channel (3.0 KB measured at 32)
+HXW = "height x width"  # every size in a message is HxW, the order of --out-size H W
+ASPECT_TOLERANCE = 0.01  # --out-size changing width/height by more than this fraction draws a warning
+# a case file of --input-dir: <case>_<k>[_<anything>].<ext>; the last _1/_2/_3 followed by _ or the end splits it
+CASE_FILE = re.compile(r"(?P<case>.+)_(?P<k>[123])(?:_.*)?")
 log = logging.getLogger("tfsdiff")
 
 
@@ -93,10 +129,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", choices=("test", "val"), default="test", help="data split of the config")
     parser.add_argument("--inputs", nargs=3, metavar=("SRC1", "SRC2", "SRC3"),
                         help="fuse one case from three image files instead of a split (needs --out FILE)")
-    parser.add_argument("--out", help="output folder (split mode) or output image file (single-case mode)")
+    parser.add_argument("--input-dir", metavar="DIR",
+                        help="fuse every case of DIR, its files named <case>_<k>_<anything>.<ext> with k = 1, 2, 3 "
+                             "(needs --out FOLDER, which gets the results layout)")
+    parser.add_argument("--out", help="output folder (split and folder mode) or output image file (single-case mode)")
     parser.add_argument("--out-size", nargs=2, type=int, metavar=("H", "W"),
-                        help="single-case mode: size of the fused image (default: the inputs' size times the scale)")
+                        help="--inputs/--input-dir: height and width of the fused image (default: the inputs' size "
+                             "times the scale); a changed aspect ratio is warned about")
     parser.add_argument("--process", action="store_true", help="also write the denoising-process strip")
+    parser.add_argument("--uncertainty", nargs="?", const="", metavar="FILE.png",
+                        help="with --samples K (K >= 2): also write the uncertainty map, a grey PNG whose value per "
+                             "pixel is min(255, round(%d * s)), s the standard deviation over the K samples "
+                             "(root of the mean squared deviation) of the luminance 0.299 R + 0.587 G + 0.114 B of "
+                             "each sample's fused image in grey levels 0..255 (so value / %d = s; 255 = s >= %.2f). "
+                             "--inputs: to FILE.png (default "
+                             "<out stem>_uncertainty.png); --input-dir: to OUT/<case>_uncertainty.png"
+                             % (UNCERTAINTY_SCALE, UNCERTAINTY_SCALE, 255 / UNCERTAINTY_SCALE))
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing result (method folder or output file) once the new one is done")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -110,13 +158,35 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--peer-dir is for a published method with weights; {args.method!r} has none")
     if args.process and args.method != MODEL_METHOD:
         raise InputError(f"--process needs the model; method {args.method!r} has no denoising process")
-    if args.out_size and not args.inputs:
-        raise InputError("--out-size needs --inputs (split mode runs at the dataset's r_resolution)")
+    if args.inputs and args.input_dir:
+        raise InputError("--inputs fuses one case and --input-dir a folder of cases: give one of them")
+    if args.out_size and not (args.inputs or args.input_dir):
+        raise InputError("--out-size needs --inputs or --input-dir (split mode runs at the dataset's r_resolution)")
     if args.inputs and not args.out:
         raise InputError("--inputs needs --out FILE (the fused image to write)")
+    if args.input_dir and not args.out:
+        raise InputError("--input-dir needs --out FOLDER (the results folder to write)")
     if args.inputs and Path(args.out).suffix.lower() not in IMAGE_EXTENSIONS:
         raise InputError(f"--out {args.out}: expected an image file name ending in one of "
                          f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+    if args.uncertainty is not None:
+        if args.method != MODEL_METHOD:
+            raise InputError(f"--uncertainty needs the model's samples; method {args.method!r} is deterministic")
+        if not (args.inputs or args.input_dir):
+            raise InputError("--uncertainty needs --inputs or --input-dir")
+        if args.input_dir and args.uncertainty:
+            raise InputError("--input-dir writes the maps as OUT/<case>_uncertainty.png: pass --uncertainty without "
+                             "a file name")
+        if args.uncertainty and Path(args.uncertainty).suffix.lower() != ".png":
+            raise InputError(f"--uncertainty {args.uncertainty}: expected a .png file name (the map is a grey PNG)")
+
+
+def check_uncertainty_samples(args: argparse.Namespace, cfg: TFSDiffConfig) -> None:
+    """InputError when --uncertainty is asked for with fewer than 2 samples (one sample has no spread)."""
+    samples = cfg.model.sampler.samples
+    if args.uncertainty is not None and samples < 2:
+        raise InputError(f"--uncertainty needs --samples K with K >= 2 (got {samples}): the spread of the samples is "
+                         "the uncertainty, and one sample has none")
 
 
 def load_model(cfg: TFSDiffConfig, checkpoint: str | None) -> Fuser:
@@ -194,9 +264,14 @@ def read_inputs(paths: list[str]) -> list[np.ndarray]:
         raise InputError(str(err)) from err
     sizes = {p: img.shape[:2] for p, img in zip(paths, images)}
     if len(set(sizes.values())) != 1:
-        raise InputError("the three inputs must have one size (registered images), got "
-                         + ", ".join(f"{p}: {w}x{h}" for p, (h, w) in sizes.items()))
+        raise InputError(f"the three inputs must have one size (registered images), got ({HXW}) "
+                         + ", ".join(f"{p}: {hxw(size)}" for p, size in sizes.items()))
     return images
+
+
+def hxw(size: tuple[int, int]) -> str:
+    """`size` (H, W) as "HxW", the order of --out-size H W (every size infer.py prints)."""
+    return f"{size[0]}x{size[1]}"
 
 
 def model_scale(cfg: TFSDiffConfig) -> int:
@@ -209,9 +284,19 @@ def output_size(input_hw: tuple[int, int], scale: int, out_size: list[int] | Non
     """(H, W) of the fused image: `--out-size H W` when given, else the inputs' size times the model's scale."""
     height, width = (out_size[0], out_size[1]) if out_size else (input_hw[0] * scale, input_hw[1] * scale)
     if height < MIN_OUTPUT_SIDE or width < MIN_OUTPUT_SIDE:
-        raise InputError(f"the fused image would be {width}x{height}; both sides must be at least {MIN_OUTPUT_SIDE} "
-                         "pixels (pass larger inputs or --out-size H W)")
+        raise InputError(f"the fused image would be {height}x{width} ({HXW}); both sides must be at least "
+                         f"{MIN_OUTPUT_SIDE} pixels (pass larger inputs or --out-size H W)")
     return height, width
+
+
+def aspect_warning(input_hw: tuple[int, int], size: tuple[int, int], what: str) -> str | None:
+    """The warning when the fused size (H, W) changes the aspect ratio (width / height) of the inputs by more than
+    `ASPECT_TOLERANCE` (the sources are then stretched, not cropped), else None; `what` names the inputs."""
+    before, after = input_hw[1] / input_hw[0], size[1] / size[0]
+    if abs(after - before) <= ASPECT_TOLERANCE * before:
+        return None
+    return (f"--out-size {hxw(size)} ({HXW}) has the aspect ratio (width / height) {after:.3f}, but {what} "
+            f"{hxw(input_hw)} have {before:.3f}: the sources are stretched to it, not cropped")
 
 
 def needed_bytes(cfg: TFSDiffConfig | None, size: tuple[int, int]) -> int:
@@ -228,7 +313,7 @@ def check_memory(cfg: TFSDiffConfig | None, size: tuple[int, int]) -> None:
     device = select_device(cfg.gpu_ids)[0] if cfg is not None else torch.device("cpu")
     need, free = needed_bytes(cfg, size), free_memory_bytes(device)
     if free is not None and need > free:
-        raise InputError(f"fusing a {size[1]}x{size[0]} image needs about {need / 2**30:.1f} GiB, but "
+        raise InputError(f"fusing a {hxw(size)} image ({HXW}) needs about {need / 2**30:.1f} GiB, but "
                          f"{device.type} has {free / 2**30:.1f} GiB free: pass smaller inputs or a smaller "
                          "--out-size H W, or fuse on a machine with more memory")
 
@@ -239,57 +324,166 @@ def upsample(images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray
     return [np.asarray(resize_bicubic(Image.fromarray(img), (width, height))) for img in images]
 
 
-def fuse_single_with_model(fuser: Fuser, sources: list[np.ndarray], progress: bool,
-                           process_out: Path | None) -> np.ndarray:
-    """Fuse three registered uint8 RGB sources of one size with `Fuser.fuse`, at that size; with `process_out`, write
-    the denoising-process strip there."""
+def fuse_case_with_model(fuser: Fuser, sources: list[np.ndarray], progress: bool, process: bool,
+                         keep_samples: bool) -> FusedBatch:
+    """Fuse three registered uint8 RGB sources of one size with `Fuser.fuse`, at that size, with a fresh generator
+    seeded with the config's seed (so a case fuses the same alone or in a folder)."""
     srcs = [to_tensor(src)[None] for src in sources]
     batch = FusionBatch(src1=srcs[0], src2=srcs[1], src3=srcs[2], target=None, case_ids=("input",))
-    result = fuser.fuse(batch, process=process_out is not None, progress=progress)
-    if process_out is not None:
-        save_image_atomic(result.strip(0), process_out)
-    return result.image(0)
+    return fuser.fuse(batch, process=process, progress=progress, keep_samples=keep_samples)
 
 
-def save_image_atomic(image: np.ndarray, path: Path) -> None:
-    """Save a uint8 image to a temporary file next to `path` (same extension), then rename it over `path` and record
-    it as the project's (`core.outputs`). An OSError names `path`."""
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+def fuse_with_method(method: Callable[[list[np.ndarray]], np.ndarray], sources: list[np.ndarray], name: str,
+                     where: str) -> np.ndarray:
+    """`method(sources)`, with a method's refusal (a published method that cannot take these sources, e.g. too
+    small) as an InputError naming `where`."""
     try:
-        Image.fromarray(image).save(tmp)
-        os.replace(tmp, path)
+        return method(sources)
+    except ValueError as err:
+        raise InputError(f"--method {name}: {where}: {err}") from err
+
+
+def encode_image(image: np.ndarray, path: Path) -> bytes:
+    """A uint8 image encoded in the format of `path`'s extension (an OSError names `path`)."""
+    buffer = io.BytesIO()
+    try:
+        Image.fromarray(image).save(buffer, format=Image.registered_extensions()[path.suffix.lower()])
     except OSError as err:
         raise naming_path(err, path) from err
-    finally:
-        tmp.unlink(missing_ok=True)
-    record_files([path])
+    return buffer.getvalue()
 
 
 def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     out = Path(args.out)
     process_out = out.with_name(f"{out.stem}_process.png") if args.process else None
+    uncertainty_out = None
+    if args.uncertainty is not None:
+        uncertainty_out = Path(args.uncertainty) if args.uncertainty else out.with_name(f"{out.stem}_uncertainty.png")
     checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=False) if args.method == MODEL_METHOD else None
-    for path, flag in ((out, "--out"), (process_out, "--process")):
+    outputs = [(out, "--out"), (process_out, "--process"), (uncertainty_out, "--uncertainty")]
+    written = [path for path, _ in outputs if path is not None]
+    if len({resolved(path) for path in written}) != len(written):
+        raise InputError("--out, the --process strip and --uncertainty must be different files: "
+                         + ", ".join(map(str, written)))
+    for path, flag in outputs:
         if path is not None:
             check_apart(path, (*args.inputs, args.config, checkpoint, args.peer_dir), flag)
             check_replaceable(path, args.overwrite, folder=False)
     images = read_inputs(args.inputs)
     size = output_size(images[0].shape[:2], model_scale(cfg), args.out_size)
+    warning = aspect_warning(images[0].shape[:2], size, "the inputs")
+    if warning:
+        log.warning("%s", warning)
     check_memory(cfg if args.method == MODEL_METHOD else None, size)
+    for path in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fuser = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
     method = method_fuser(args.method, args.peer_dir) if fuser is None else None
     sources = upsample(images, size)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    images_out: dict[Path, np.ndarray] = {}
     if method is not None:
-        try:
-            fused = method(sources)
-        except ValueError as err:  # a published method that cannot take these sources, e.g. too small
-            raise InputError(f"--method {args.method}: {err}") from err
+        images_out[out] = fuse_with_method(method, sources, args.method, "the inputs")
     else:
-        fused = fuse_single_with_model(fuser, sources, not args.no_progress, process_out)
-    save_image_atomic(fused, out)
-    log.info("fused %s (%dx%d) with %s into %s (%dx%d)", ", ".join(args.inputs), images[0].shape[1],
-             images[0].shape[0], args.method, out, size[1], size[0])
+        result = fuse_case_with_model(fuser, sources, not args.no_progress, process_out is not None,
+                                      uncertainty_out is not None)
+        images_out[out] = result.image(0)
+        if process_out is not None:
+            images_out[process_out] = result.strip(0)
+        if uncertainty_out is not None:
+            images_out[uncertainty_out] = uncertainty_image(result.spread(0))
+    # all files or none (core.outputs.publish_files), each checked above
+    publish_files({path: encode_image(image, path) for path, image in images_out.items()}, args.overwrite)
+    log.info("fused %s (%s, %s) with %s into %s (%s)", ", ".join(args.inputs), hxw(images[0].shape[:2]), HXW,
+             args.method, out, hxw(size))
+    if uncertainty_out is not None:
+        log.info("uncertainty map of %d samples in %s (value / %d = standard deviation in grey levels)",
+                 cfg.model.sampler.samples, uncertainty_out, UNCERTAINTY_SCALE)
+    return out
+
+
+def find_cases(folder: Path) -> dict[str, list[Path]]:
+    """The cases of an --input-dir folder, sorted by id: case id -> its files for k = 1, 2, 3, named
+    `<case>_<k>_<anything>.<ext>` (or `<case>_<k>.<ext>`; the last `_1`, `_2` or `_3` followed by `_` or the end of
+    the name splits it), ext an image extension. Hidden files are ignored; other files and folders are skipped with a
+    warning. InputError, listing every case and its files, when a case lacks a file or has two for one k, or when
+    there is no case at all."""
+    if not folder.is_dir():
+        raise InputError(f"--input-dir {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
+    found: dict[str, dict[int, list[Path]]] = {}
+    skipped = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        match = CASE_FILE.fullmatch(path.stem)
+        if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS or match is None:
+            skipped.append(path.name)
+            continue
+        found.setdefault(match["case"], {}).setdefault(int(match["k"]), []).append(path)
+    if skipped:
+        log.warning("--input-dir %s: skipped %d entr%s not named <case>_<k>_<anything>.<image extension> with k = 1, "
+                    "2, 3: %s", folder, len(skipped), "y" if len(skipped) == 1 else "ies", ", ".join(skipped))
+    problems = []
+    for case, files in sorted(found.items()):
+        names = ", ".join(p.name for k in sorted(files) for p in files[k])
+        missing = [k for k in (1, 2, 3) if k not in files]
+        doubled = [k for k in sorted(files) if len(files[k]) > 1]
+        if missing:
+            problems.append(f"case {case!r}: no file for k = {', '.join(map(str, missing))} (has {names})")
+        if doubled:
+            problems.append(f"case {case!r}: more than one file for k = {', '.join(map(str, doubled))} ({names})")
+    if problems:
+        raise InputError(f"--input-dir {folder}: every case needs exactly one file <case>_<k>_<anything>.<ext> for "
+                         "each k = 1, 2, 3; nothing was written:\n  " + "\n  ".join(problems))
+    if not found:
+        raise InputError(f"--input-dir {folder}: no case files named <case>_<k>_<anything>.<ext> with k = 1, 2, 3 "
+                         f"and ext one of {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    return {case: [files[k][0] for k in (1, 2, 3)] for case, files in sorted(found.items())}
+
+
+def run_folder(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
+    """Folder mode: every case of --input-dir fused as single-case mode fuses it (same sizes, same seed per case),
+    with the model loaded once, into the results layout at --out (published when complete, `core.outputs`)."""
+    in_dir, out = Path(args.input_dir), Path(args.out)
+    cases = find_cases(in_dir)
+    checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=False) if args.method == MODEL_METHOD else None
+    files = [path for paths in cases.values() for path in paths]
+    check_apart(out, (in_dir, *files, args.config, checkpoint, args.peer_dir))
+    check_replaceable(out, args.overwrite, folder=True)
+    sizes: dict[str, tuple[int, int]] = {}
+    stretched: dict[tuple[int, int], list[str]] = {}
+    for case, paths in cases.items():  # every image read once before anything is loaded or written
+        input_hw = read_inputs([str(p) for p in paths])[0].shape[:2]
+        sizes[case] = output_size(input_hw, model_scale(cfg), args.out_size)
+        if aspect_warning(input_hw, sizes[case], "the inputs"):
+            stretched.setdefault(input_hw, []).append(case)
+    for input_hw, names in stretched.items():
+        log.warning("%s (%d case%s: %s)", aspect_warning(input_hw, sizes[names[0]], "the inputs"), len(names),
+                    "" if len(names) == 1 else "s", ", ".join(names))
+    check_memory(cfg if args.method == MODEL_METHOD else None, max(sizes.values(), key=lambda hw: hw[0] * hw[1]))
+    fuser = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
+    method = method_fuser(args.method, args.peer_dir) if fuser is None else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    start = time.perf_counter()
+    try:
+        staging.mkdir()
+        for case, paths in tqdm(cases.items(), desc="cases", unit="case", disable=args.no_progress):
+            sources = upsample(read_inputs([str(p) for p in paths]), sizes[case])
+            process = uncertainty = None
+            if method is not None:
+                fused = fuse_with_method(method, sources, args.method, f"case {case!r}")
+            else:
+                result = fuse_case_with_model(fuser, sources, False, args.process, args.uncertainty is not None)
+                fused = result.image(0)
+                process = result.strip(0) if args.process else None
+                uncertainty = uncertainty_image(result.spread(0)) if args.uncertainty is not None else None
+            write_case(staging, case, sources, fused, process=process, uncertainty=uncertainty)
+        seconds = time.perf_counter() - start
+        publish_folder(staging, out, "infer.py")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("%d case%s of %s fused with %s into %s in %.1f s (%.2f s per case after loading)", len(cases),
+             "" if len(cases) == 1 else "s", in_dir, args.method, out, seconds, seconds / len(cases))
     return out
 
 
@@ -297,9 +491,12 @@ def run(args: argparse.Namespace) -> int:
     """Fuse as `args` say; returns the exit code (errors propagate to `core.cli.run_command`)."""
     _check_args(args)
     cfg = apply_sampler_args(args, load_config(args.config))
+    check_uncertainty_samples(args, cfg)
     torch.manual_seed(cfg.seed)
     if args.inputs:
         run_single(cfg, args)
+    elif args.input_dir:
+        run_folder(cfg, args)
     else:
         run_split(cfg, args)
     return 0

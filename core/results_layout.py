@@ -5,10 +5,12 @@ A results folder holds, per case id, ``<id>_<kind>.png`` for every kind in :data
 * ``src1``, ``src2``, ``src3``: the three sources as the method saw them (the bicubic-upsampled inputs of a split);
 * ``fused``: the fused image (its presence makes ``<id>`` a case of the folder);
 * ``hr``: the ground truth, when the split has one;
-* ``process``: the denoising-process strip, on request.
+* ``process``: the denoising-process strip, on request;
+* ``uncertainty``: the uncertainty map, on request (``infer.py --samples K --uncertainty``): the per-pixel spread of
+  the K samples whose mean ``fused`` is, as a grey PNG (:func:`uncertainty_image`).
 
-All files are 8-bit RGB PNGs written with PIL. ``infer.py`` and the evaluation path write this layout; ``eval.py``
-and the comparison figure read it.
+All files are 8-bit PNGs written with PIL, RGB but for the grey uncertainty map. ``infer.py`` and the evaluation
+path write this layout; ``eval.py`` and the comparison figure read it.
 """
 from __future__ import annotations
 
@@ -18,9 +20,14 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ["KINDS", "ImageReader", "result_path", "fused_case_ids", "write_case"]
+__all__ = ["KINDS", "UNCERTAINTY_SCALE", "ImageReader", "result_path", "fused_case_ids", "uncertainty_image",
+           "write_case"]
 
-KINDS = ("src1", "src2", "src3", "fused", "hr", "process")
+KINDS = ("src1", "src2", "src3", "fused", "hr", "process", "uncertainty")
+# PNG levels per grey level of spread: the map saturates at a spread of 255 / 16 = 15.94 grey levels. The shipped x4
+# model's spread (4 samples) is 1.1 grey levels on average, 5.3 at the 99th percentile and at most 11.4 on its
+# validation split (bench/uncertainty.py), so a factor of 16 spreads it over the PNG's range.
+UNCERTAINTY_SCALE = 16
 _SUFFIX = ".png"
 _FUSED_SUFFIX = f"_fused{_SUFFIX}"
 
@@ -39,17 +46,29 @@ def fused_case_ids(folder: Path) -> set[str]:
     return {p.name.removesuffix(_FUSED_SUFFIX) for p in Path(folder).glob(f"*{_FUSED_SUFFIX}") if p.is_file()}
 
 
-def _save(path: Path, image: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 array as a PNG."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{path}: expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+def uncertainty_image(spread: np.ndarray) -> np.ndarray:
+    """The grey (H, W) uint8 uncertainty map of a spread in grey levels (``model.fuser.FusedBatch.spread``):
+    ``min(255, round(16 * spread))`` per pixel (:data:`UNCERTAINTY_SCALE`; halves round to even), so a PNG value v
+    is a standard deviation of v / 16 grey levels of the fused image, and 255 means 15.94 (255 / 16) or more."""
+    if spread.ndim != 2:
+        raise ValueError(f"expected an (H, W) spread, got shape {spread.shape}")
+    return np.minimum(255.0, np.rint(np.asarray(spread, np.float64) * UNCERTAINTY_SCALE)).astype(np.uint8)
+
+
+def _save(path: Path, image: np.ndarray, grey: bool = False) -> None:
+    """Write an (H, W, 3) uint8 array (with ``grey``: an (H, W) one) as a PNG."""
+    if image.dtype != np.uint8 or (image.ndim != 2 if grey else image.ndim != 3 or image.shape[2] != 3):
+        shape = "(H, W)" if grey else "(H, W, 3)"
+        raise ValueError(f"{path}: expected an {shape} uint8 image, got {image.dtype} {image.shape}")
     Image.fromarray(image).save(path)
 
 
 def write_case(folder: Path, case_id: str, sources: Sequence[np.ndarray], fused: np.ndarray,
-               target: np.ndarray | None = None, process: np.ndarray | None = None) -> None:
+               target: np.ndarray | None = None, process: np.ndarray | None = None,
+               uncertainty: np.ndarray | None = None) -> None:
     """Write one case into ``folder`` (created when missing): three sources, the fused image and, when given,
-    the ground truth ``target`` and the ``process`` strip; every array is (H, W, 3) uint8 RGB."""
+    the ground truth ``target``, the ``process`` strip and the ``uncertainty`` map; every array is (H, W, 3) uint8
+    RGB, but the uncertainty map, (H, W) uint8 grey (:func:`uncertainty_image`)."""
     if len(sources) != 3:
         raise ValueError(f"case {case_id!r}: expected three sources, got {len(sources)}")
     folder = Path(folder)
@@ -59,3 +78,5 @@ def write_case(folder: Path, case_id: str, sources: Sequence[np.ndarray], fused:
     for kind, image in images.items():
         if image is not None:
             _save(result_path(folder, case_id, kind), image)
+    if uncertainty is not None:
+        _save(result_path(folder, case_id, "uncertainty"), uncertainty, grey=True)

@@ -16,6 +16,11 @@ back, never resized), with the network in eval mode (its mode is restored afterw
 optionally with the denoising-process strip. A residual model samples the scaled residual; it is divided by the scale,
 the rule's image of the whole bicubic-upsampled sources is added (to every frame of the strip too) and the sum clipped
 to [-1, 1] (`model.residual`).
+
+With `keep_samples`, `fuse` also keeps each of the `samples` fused images (each sample turned into an image on its
+own, as a one-sample run would: base + sample / scale, clipped to [-1, 1]), and `FusedBatch.spread` gives their
+per-pixel spread (the uncertainty map of `infer.py --uncertainty`). The mean image is the same, bit for bit, with or
+without `keep_samples`.
 """
 from __future__ import annotations
 
@@ -68,13 +73,18 @@ def residual_base(rule: str | None, sources: list[list[np.ndarray]], device: tor
     return torch.stack([to_tensor(fuse_with(rule, case)) for case in sources]).to(device)
 
 
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights of R, G, B (the grey of core.fusion_metrics.to_grey)
+
+
 @dataclass(frozen=True)
 class FusedBatch:
     """What `Fuser.fuse` returns: the fused images (B, 3, H, W) in [-1, 1] and, when asked for, the denoising process
-    (K, B, 3, H, W): x_T, about ten intermediate states and the result last (as images for a residual model)."""
+    (K, B, 3, H, W): x_T, about ten intermediate states and the result last (as images for a residual model), and the
+    individual fused images of the samples (S, B, 3, H, W) in [-1, 1] whose mean `images` is."""
 
     images: torch.Tensor
     process: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
 
     def image(self, index: int) -> np.ndarray:
         """The fused image of case `index` as (H, W, 3) uint8."""
@@ -85,6 +95,19 @@ class FusedBatch:
         if self.process is None:
             raise ValueError("no denoising process: fuse with process=True")
         return np.concatenate([tensor2img(frame[index]) for frame in self.process], axis=1)
+
+    def spread(self, index: int) -> np.ndarray:
+        """The uncertainty map of case `index`, (H, W) float64 in grey levels: per pixel, the standard deviation (over
+        the S samples, divided by S) of the luminance 0.299 R + 0.587 G + 0.114 B of each sample's fused image, its
+        values 0..255 (unrounded). ValueError without the samples or with one sample (no spread)."""
+        if self.samples is None:
+            raise ValueError("no individual samples: fuse with keep_samples=True")
+        if len(self.samples) < 2:
+            raise ValueError("the spread needs at least 2 samples; one sample has none")
+        images = (self.samples[:, index].detach().double().cpu() + 1.0) * 127.5  # (S, 3, H, W) in grey levels
+        weights = torch.tensor(LUMINANCE, dtype=torch.float64)[:, None, None]
+        luminance = (images * weights).sum(dim=1)  # (S, H, W)
+        return luminance.std(dim=0, unbiased=False).numpy()
 
 
 class Fuser:
@@ -148,12 +171,13 @@ class Fuser:
 
     @torch.no_grad()
     def fuse(self, batch: FusionBatch, *, sampler: SamplerConfig | None = None,
-             generator: torch.Generator | None = None, process: bool = False, progress: bool = True) -> FusedBatch:
+             generator: torch.Generator | None = None, process: bool = False, progress: bool = True,
+             keep_samples: bool = False) -> FusedBatch:
         """Fuse the sources of `batch` (its target is not used) as the module docstring says.
 
         `sampler` replaces the fuser's sampler config; `generator` (default: a fresh `generator()`) draws the noise,
         so one generator passed to successive calls samples a split as one sequence; `process` keeps the denoising
-        process; `progress` shows the steps.
+        process; `progress` shows the steps; `keep_samples` keeps each sample's fused image (`FusedBatch.samples`).
         """
         settings, chain = self.chain(sampler)
         generator = self.generator() if generator is None else generator
@@ -161,22 +185,31 @@ class Fuser:
         base = None
         if self.residual.rule is not None:
             base = residual_base(self.residual.rule, case_sources(batch), batch.src1.device)
+        kept: list[torch.Tensor] | None = [] if keep_samples else None
         with self._eval_mode():
             result = self._sample(batch.condition, base, chain, generator, process, progress, settings.samples,
-                                  settings.clip)
-        return FusedBatch(result[-1], result) if process else FusedBatch(result)
+                                  settings.clip, kept)
+        samples = torch.stack(kept) if kept is not None else None
+        return FusedBatch(result[-1], result, samples) if process else FusedBatch(result, None, samples)
 
     def _sample(self, condition: torch.Tensor, base: torch.Tensor | None, chain: Sampler,
-                generator: torch.Generator, process: bool, progress: bool, samples: int, clip: str) -> torch.Tensor:
+                generator: torch.Generator, process: bool, progress: bool, samples: int, clip: str,
+                kept: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back; the mean
         of `samples` samples drawn one after another (frame by frame for the process); for a residual model, the
-        image of the residual, with each step's x0 clipped as `clip` (`SamplerConfig.clip`) says."""
+        image of the residual, with each step's x0 clipped as `clip` (`SamplerConfig.clip`) says. With `kept` (a
+        list), each sample's own fused image (B, 3, H, W), clipped to [-1, 1], is appended to it."""
         h, w = condition.shape[-2:]
         padded = pad_to_multiple(condition, self.size_multiple)
         bounds = None
         if base is not None and clip == "image":
             bounds = self.residual.clip_bounds(pad_to_multiple(base, self.size_multiple))
-        result = sum(sample_loop(self.net, chain, padded, generator, self.channels, continuous=process,
+        total: torch.Tensor | int = 0  # summed as sum() did, so the mean is bit for bit the same
+        for _ in range(samples):
+            sample = sample_loop(self.net, chain, padded, generator, self.channels, continuous=process,
                                  progress=progress, bounds=bounds)
-                     for _ in range(samples)) / samples
-        return self.residual.to_image(result[..., :h, :w], base)
+            total = total + sample
+            if kept is not None:
+                last = sample[-1] if process else sample
+                kept.append(self.residual.to_image(last[..., :h, :w], base).clamp(-1.0, 1.0))
+        return self.residual.to_image((total / samples)[..., :h, :w], base)
