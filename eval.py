@@ -50,25 +50,24 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from core.cli import add_debug_arg, run_command
+from core.errors import UsageError
 from core.figure import FigureSection, comparison_figure
 from core.fusion_metrics import CONVENTIONS
 from core.lpips import Lpips, alexnet_weights_path, load_lpips, missing_weights_note
 from core.outputs import check_apart, check_file_target, publish_files
 from core.results_layout import fused_case_ids, result_path
-from core.scoring import ScoringError, metric_names, score_folder
+from core.scoring import metric_names, score_folder
 from core.tables import ABLATION_RUNS, MODEL_RUN, ScaleSection, to_latex, to_markdown, to_per_image_csv, \
     to_summary_csv
 from data.fusion_rules import FUSION_RULES
-from data.images import ImageReadError, PairingError, format_ids, pair_by_stem, read_image
+from data.images import PairingError, format_ids, pair_by_stem, read_image
 
 SCALE_NAME = re.compile(r"x\d+")
 TABLE_SUFFIXES = (".md", ".csv", "_per_image.csv", ".tex")
 
 
-class EvalError(ValueError):
+class EvalError(UsageError):
     """Result folders are missing, unpaired or unreadable (exit status 2)."""
 
 
@@ -161,14 +160,6 @@ def check_files(folder: Path, ids: list[str], reference: str) -> None:
         raise EvalError(f"{folder}: cases without their {need} images: {format_ids(missing)}")
 
 
-def _read(path: Path) -> np.ndarray:
-    """``data.images.read_image`` with its error as an EvalError (naming the file)."""
-    try:
-        return read_image(path)
-    except ImageReadError as err:
-        raise EvalError(str(err)) from err
-
-
 def _figure_cases(requested: list[str] | None, ids_per_scale: dict[str, list[str]]) -> list[str]:
     first = next(iter(ids_per_scale.values()))
     cases = requested or first[:3]
@@ -213,7 +204,7 @@ def _figure_png(scales: dict[str, dict[str, Path]], cases: list[str]) -> bytes:
     """The comparison figure as PNG bytes (drawn in a temporary folder, published with the tables)."""
     sections = [FigureSection(scale, tuple(methods.items())) for scale, methods in scales.items()]
     with tempfile.TemporaryDirectory(prefix="tfsdiff-figure") as folder:
-        return comparison_figure(sections, cases, Path(folder) / "figure.png", _read).read_bytes()
+        return comparison_figure(sections, cases, Path(folder) / "figure.png", read_image).read_bytes()
 
 
 def run(args: argparse.Namespace) -> None:
@@ -226,7 +217,7 @@ def run(args: argparse.Namespace) -> None:
     tables = check_outputs(args, scales, ids_per_scale)
     lpips, lpips_missing = _lpips_or_note()
     sections = [ScaleSection(scale, tuple(score_folder(f, ids_per_scale[scale], args.reference, args.suite, lpips,
-                                                       args.convention, _read, not args.no_progress)
+                                                       args.convention, read_image, not args.no_progress)
                                           for f in methods.values()),
                              metric_names(args.suite))
                 for scale, methods in scales.items()]
@@ -256,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             raise EvalError(f"--figure {args.figure}: expected a .png file name")
         run(args)
         return 0
-    return run_command(evaluate, (EvalError, ScoringError), args.debug)
+    return run_command(evaluate, args.debug)
 
 
 if __name__ == "__main__":

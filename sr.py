@@ -36,17 +36,16 @@ from tqdm import tqdm
 
 from core.cli import UsageError, add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, \
     run_command
-from core.config import ConfigError, TFSDiffConfig, config_to_dict, load_config
+from core.config import TFSDiffConfig, config_to_dict, load_config
 from core.device import select_device
 from core.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown_distributed
 from core.logger import RunDirs, make_run_dirs, setup_logger
-from data.fusion_dataset import DatasetError
 from data.loader import dataset_from_config, ensure_config_data
 from model.evaluation import Evaluation, evaluate_model
 from model.checkpoint_io import (RESUMED_FROM, checkpoint_folder, remove_stale_temporaries, resolve_checkpoint,
                                  resume_records)
 from model.fuser import Fuser
-from model.model import CheckpointError, NonFiniteLossError, TFSDiffModel
+from model.model import NonFiniteLossError, TFSDiffModel
 
 log = logging.getLogger("tfsdiff")
 RUN_CONFIG = "config.json"  # in the run folder: the resolved config of the run (setup_run)
@@ -256,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logger()
-    return run_command(lambda: run(args), (ConfigError, DatasetError, CheckpointError), args.debug, log)
+    return run_command(lambda: run(args), args.debug, log)
 
 
 if __name__ == "__main__":

@@ -60,15 +60,12 @@ from bench.experiments_tables import build_tables
 from core.cli import add_debug_arg, run_and_report
 from core.config import (ConfigError, DatasetConfig, TFSDiffConfig, config_to_dict, load_config, parse_config,
                          resolve_input_paths)
+from core.errors import UsageError
 from core.logger import setup_logger
 from core.outputs import check_apart, check_file_target, publish_files, record_files
-from core.scoring import ScoringError
-from data.fusion_dataset import DatasetError
 from data.fusion_rules import FUSION_RULES
-from data.images import ImageReadError
 from data.loader import dataset_from_config
-from data.splits import PrepareError
-from model.checkpoint_io import (CHECKPOINT_FILE, CheckpointError, newest_checkpoint, read_checkpoint,
+from model.checkpoint_io import (CHECKPOINT_FILE, newest_checkpoint, read_checkpoint,
                                  resolve_checkpoint)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "experiments"  # the rows' configs, from any folder
@@ -78,7 +75,7 @@ IGNORED_KEYS = ("datasets.train.num_workers", "datasets.train.cache_images", "mo
 SHOWN_DIFFERENCES = 5
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UsageError):
     """A command-line input is missing or unusable (exit status 2)."""
 
 
@@ -314,17 +311,13 @@ def rebuild_tables(out: Path) -> str:
     return markdown
 
 
-ERRORS = (ExperimentError, layout.ResultsError, ConfigError, CheckpointError, PrepareError, DatasetError,
-          ImageReadError, ScoringError)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     setup_logger()
     if args.table:
-        return run_and_report(lambda: rebuild_tables(args.out), ERRORS, debug=args.debug)
-    return run_and_report(lambda: run_row(args, argv), ERRORS, debug=args.debug)
+        return run_and_report(lambda: rebuild_tables(args.out), debug=args.debug)
+    return run_and_report(lambda: run_row(args, argv), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import UsageError
 from core.fusion_metrics import CONVENTIONS
 from core.scoring import PAPER_METRICS, MethodScores
 
@@ -57,7 +58,7 @@ ABLATION_REFERENCE = "tfsdiff_x4"
 ABLATION_ROWS: tuple[str, ...] = ("wo_tmfa_x4", "wo_psf_x4", "official_x4")  # Table 2, after the reference
 
 
-class ResultsError(ValueError):
+class ResultsError(UsageError):
     """A saved record is unreadable or malformed (the message names the file)."""
 
 

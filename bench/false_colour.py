@@ -25,7 +25,7 @@ import numpy as np
 from core.cli import UsageError, add_debug_arg, run_and_report
 from core.results_layout import fused_case_ids, result_path
 from data.fusion_rules import rgb_to_ycbcr
-from data.images import ImageReadError, read_image
+from data.images import read_image
 
 GREY_TOLERANCE = 4.0
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="results folders of fused images and their sources")
     add_debug_arg(parser)
     args = parser.parse_args(argv)
-    return run_and_report(lambda: report(args.folders), (ImageReadError,), debug=args.debug)
+    return run_and_report(lambda: report(args.folders), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ from torch.utils.data import DataLoader
 from bench import real_scans_report as report
 from bench.false_colour import folder_false_colour
 from core.cli import add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, run_and_report
-from core.config import ConfigError, DatasetConfig, TFSDiffConfig, load_config
+from core.config import DatasetConfig, TFSDiffConfig, load_config
+from core.errors import UsageError
 from core.figure import FigureSection, comparison_figure
 from core.fusion_metrics import CONVENTIONS
 from core.logger import setup_logger
@@ -67,16 +68,14 @@ from core.lpips import load_lpips, missing_weights_note
 from core.outputs import FOLDER_MARKER, OutputError, check_apart, check_file_target, check_folder_target, mark_folder, \
     publish_files, publish_folder, record_files
 from core.registry import FUSION_METHODS
-from core.scoring import MethodScores, ScoringError, metric_names, score_folder
+from core.scoring import MethodScores, metric_names, score_folder
 from core.tables import MODEL_RUN, to_markdown
-from data.fusion_dataset import DatasetError
 from data.fusion_rules import FUSION_RULES
-from data.images import ImageReadError, read_image
+from data.images import read_image
 from data.loader import dataset_from_config
 from data.pairs_form import PairsRequest
 from data.prepare_data import Output, Settings, prepare_pairs
-from data.splits import PrepareError
-from model.checkpoint_io import CheckpointError, check_readable
+from model.checkpoint_io import check_readable
 from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule, method_fuser
 from model.fuser import Fuser
 
@@ -91,7 +90,7 @@ REPORT_FILES = ("real_scans.md", "real_scans_cddfuse.md", "real_scans.json")
 T = TypeVar("T")
 
 
-class BenchError(ValueError):
+class BenchError(UsageError):
     """A command-line input is missing or unusable (exit status 2)."""
 
 
@@ -417,13 +416,10 @@ def run(args: argparse.Namespace) -> str:
     return text
 
 
-ERRORS = (BenchError, ConfigError, CheckpointError, PrepareError, DatasetError, ImageReadError, ScoringError)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logger()
-    return run_and_report(lambda: run(args), ERRORS, debug=args.debug)
+    return run_and_report(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ from bench.end_to_end import benchmark_end_to_end
 from bench.measure import machine_info, matmul_peak_gflops
 from bench.network import PATHS, benchmark_network, optimised_performance
 from core.cli import add_debug_arg, run_command
-from core.config import ConfigError, load_config
-from data.fusion_dataset import DatasetError
-from model.checkpoint_io import CheckpointError, check_readable
+from core.config import load_config
+from model.checkpoint_io import check_readable
 
 NETWORK_CONFIGS = ("config/demo.json", "config/tfsdiff_x4_64_256.json")
 # (training reps, sampling reps) per config; --quick uses fewer on the paper config.
@@ -84,7 +83,7 @@ def end_to_end_table(e2e: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_command(lambda: run(args), (ConfigError, CheckpointError, DatasetError), args.debug)
+    return run_command(lambda: run(args), args.debug)
 
 
 def run(args: argparse.Namespace) -> int:

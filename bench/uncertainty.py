@@ -28,12 +28,10 @@ from tqdm import tqdm
 
 from core.cli import UsageError, add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, \
     run_and_report
-from core.config import ConfigError, load_config
+from core.config import load_config
 from core.fusion_metrics import to_grey
 from core.metrics import tensor2img
-from data.fusion_dataset import DatasetError
 from data.loader import dataset_from_config, ensure_config_data
-from model.checkpoint_io import CheckpointError
 from model.fuser import Fuser
 
 DEFAULT_CONFIG = "config/harvard_x4_residual_start200_64_256.json"
@@ -123,7 +121,7 @@ def measure(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_and_report(lambda: measure(args), (ConfigError, CheckpointError, DatasetError), debug=args.debug)
+    return run_and_report(lambda: measure(args), debug=args.debug)
 
 
 if __name__ == "__main__":

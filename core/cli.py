@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from core.config import ConfigError, SamplerConfig, TFSDiffConfig
+from core.errors import UsageError
 from core.registry import SAMPLERS
 
 T = TypeVar("T")
@@ -47,10 +48,6 @@ _OS_ERRORS: dict[int, tuple[int, str, str]] = {
 
 _OS_ERROR_CLASSES = {FileExistsError: errno.EEXIST, PermissionError: errno.EACCES, NotADirectoryError: errno.ENOTDIR,
                      IsADirectoryError: errno.EISDIR, FileNotFoundError: errno.ENOENT}
-
-
-class UsageError(ValueError):
-    """A usage or input error that is not a config, dataset or checkpoint error (exit status 2)."""
 
 
 def add_sampler_args(parser: argparse.ArgumentParser) -> None:
@@ -136,19 +133,19 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else "(no message)"
 
 
-def run_command(action: Callable[[], int], input_errors: tuple[type[Exception], ...] = (), debug: bool = False,
-                log: logging.Logger | None = None) -> int:
+def run_command(action: Callable[[], int], debug: bool = False, log: logging.Logger | None = None) -> int:
     """Run a command's ``action`` (which returns its exit code) under the module's error policy.
 
-    ``input_errors`` (and `UsageError`) exit 2 with their message; filesystem errors as `describe_os_error` says;
-    any other exception exits 1 with the first line of its message; Ctrl-C exits 130. The message goes to ``log``
-    (``log.error``) when given, else to stderr as ``error: <message>``; ``debug`` adds the traceback.
+    A `UsageError` (`core.errors`: the base class of every input error) exits 2 with its message; filesystem errors
+    as `describe_os_error` says; any other exception exits 1 with the first line of its message; Ctrl-C exits 130.
+    The message goes to ``log`` (``log.error``) when given, else to stderr as ``error: <message>``; ``debug`` adds
+    the traceback.
     """
     try:
         return action()
     except KeyboardInterrupt as err:
         code, message, caught = EXIT_INTERRUPTED, "interrupted", err
-    except (UsageError, *input_errors) as err:
+    except UsageError as err:
         code, message, caught = EXIT_USAGE, str(err), err
     except OSError as err:
         (code, message), caught = describe_os_error(err), err
@@ -164,11 +161,9 @@ def run_command(action: Callable[[], int], input_errors: tuple[type[Exception], 
     return code
 
 
-def run_and_report(action: Callable[[], T], errors: tuple[type[Exception], ...],
-                   show: Callable[[T], str] = str, debug: bool = False) -> int:
-    """`run_command` of ``action`` with ``errors`` as input errors; on success print ``show(result)`` to stdout
-    and return 0."""
+def run_and_report(action: Callable[[], T], show: Callable[[T], str] = str, debug: bool = False) -> int:
+    """`run_command` of ``action``; on success print ``show(result)`` to stdout and return 0."""
     def report() -> int:
         print(show(action()))
         return EXIT_OK
-    return run_command(report, errors, debug)
+    return run_command(report, debug)

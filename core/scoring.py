@@ -33,6 +33,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from core.errors import UsageError
 from core.fusion_metrics import Convention, check_convention, to_grey
 from core.lpips import Lpips
 from core.metrics import METRICS, MetricKind, MetricSpec, Reference, metric_label
@@ -118,7 +119,7 @@ def score_case(fused: np.ndarray, sources: Sequence[np.ndarray], gt: np.ndarray 
     return score_metrics(metric_names(suite), fused, sources, gt, reference, lpips_scorer, convention)
 
 
-class ScoringError(ValueError):
+class ScoringError(UsageError):
     """The images of a case cannot be scored together: they differ in size (the message names the folder and case)."""
 
 

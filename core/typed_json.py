@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
+from core.errors import UsageError
+
 # Field metadata key: (value SR3 configs write, value it stands for), e.g. gpu_ids null -> ().
 SR3_ALIAS = "sr3_alias"
 BASE_KEY = "base"  # a config's top-level key naming the config it overrides (parse_json_file)
@@ -29,7 +31,7 @@ T = TypeVar("T")
 _COMMENT_OR_STRING = re.compile(r'("(?:\\.|[^"\\])*")|//[^\n]*')
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config value is missing, malformed or inconsistent; the message names the file and the key path."""
 
     def __init__(self, key: str, reason: str, source: str | None = None) -> None:

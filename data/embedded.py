@@ -148,7 +148,7 @@ def _split_slices(usable: Sequence[int]) -> dict[str, list[int]]:
     """Cut the ordered usable slices into train | gap | test | gap | val | gap | train slabs."""
     block = N_TEST + GAP_SLICES + N_VAL
     if len(usable) < block + 2 * GAP_SLICES + 2:
-        raise ValueError(f"only {len(usable)} usable slices, need at least {block + 2 * GAP_SLICES + 2}")
+        raise DatasetError(f"only {len(usable)} usable slices, need at least {block + 2 * GAP_SLICES + 2}")
     start = (len(usable) - block) // 2
     test = list(usable[start:start + N_TEST])
     val = list(usable[start + N_TEST + GAP_SLICES:start + block])
@@ -212,10 +212,10 @@ def train_cases(r_resolution: int, limit: int | None = None, seed: int = 0) -> I
 def _l_resolutions(r_resolution: int, scales: Sequence[int]) -> list[int]:
     """LR sides ``r // s``; every scale must divide ``r_resolution`` and leave at least 1 px."""
     if r_resolution < 8:
-        raise ValueError(f"r_resolution must be at least 8, got {r_resolution}")
+        raise DatasetError(f"r_resolution must be at least 8, got {r_resolution}")
     for scale in scales:
         if scale < 1 or r_resolution % scale:
-            raise ValueError(f"scale {scale} does not divide r_resolution {r_resolution}")
+            raise DatasetError(f"scale {scale} does not divide r_resolution {r_resolution}")
     return [r_resolution // scale for scale in scales]
 
 
@@ -258,9 +258,9 @@ def build_embedded_dataset(root: str | Path, r_resolution: int, scales: Sequence
     scales = [int(s) for s in scales]
     l_resolutions = _l_resolutions(r_resolution, scales)
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive integer or None, got {limit}")
+        raise DatasetError(f"limit must be a positive integer or None, got {limit}")
     if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be 0..{MAX_SEED}, got {seed}")
+        raise DatasetError(f"seed must be 0..{MAX_SEED}, got {seed}")
     _check_target(root)
     volumes = _prepared_volumes()
     splits = {name: _limit_cases(zs, limit) for name, zs in _split_slices(_usable_slices(volumes)).items()}
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seed must be 0..{MAX_SEED}, got {args.seed}")
     return run_and_report(
         lambda: ensure_embedded_dataset(args.root, args.size, args.scales, args.seed, not args.quiet, args.limit),
-        (ValueError,), debug=args.debug)
+        debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from core.errors import UsageError
 from data.images import IMAGE_EXTENSIONS, ImageReadError, PairingError, list_by_stem, pair_by_stem, read_image, \
     to_tensor
 from data.epoch_sampler import Crop, EpochSampler, Item
@@ -43,7 +44,7 @@ from data.fusion_rules import fuse
 from data.layout import SOURCES, hr_dir, sr_dir
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """Raised when a dataset folder or one of its images is missing, unpaired, mis-sized or unreadable."""
 
 

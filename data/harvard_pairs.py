@@ -40,7 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.images import IMAGE_EXTENSIONS, ImageReadError, PairingError, pair_by_stem, read_image
+from data.images import IMAGE_EXTENSIONS, PairingError, pair_by_stem, read_image
 from data.splits import PrepareError, list_folder
 
 __all__ = ["KINDS", "DEFAULT_TEST_SUBJECTS", "Pair", "Triplet", "read_pairs", "subjects_by_kind", "split_subjects",
@@ -86,11 +86,8 @@ def subject_of(pair_id: str) -> str:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """``data.images.read_image`` (H, W, 3) uint8 with its error as a PrepareError naming the file."""
-    try:
-        return read_image(path)
-    except ImageReadError as err:
-        raise PrepareError(str(err)) from None
+    """``data.images.read_image`` (H, W, 3) uint8; its ImageReadError (an input error) names the file."""
+    return read_image(path)
 
 
 def _list_images(folder: Path) -> dict[str, Path]:

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from core.errors import UsageError
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "PairingError", "read_image", "to_tensor", "file_stem",
            "list_by_stem", "pair_by_stem", "format_ids"]
 
@@ -39,11 +41,11 @@ _READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _MAX_IDS_SHOWN = 10
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UsageError):
     """An image file is missing or cannot be decoded; the message names the file."""
 
 
-class PairingError(ValueError):
+class PairingError(UsageError):
     """Files are not paired by stem (or a stem is ambiguous); the message names the folders and the stems."""
 
 

@@ -67,7 +67,7 @@ from core.outputs import check_apart, check_folder_target, mark_folder
 from core.registry import Registry
 from data import harvard_cases, layout, pairs_form
 from data.fusion_rules import FUSION_RULES, fuse
-from data.images import IMAGE_EXTENSIONS, ImageReadError, pad_to_square, read_image
+from data.images import IMAGE_EXTENSIONS, pad_to_square, read_image
 from data.resample import resize_bicubic
 from data.splits import (SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split, split_by_subject,
                          split_cases)
@@ -120,14 +120,6 @@ class Output:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def _read(path: Path) -> np.ndarray:
-    """``data.images.read_image`` with its error as a PrepareError (naming the file)."""
-    try:
-        return read_image(path)
-    except ImageReadError as err:
-        raise PrepareError(str(err)) from None
-
-
 def _square_hr(array: np.ndarray, r_resolution: int) -> Image.Image:
     """HxW or HxWx3 uint8 -> r x r RGB PIL image: zero-pad centred to a square, then bicubic resize."""
     return resize_bicubic(Image.fromarray(pad_to_square(array)), r_resolution).convert("RGB")
@@ -136,7 +128,7 @@ def _square_hr(array: np.ndarray, r_resolution: int) -> Image.Image:
 def _case_arrays(job: CaseJob) -> list[np.ndarray]:
     """The job's sources (+ GT) as arrays; image sizes must agree unless ``resize``."""
     items = list(job.sources) + ([job.gt] if job.gt is not None else [])
-    arrays = [_read(item) if isinstance(item, Path) else item for item in items]
+    arrays = [read_image(item) if isinstance(item, Path) else item for item in items]
     sizes = {tuple(a.shape[:2]) for a in arrays}
     if len(sizes) > 1 and not job.settings.resize:
         described = ", ".join(f"{item} ({a.shape[1]}x{a.shape[0]})" for item, a in zip(items, arrays))
@@ -509,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns 0 after printing the dataset folder, else the exit code of `core.cli.run_command`
     after printing ``error: ...`` to stderr."""
     args = _parser().parse_args(argv)
-    return run_and_report(lambda: _prepare(args), (PrepareError,), debug=args.debug)
+    return run_and_report(lambda: _prepare(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import UsageError
 from data.images import PairingError, list_by_stem, pair_by_stem
 from data.layout import SPLITS
 
@@ -22,7 +23,7 @@ __all__ = ["PrepareError", "SPLITS", "list_folder", "pair_folders", "parse_split
            "slab_split", "subjects_of_stems", "split_by_subject"]
 
 
-class PrepareError(Exception):
+class PrepareError(UsageError):
     """A user input problem; the message names the offending file(s) or option."""
 
 

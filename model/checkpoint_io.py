@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from core.cli import naming_path
+from core.errors import UsageError
 from core.hashing import sha256_file
 
 CHECKPOINT_VERSION = 2
@@ -37,7 +38,7 @@ _STARTED = time.time()
 log = logging.getLogger("tfsdiff")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsageError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the configuration."""
 
 

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from core.cli import UsageError, add_debug_arg, naming_path, run_and_report
-from core.config import ConfigError, TFSDiffConfig, config_to_dict, load_config
+from core.config import TFSDiffConfig, config_to_dict, load_config
 from core.outputs import OutputError, check_apart, publish_files, record_files
 from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, load_file, manifest_path, read_checkpoint,
                                  resolve_checkpoint, verify_release)
@@ -195,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)  # it exists and parses before anything is written
         return export_release(args.checkpoint, args.config, args.out, use_ema=not args.no_ema,
                               overwrite=args.overwrite, config=cfg)
-    return run_and_report(release, (CheckpointError, ConfigError), lambda manifest: json.dumps(manifest, indent=2),
-                          args.debug)
+    return run_and_report(release, lambda manifest: json.dumps(manifest, indent=2), args.debug)
 
 
 if __name__ == "__main__":
