@@ -7,6 +7,7 @@
     python infer.py -c CONFIG --checkpoint PATH --inputs T1.png T2.png SPECT.png --out fused.png [--process]
     python infer.py -c CONFIG --input-dir SCANS --out OUT [--method M] [--out-size H W]   # every case of a folder
     python infer.py -c CONFIG --inputs ... --out fused.png --samples 4 --uncertainty [U.png]   # + uncertainty map
+    python infer.py -c CONFIG --inputs ... --out fused.png --tile 512 [--tile-overlap 64]   # sample tile by tile
     add --debug to any of them for the traceback of an error
 
 Split mode writes, per case id, `<id>_fused.png`, `<id>_src{1,2,3}.png` (the bicubic-upsampled inputs of the
@@ -55,6 +56,12 @@ min(255, round(16 * std)): value / 16 is the spread in grey levels, 255 means 15
 `<out stem>_uncertainty.png`, in folder mode to `OUT/<case>_uncertainty.png`. How well it ranks the errors:
 `python -m bench.uncertainty` (docs/usage.md, "Uncertainty").
 
+Memory: before loading, infer.py estimates the memory a case needs (`needed_bytes`). A model image that does not
+fit in free memory is sampled tile by tile (`model.tiling`: tiles of 512 overlapping by 64, their eps predictions
+blended at every step, the seeded noise drawn for the whole image) when the tiles fit, and refused when even they do
+not; `--tile SIDE [--tile-overlap PX]` tiles always (also in split mode). An image that fits is sampled whole, bit for
+bit as before.
+
 Results are written under a temporary name and renamed into place when complete, so a failed run leaves no partial
 output (single-case mode publishes its images together or none, `core.outputs.publish_files`). No output is an
 input, lies in an input folder (--input-dir, a split's dataroot) or contains one. An existing result (a non-empty
@@ -86,25 +93,26 @@ from tqdm import tqdm
 
 from core.cli import UsageError, add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, \
     naming_path, run_command
-from core.config import ConfigError, TFSDiffConfig, load_config
+from core.config import TFSDiffConfig, load_config
 from core.device import free_memory_bytes, select_device
 from core.logger import setup_logger
 from core.outputs import check_apart, check_file_target, check_folder_target, is_project_folder, publish_files, \
     publish_folder, resolved
 from core.registry import FUSION_METHODS
 from core.results_layout import UNCERTAINTY_SCALE, uncertainty_image, write_case
-from data.fusion_dataset import DatasetError, FusionBatch
-from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, to_tensor
+from data.fusion_dataset import FusionBatch
+from data.images import IMAGE_EXTENSIONS, read_image, to_tensor
 from data.loader import dataset_from_config, ensure_config_data
 from data.resample import resize_bicubic
-from model.checkpoint_io import CheckpointError
 from model.evaluation import evaluate_model, fuse_with_rule, method_fuser
 from model.fuser import FusedBatch, Fuser
+from model.tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIDE, Tiling
 
 MODEL_METHOD = "tfsdiff"
 MIN_OUTPUT_SIDE = 8  # the fusion rules' smallest side (data.fusion_rules), and at least one U-Net block
 BYTES_PER_PIXEL_RULE = 400  # float64 RGB images, YCbCr planes and pyramids of three sources
 BYTES_PER_PIXEL_PER_CHANNEL = 128  # network activations per output pixel and inner channel (3.0 KB measured at 32)
+BYTES_PER_PIXEL_TILED = 256  # what stays whole-image when tiled: condition, x, eps, noise, base, bounds, result
 HXW = "height x width"  # every size in a message is HxW, the order of --out-size H W
 ASPECT_TOLERANCE = 0.01  # --out-size changing width/height by more than this fraction draws a warning
 # a case file of --input-dir: <case>_<k>[_<anything>].<ext>; the last _1/_2/_3 followed by _ or the end splits it
@@ -145,6 +153,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "--inputs: to FILE.png (default "
                              "<out stem>_uncertainty.png); --input-dir: to OUT/<case>_uncertainty.png"
                              % (UNCERTAINTY_SCALE, UNCERTAINTY_SCALE, 255 / UNCERTAINTY_SCALE))
+    parser.add_argument("--tile", type=int, metavar="SIDE",
+                        help="sample the model tile by tile, SIDE x SIDE pixels (blended per step, model.tiling); "
+                             f"default: whole images, or tiles of {DEFAULT_TILE_SIDE} when an image does not fit "
+                             "in free memory but a tile does")
+    parser.add_argument("--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, metavar="PX",
+                        help=f"overlap of neighbouring tiles in pixels (default {DEFAULT_TILE_OVERLAP})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing result (method folder or output file) once the new one is done")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -169,6 +183,12 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.inputs and Path(args.out).suffix.lower() not in IMAGE_EXTENSIONS:
         raise InputError(f"--out {args.out}: expected an image file name ending in one of "
                          f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
+    if args.tile is not None:
+        if args.method != MODEL_METHOD:
+            raise InputError(f"--tile is for the model; method {args.method!r} does not sample")
+        if not 0 <= args.tile_overlap < args.tile:
+            raise InputError(f"--tile {args.tile} --tile-overlap {args.tile_overlap}: the overlap must be at least 0 "
+                             "and less than the tile side")
     if args.uncertainty is not None:
         if args.method != MODEL_METHOD:
             raise InputError(f"--uncertainty needs the model's samples; method {args.method!r} is deterministic")
@@ -189,13 +209,14 @@ def check_uncertainty_samples(args: argparse.Namespace, cfg: TFSDiffConfig) -> N
                          "the uncertainty, and one sample has none")
 
 
-def load_model(cfg: TFSDiffConfig, checkpoint: str | None) -> Fuser:
-    """`model.fuser.Fuser.from_checkpoint` on the device of `cfg.gpu_ids`, with an input error when no checkpoint is
-    known."""
+def load_model(cfg: TFSDiffConfig, checkpoint: str | None, tiling: Tiling | None = None) -> Fuser:
+    """`model.fuser.Fuser.from_checkpoint` on the device of `cfg.gpu_ids`, sampling tile by tile with `tiling` when
+    given, with an input error when no checkpoint is known."""
     if not checkpoint:
         raise InputError("no checkpoint: pass --checkpoint PATH or set path.resume_state or path.pretrained in the "
                          "config")
     fuser = Fuser.from_checkpoint(cfg, checkpoint)
+    fuser.tiling = tiling
     log.info("loaded the weights of checkpoint %s", checkpoint)
     return fuser
 
@@ -236,7 +257,8 @@ def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     check_apart(out_dir, (args.config, checkpoint, args.peer_dir, split_cfg.dataroot if split_cfg else None))
     # the default folder results/<name>/<split>/<method> is infer.py's own: its previous results are replaced
     check_replaceable(out_dir, args.overwrite or (args.out is None and is_project_folder(out_dir)), folder=True)
-    fuser = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
+    tiling = Tiling(args.tile, args.tile_overlap) if args.tile is not None else None
+    fuser = load_model(cfg, checkpoint, tiling) if args.method == MODEL_METHOD else None
     method = method_fuser(args.method, args.peer_dir) if fuser is None else None
     loader = split_loader(cfg, args.split)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -258,10 +280,7 @@ def read_inputs(paths: list[str]) -> list[np.ndarray]:
     """The three inputs as uint8 RGB arrays (H, W, 3) of one size (they must be registered), read by
     `data.images.read_image` with the loader's rules (16-bit by min-max, alpha composited on black, palette
     expanded, EXIF orientation applied)."""
-    try:
-        images = [read_image(p) for p in paths]
-    except ImageReadError as err:
-        raise InputError(str(err)) from err
+    images = [read_image(p) for p in paths]  # an ImageReadError names the file
     sizes = {p: img.shape[:2] for p, img in zip(paths, images)}
     if len(set(sizes.values())) != 1:
         raise InputError(f"the three inputs must have one size (registered images), got ({HXW}) "
@@ -308,14 +327,37 @@ def needed_bytes(cfg: TFSDiffConfig | None, size: tuple[int, int]) -> int:
     return pixels * per_pixel
 
 
-def check_memory(cfg: TFSDiffConfig | None, size: tuple[int, int]) -> None:
-    """InputError when fusing at `size` would need more memory than the device has free (`core.device`)."""
+def tiled_bytes(cfg: TFSDiffConfig, size: tuple[int, int], tiling: Tiling) -> int:
+    """A generous estimate of the memory that fusing one image of `size` (H, W) tile by tile takes: the network's
+    activations for one tile and the whole-image tensors of the sampler (`BYTES_PER_PIXEL_TILED`)."""
+    tile = (min(tiling.side, size[0]), min(tiling.side, size[1]))
+    return needed_bytes(cfg, tile) + size[0] * size[1] * BYTES_PER_PIXEL_TILED
+
+
+def check_memory(cfg: TFSDiffConfig | None, size: tuple[int, int], tile: int | None = None,
+                 overlap: int = DEFAULT_TILE_OVERLAP) -> Tiling | None:
+    """The tiling to fuse at `size` with (None: the whole image at once), or InputError when it would need more
+    memory than the device has free (`core.device`). `cfg` None is a rule (never tiled). With `tile` (--tile) the
+    model is tiled with that side; otherwise an image that does not fit is tiled with `DEFAULT_TILE_SIDE` when the
+    tiles fit, and refused when even they do not."""
     device = select_device(cfg.gpu_ids)[0] if cfg is not None else torch.device("cpu")
     need, free = needed_bytes(cfg, size), free_memory_bytes(device)
+    tiling = None
+    if cfg is not None and (tile is not None or (free is not None and need > free)):
+        tiling = Tiling(tile if tile is not None else DEFAULT_TILE_SIDE, min(overlap, (tile or DEFAULT_TILE_SIDE) - 1))
+        whole = need
+        need = tiled_bytes(cfg, size, tiling)
+        if tile is None and (free is None or need <= free):
+            log.info("fusing a %s image (%s) needs about %.1f GiB, more than the %.1f GiB free on %s: sampling it in "
+                     "tiles of %d with overlap %d (about %.1f GiB)", hxw(size), HXW, whole / 2**30, free / 2**30,
+                     device.type, tiling.side, tiling.overlap, need / 2**30)
     if free is not None and need > free:
-        raise InputError(f"fusing a {hxw(size)} image ({HXW}) needs about {need / 2**30:.1f} GiB, but "
+        tiles = f" even in tiles of {tiling.side} (overlap {tiling.overlap})" if tiling is not None else ""
+        raise InputError(f"fusing a {hxw(size)} image ({HXW}) needs about {need / 2**30:.1f} GiB{tiles}, but "
                          f"{device.type} has {free / 2**30:.1f} GiB free: pass smaller inputs or a smaller "
-                         "--out-size H W, or fuse on a machine with more memory")
+                         "--out-size H W" + (", or a smaller --tile SIDE" if cfg is not None else "")
+                         + ", or fuse on a machine with more memory")
+    return tiling
 
 
 def upsample(images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
@@ -374,10 +416,10 @@ def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     warning = aspect_warning(images[0].shape[:2], size, "the inputs")
     if warning:
         log.warning("%s", warning)
-    check_memory(cfg if args.method == MODEL_METHOD else None, size)
+    tiling = check_memory(cfg if args.method == MODEL_METHOD else None, size, args.tile, args.tile_overlap)
     for path in written:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fuser = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
+    fuser = load_model(cfg, checkpoint, tiling) if args.method == MODEL_METHOD else None
     method = method_fuser(args.method, args.peer_dir) if fuser is None else None
     sources = upsample(images, size)
     images_out: dict[Path, np.ndarray] = {}
@@ -459,8 +501,9 @@ def run_folder(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     for input_hw, names in stretched.items():
         log.warning("%s (%d case%s: %s)", aspect_warning(input_hw, sizes[names[0]], "the inputs"), len(names),
                     "" if len(names) == 1 else "s", ", ".join(names))
-    check_memory(cfg if args.method == MODEL_METHOD else None, max(sizes.values(), key=lambda hw: hw[0] * hw[1]))
-    fuser = load_model(cfg, checkpoint) if args.method == MODEL_METHOD else None
+    tiling = check_memory(cfg if args.method == MODEL_METHOD else None,
+                          max(sizes.values(), key=lambda hw: hw[0] * hw[1]), args.tile, args.tile_overlap)
+    fuser = load_model(cfg, checkpoint, tiling) if args.method == MODEL_METHOD else None
     method = method_fuser(args.method, args.peer_dir) if fuser is None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -505,7 +548,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logger()
-    return run_command(lambda: run(args), (ConfigError, CheckpointError, DatasetError), args.debug, log)
+    return run_command(lambda: run(args), args.debug, log)
 
 
 if __name__ == "__main__":

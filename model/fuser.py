@@ -17,6 +17,11 @@ optionally with the denoising-process strip. A residual model samples the scaled
 the rule's image of the whole bicubic-upsampled sources is added (to every frame of the strip too) and the sum clipped
 to [-1, 1] (`model.residual`).
 
+With `tiling` set (`model.tiling.Tiling`: tile side and overlap), the network runs on overlapping tiles of the padded
+condition and each step's eps is the tiles' blended prediction (`model.tiling.TiledNet`), so an image of any size
+samples in the memory of one tile; the noise, the residual base and the clip bounds stay whole-image tensors, so the
+seeded noise is the same as without tiles. Without tiling, or when one tile covers the image, nothing changes.
+
 With `keep_samples`, `fuse` also keeps each of the `samples` fused images (each sample turned into an image on its
 own, as a one-sample run would: base + sample / scale, clipped to [-1, 1]), and `FusedBatch.spread` gives their
 per-pixel spread (the uncertainty map of `infer.py --uncertainty`). The mean image is the same, bit for bit, with or
@@ -45,6 +50,7 @@ from model.net_runner import NetRunner, prepare_net
 from model.residual import Residual
 from model.samplers import Sampler, build_sampler, sample_loop
 from model.schedule import NoiseSchedule
+from model.tiling import TiledNet, TileGrid, Tiling
 
 log = logging.getLogger("tfsdiff")
 
@@ -128,6 +134,7 @@ class Fuser:
         self.seed = cfg.seed
         self.step, self.epoch = step, epoch  # the training position of the weights, for the logs
         self._chains: dict[SamplerConfig, Sampler] = {}
+        self.tiling: Tiling | None = None  # sample tile by tile (model.tiling) when set; None: the whole image at once
 
     @classmethod
     def from_checkpoint(cls, cfg: TFSDiffConfig, checkpoint: str | Path, *, device: torch.device | None = None,
@@ -201,12 +208,17 @@ class Fuser:
         list), each sample's own fused image (B, 3, H, W), clipped to [-1, 1], is appended to it."""
         h, w = condition.shape[-2:]
         padded = pad_to_multiple(condition, self.size_multiple)
+        net = self.net
+        if self.tiling is not None:
+            grid = TileGrid.build(*padded.shape[-2:], self.tiling, self.size_multiple)
+            if len(grid) > 1:  # one tile is the whole image: sampled without the wrapper, bit for bit as untiled
+                net = TiledNet(self.net, grid, padded.device)
         bounds = None
         if base is not None and clip == "image":
             bounds = self.residual.clip_bounds(pad_to_multiple(base, self.size_multiple))
         total: torch.Tensor | int = 0  # summed as sum() did, so the mean is bit for bit the same
         for _ in range(samples):
-            sample = sample_loop(self.net, chain, padded, generator, self.channels, continuous=process,
+            sample = sample_loop(net, chain, padded, generator, self.channels, continuous=process,
                                  progress=progress, bounds=bounds)
             total = total + sample
             if kept is not None:
