@@ -19,21 +19,9 @@ import numpy as np
 import pytest
 
 from model.peers import bitonicx
+from tests.peer_goldens import CASES, DATA, PEERS
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-PEERS = SHARED / "peers"
 GOLDEN = PEERS / "BitonicX" / "golden"
-DATA = SHARED / "data"
-CASES = {
-    "case01": ("harvard_trimodal/case01_1_CT.png", "harvard_trimodal/case01_2_MR-T2.png",
-               "harvard_trimodal/case01_3_SPECT-Tc.png"),
-    "case09": ("harvard_trimodal/case09_1_MR-T1.png", "harvard_trimodal/case09_2_MR-T2.png",
-               "harvard_trimodal/case09_3_PET.png"),
-    "case18": ("harvard_trimodal/case18_1_MR-Gad.png", "harvard_trimodal/case18_2_MR-T2.png",
-               "harvard_trimodal/case18_3_SPECT-Tl.png"),
-    "aan21008": ("harvard_aanlib/CT-MRI/CT/21008.png", "harvard_aanlib/CT-MRI/MRI/21008.png",
-                 "harvard_aanlib/SPECT-MRI/SPECT/21008.png"),
-}
 MAX_MEAN_LEVELS = 1.0  # mean |ours - golden| on the 0..255 scale
 MAX_FRACTION_OVER_ONE_LEVEL = 0.005  # share of values that may differ by more than one level (decision-map flips)
 

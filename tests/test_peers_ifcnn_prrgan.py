@@ -25,22 +25,11 @@ from PIL import Image
 
 from model.peers import PeerWeightsError, weights_file
 from model.peers import ifcnn, prrgan
+from tests.peer_goldens import CASES, DATA, PEERS
 
-PEERS = Path(__file__).resolve().parents[1].parent / "shared" / "peers"
-DATA = PEERS.parent / "data"
 needs_peers = pytest.mark.skipif(not PEERS.is_dir(), reason=f"{PEERS} is absent (the authors' weights and golden "
                                                             f"outputs are not part of the repository)")
 
-CASES = {
-    "case01": ("harvard_trimodal/case01_1_CT.png", "harvard_trimodal/case01_2_MR-T2.png",
-               "harvard_trimodal/case01_3_SPECT-Tc.png"),
-    "case09": ("harvard_trimodal/case09_1_MR-T1.png", "harvard_trimodal/case09_2_MR-T2.png",
-               "harvard_trimodal/case09_3_PET.png"),
-    "case18": ("harvard_trimodal/case18_1_MR-Gad.png", "harvard_trimodal/case18_2_MR-T2.png",
-               "harvard_trimodal/case18_3_SPECT-Tl.png"),
-    "aan21008": ("harvard_aanlib/CT-MRI/CT/21008.png", "harvard_aanlib/CT-MRI/MRI/21008.png",
-                 "harvard_aanlib/SPECT-MRI/SPECT/21008.png"),
-}
 RAW_TOL = 1e-4
 PRRGAN_ONE_THREAD_TOL = 2.5e-4
 PRRGAN_EVAL_DEMO_TOL = 5e-4

@@ -16,8 +16,11 @@ A method module provides:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from core.cli import UsageError
 from core.hashing import sha256_file
@@ -57,3 +60,18 @@ def weights_file(peer_dir: str | Path | None, weights: PeerWeights) -> Path:
         raise PeerWeightsError(f"{weights.method}: {path} is not the authors' weight file ({found}); expected "
                                f"{weights.describe()}")
     return path
+
+
+def check_sources(sources: Sequence[np.ndarray], min_side: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three sources (anatomical, MR-T2, functional) as arrays; ValueError unless they are uint8 RGB (H, W, 3)
+    of one size with both sides at least `min_side`."""
+    if len(sources) != 3:
+        raise ValueError(f"expected 3 sources (anatomical, MR-T2, functional), got {len(sources)}")
+    arrays = [np.asarray(s) for s in sources]
+    for a in arrays:
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape != arrays[0].shape:
+            raise ValueError(f"sources must be uint8 RGB arrays (H, W, 3) of one size, got "
+                             f"{[(x.dtype.name, x.shape) for x in arrays]}")
+    if min(arrays[0].shape[:2]) < min_side:
+        raise ValueError(f"sources must be at least {min_side} pixels on a side, got {arrays[0].shape[:2]}")
+    return arrays[0], arrays[1], arrays[2]

@@ -78,6 +78,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
 from core.registry import FUSION_METHODS
+from model.peers import check_sources
 
 WEIGHTS = None
 
@@ -581,23 +582,10 @@ def lge_real(detail: np.ndarray, noise: np.ndarray) -> np.ndarray:
 MIN_SIDE = 8
 
 
-def _check_sources(sources: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if len(sources) != 3:
-        raise ValueError(f"expected 3 sources (anatomical, MR-T2, functional), got {len(sources)}")
-    arrays = [np.asarray(s) for s in sources]
-    for a in arrays:
-        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape != arrays[0].shape:
-            raise ValueError(f"sources must be uint8 RGB arrays (H, W, 3) of one size, got "
-                             f"{[(x.dtype.name, x.shape) for x in arrays]}")
-    if min(arrays[0].shape[:2]) < MIN_SIDE:
-        raise ValueError(f"sources must be at least {MIN_SIDE}x{MIN_SIDE}, got {arrays[0].shape[:2]}")
-    return arrays[0], arrays[1], arrays[2]
-
-
 def fuse_stages(sources: Sequence[np.ndarray], noise: np.ndarray) -> dict[str, np.ndarray]:
     """The whole method with the two clarity noise draws `noise` (2, H, W): `step1_anat` (M), `fusedY` (F) and
     `fused` (final RGB), float64, unclipped."""
-    anat, t2, functional = _check_sources(sources)
+    anat, t2, functional = check_sources(sources, MIN_SIDE)
     noise = np.asarray(noise, dtype=np.float64)
     if noise.shape != (2, *anat.shape[:2]):
         raise ValueError(f"noise must have shape (2, H, W) = {(2, *anat.shape[:2])}, got {noise.shape}")
@@ -640,7 +628,7 @@ class BitonicX:
     def stages(self, sources: Sequence[np.ndarray], noise: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """`fuse_stages` with `noise` (2, H, W), or the seeded draw without it."""
         if noise is None:
-            noise = self.draw_noise(*_check_sources(sources)[0].shape[:2])
+            noise = self.draw_noise(*check_sources(sources, MIN_SIDE)[0].shape[:2])
         return fuse_stages(sources, noise)
 
     def fuse_raw(self, sources: Sequence[np.ndarray], noise: np.ndarray | None = None) -> np.ndarray:

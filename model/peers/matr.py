@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.registry import FUSION_METHODS
-from model.peers import PeerWeights, weights_file
+from model.peers import PeerWeights, check_sources, weights_file
 
 WEIGHTS = PeerWeights(method="MATR", relative_path="models/model_10.pth", size_bytes=87176,
                       sha256="523f6be0ef0330a84c473a7ad2e037a7eb1a98584021c4772dfd317c1c0ddaab")
@@ -267,7 +267,7 @@ class MATR:
         """The tri-modal run in series, with its intermediates: `step1_anat` (raw) and `step1_anat_u8` (the 8-bit
         image step 2 reads), `fused` (raw step-2 output), `fused_grey` (its truncated 8 bits), `fused_rgb_float` and
         `fused_rgb` (colour recomposition before and after rounding)."""
-        anatomical, mri, functional = _check_sources(sources)
+        anatomical, mri, functional = check_sources(sources)
         step1 = self.fuse_pair(pil_grey(anatomical), pil_grey(mri))
         step1_u8 = truncate_to_u8(step1)
         fused = self.fuse_pair(pil_grey(functional), step1_u8)
@@ -284,16 +284,6 @@ class MATR:
         """The fused colour image, uint8 RGB (H, W, 3) (fused grey as Y, U and V of the functional image)."""
         return self.series(sources)["fused_rgb"]
 
-
-def _check_sources(sources: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if len(sources) != 3:
-        raise ValueError(f"expected 3 sources (anatomical, MR-T2, functional), got {len(sources)}")
-    arrays = [np.asarray(s) for s in sources]
-    for a in arrays:
-        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape != arrays[0].shape:
-            raise ValueError(f"sources must be uint8 RGB arrays (H, W, 3) of one size, got "
-                             f"{[(x.dtype.name, x.shape) for x in arrays]}")
-    return arrays[0], arrays[1], arrays[2]
 
 
 def load_state_dict(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.registry import FUSION_METHODS
-from model.peers import PeerWeights, weights_file
+from model.peers import PeerWeights, check_sources, weights_file
 
 WEIGHTS = PeerWeights(method="MUFusion", relative_path="medical/models/harvard.model", size_bytes=2227655,
                       sha256="f8537a378d5b980fc190897eb94981fc74ab8afb5d362e7aada86b672455584d")
@@ -154,7 +154,7 @@ class MUFusion:
         """The tri-modal run in series, with its intermediates: `step1_anat` (raw, float64) and `step1_anat_u8`
         (the stretched 8-bit image step 2 reads; None without the stretch), `fused` (raw step-2 output, float64),
         `fused_rgb_float` (colour before rounding) and `fused_rgb` (uint8)."""
-        anatomical, mri, functional = _check_sources(sources)
+        anatomical, mri, functional = check_sources(sources)
         step1 = self.fuse_pair(pil_grey(anatomical) / 255.0, pil_grey(mri) / 255.0)
         if self.stretch_between_stages:
             step1_u8 = minmax_bytescale(step1)
@@ -190,16 +190,6 @@ def ycbcr_merge(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> tuple[np.ndarr
     rgb = np.clip(np.dot(np.stack([y, cb, cr], axis=-1), YCBCR_TO_RGB.T), 0, 255)
     return rgb, np.round(rgb).astype(np.uint8)
 
-
-def _check_sources(sources: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if len(sources) != 3:
-        raise ValueError(f"expected 3 sources (anatomical, MR-T2, functional), got {len(sources)}")
-    arrays = [np.asarray(s) for s in sources]
-    for a in arrays:
-        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape != arrays[0].shape:
-            raise ValueError(f"sources must be uint8 RGB arrays (H, W, 3) of one size, got "
-                             f"{[(x.dtype.name, x.shape) for x in arrays]}")
-    return arrays[0], arrays[1], arrays[2]
 
 
 def load_state_dict(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
