@@ -75,3 +75,15 @@ def check_sources(sources: Sequence[np.ndarray], min_side: int = 1) -> tuple[np.
     if min(arrays[0].shape[:2]) < min_side:
         raise ValueError(f"sources must be at least {min_side} pixels on a side, got {arrays[0].shape[:2]}")
     return arrays[0], arrays[1], arrays[2]
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """A uint8 source as (H, W, 3) RGB (a grey (H, W) image repeated); ValueError otherwise."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"sources must be uint8 images, got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"sources must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}")
+    return image

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.registry import FUSION_METHODS
-from model.peers import PeerWeights, weights_file
+from model.peers import PeerWeights, as_rgb, weights_file
 
 WEIGHTS = PeerWeights(method="IFCNN", relative_path="Code/snapshots/IFCNN-MAX.pth", size_bytes=337094,
                       sha256="6022b44c88a2f0367ba9b08fcdf0d663745d9a966fca0ee1f41867797b6ff53f")
@@ -85,16 +85,6 @@ def to_8bit(raw: np.ndarray) -> np.ndarray:
     return (np.clip(np.asarray(raw, dtype=np.float32), 0, 1) * np.float32(255)).astype(np.uint8)
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"sources must be uint8 images, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"sources must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}")
-    return image
-
 
 class IFCNNFusion:
     """The loaded method: `fuse_raw`, `fuse` and `fuse_grey` over registered uint8 sources of one size."""
@@ -104,7 +94,7 @@ class IFCNNFusion:
         self.device = device
 
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
-        rgb = torch.from_numpy(np.ascontiguousarray(_as_rgb(image))).to(self.device)
+        rgb = torch.from_numpy(np.ascontiguousarray(as_rgb(image))).to(self.device)
         return (rgb.permute(2, 0, 1).float() / 255.0).unsqueeze(0)
 
     def fuse_raw(self, sources: Sequence[np.ndarray]) -> np.ndarray:

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.registry import FUSION_METHODS
-from model.peers import PeerWeights, weights_file
+from model.peers import PeerWeights, as_rgb, weights_file
 
 WEIGHTS = PeerWeights(method="PRRGAN", relative_path="output_dir/checkpoint-650.pth", size_bytes=623971,
                       sha256="81da3843c449c1944658c9fc93cff2fb1ead82215e8971f670df7e8c91e9d15b")
@@ -210,16 +210,6 @@ class PRRGANGenerator(nn.Module):
         return (energy[0] / total) * inputs[0] + (energy[1] / total) * inputs[1] + (energy[2] / total) * inputs[2]
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"sources must be uint8 images, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"sources must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}")
-    return image
-
 
 def _matlab_round(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
@@ -227,7 +217,7 @@ def _matlab_round(x: np.ndarray) -> np.ndarray:
 
 def rgb_to_ycbcr_studio(rgb: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) Y, Cb, Cr of a uint8 RGB image as MATLAB `rgb2ycbcr` gives them (BT.601 studio range)."""
-    ycc = _as_rgb(rgb).astype(np.float64) @ (_YCBCR / 255.0).T + _YCBCR_OFFSET
+    ycc = as_rgb(rgb).astype(np.float64) @ (_YCBCR / 255.0).T + _YCBCR_OFFSET
     return np.clip(_matlab_round(ycc), 0, 255).astype(np.uint8)
 
 
@@ -240,7 +230,7 @@ def ycbcr_studio_to_rgb(ycc: np.ndarray) -> np.ndarray:
 def grey_as_opencv_reads(rgb: np.ndarray) -> np.ndarray:
     """(H, W) uint8 grey of an RGB source as `cv2.imread(path, 0)` gives it: the channel itself when R = G = B,
     otherwise OpenCV's fixed-point RGB2GRAY (9798 R + 19235 G + 3735 B over 2^15, rounded)."""
-    rgb = _as_rgb(rgb)
+    rgb = as_rgb(rgb)
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
         return rgb[..., 0].copy()
     x = rgb.astype(np.int64)
@@ -273,7 +263,7 @@ class PRRGANFusion:
         """The three uint8 (H, W) network inputs in the authors' order: (functional Y, anatomical, MR-T2)."""
         if len(sources) != 3:
             raise ValueError(f"PRRGAN fuses exactly three sources (anatomical, MR-T2, functional), got {len(sources)}")
-        anatomical, t2, functional = (_as_rgb(s) for s in sources)
+        anatomical, t2, functional = (as_rgb(s) for s in sources)
         if not anatomical.shape == t2.shape == functional.shape:
             raise ValueError(f"sources must share one size, got {[s.shape for s in (anatomical, t2, functional)]}")
         return rgb_to_ycbcr_studio(functional)[..., 0], grey_as_opencv_reads(anatomical), grey_as_opencv_reads(t2)
