@@ -1,18 +1,26 @@
-"""The paper's experiments at laptop scale (issue 15): evaluate each trained row on the real test triplets, and
+"""The paper's experiments at laptop scale: evaluate each trained row on the real test triplets, and
 rebuild the Table 1-like, Table 2-like and ablation-difference tables from the saved results.
 
     python -m bench.experiments --run ROW --data <folder of the public Harvard pairs> [--triplets DIR ...]
         [--config FILE] [--checkpoint PATH] [--allow-partial] [--cases N] [--out DIR] [--no-progress]
     python -m bench.experiments --table [--out DIR]
 
-Rows (``bench.experiments_results.ROWS``): tfsdiff_x4, wo_tmfa_x4, wo_psf_x4, official_x4, tfsdiff_x2, tfsdiff_x8,
-each trained by ``python sr.py -p train -c config/experiments/<row>.json``.
+Rows (``bench.experiments_results.ROWS``), in two forms:
+
+- the real-scan recipe (residual form, two stages; the form of the shipped weights): recipe_x2, recipe_x4, recipe_x8
+  (configs ``config/harvard_x{2,4,8}_residual_start200_*.json``) and the Table 2 ablations recipe_wo_tmfa_x4,
+  recipe_wo_psf_x4, recipe_official_x4 (``config/experiments/recipe/<ablation>_x4_start200.json``); each trained by
+  ``python sr.py -p train -c <stage 1 config>``, then ``python sr.py -p train -c <its stage 2 config> --checkpoint
+  <stage 1 run>`` (the commands are in each config's header);
+- the paper's own form (one stage): tfsdiff_x4, wo_tmfa_x4, wo_psf_x4, official_x4, tfsdiff_x2, tfsdiff_x8, each
+  trained by ``python sr.py -p train -c config/experiments/<row>.json``.
 
 ``--run ROW``, through the functions of ``bench.real_scans``:
 
-1. Config ``config/experiments/<ROW>.json`` (or ``--config``; its scale must be the row's). Checkpoint: --checkpoint,
-   else the newest run folder ``<experiments_root>/<name>_train_*`` (the file its ``checkpoint/latest`` names, as
-   ``sr.py --checkpoint`` resolves a run folder). The checkpoint must be at the budget (step == ``train.n_iter``;
+1. The row's config (``Row.config`` under ``config/``, or ``--config``; its scale must be the row's). Checkpoint:
+   --checkpoint, else the config's released weights ``path.pretrained`` (recipe_x4: the shipped
+   ``pretrained/tfsdiff_x4_64_256.pth``), else the newest run folder ``<experiments_root>/<name>_train_*`` (the file
+   its ``checkpoint/latest`` names, as ``sr.py --checkpoint`` resolves a run folder). The checkpoint must be at the budget (step == ``train.n_iter``;
    ``--allow-partial`` evaluates an earlier one, and the tables then say so) and, when it records its config, must
    have been trained with the row's training keys (``seed``, ``datasets.train`` but ``num_workers``, ``model`` but
    ``sampler``, ``train.optimizer``, ``train.ema_scheduler``): evaluating a checkpoint under the wrong row is an error
@@ -30,7 +38,7 @@ yet" when a run folder of it exists), never with numbers. A record holding a nul
 null without its weights) is refused, naming the record and the field. Errors print one ``error: ...`` line and
 exit with 2 (``core.cli.run_command``'s policy; ``--debug`` adds the traceback).
 
-What may be written (``core.outputs``, issue 22). The tables are derived from the records, so ``--table`` and
+What may be written (``core.outputs``). The tables are derived from the records, so ``--table`` and
 ``--run`` rewrite their own tables without a flag, and only their own:
 
 - ``tables.md`` / ``tables.json`` are replaced only when the project wrote them and nobody changed them since (they
@@ -68,7 +76,8 @@ from data.loader import dataset_from_config
 from model.checkpoint_io import (CHECKPOINT_FILE, newest_checkpoint, read_checkpoint,
                                  resolve_checkpoint)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config" / "experiments"  # the rows' configs, from any folder
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_ROOT = ROOT / "config"  # the rows' configs (Row.config) are relative to it, from any folder
 DEFAULT_OUT = Path("results/experiments")
 TRAINING_KEYS = ("seed", "datasets.train.", "model.", "train.optimizer.", "train.ema_scheduler")
 IGNORED_KEYS = ("datasets.train.num_workers", "datasets.train.cache_images", "model.sampler.")  # change no weights
@@ -102,8 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "SPECT-MRI/)")
     parser.add_argument("--triplets", nargs="+", type=Path, default=[], metavar="DIR",
                         help="folders of real triplets <case>_<k>_<modality>.png (like harvard_trimodal)")
-    parser.add_argument("--config", help="the row's config (default: the repository's config/experiments/<ROW>.json)")
-    parser.add_argument("--checkpoint", help="weights to evaluate (default: the newest run folder of the row)")
+    parser.add_argument("--config", help="the row's config (default: the repository's config of the row)")
+    parser.add_argument("--checkpoint", help="weights to evaluate (default: the config's released weights, else the "
+                        "newest run folder of the row)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="evaluate a checkpoint before the budget train.n_iter (the tables mark the row partial)")
     parser.add_argument("--cases", type=int, help="only the first N test cases (quick checks)")
@@ -131,14 +141,25 @@ def training_differences(cfg: TFSDiffConfig, trained: TFSDiffConfig) -> list[str
     return [f"{k}: {ours.get(k)!r} != {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)]
 
 
-def latest_run(cfg: TFSDiffConfig) -> Path:
-    """The newest run folder ``<experiments_root>/<name>_train_<stamp>`` of the row's config."""
+def row_config(row: layout.Row) -> Path:
+    """The repository's config of ``row``."""
+    return CONFIG_ROOT / row.config
+
+
+def latest_run(cfg: TFSDiffConfig, config: str) -> Path:
+    """The newest run folder ``<experiments_root>/<name>_train_*`` of the row's config (file ``config``)."""
     root = Path(cfg.path.experiments_root)
     runs = sorted(p for p in root.glob(f"{cfg.name}_train_*") if p.is_dir()) if root.is_dir() else []
     if not runs:
         raise ExperimentError(f"no training run of {cfg.name}: no folder {root}/{cfg.name}_train_*; train it "
-                              f"(python sr.py -p train -c config/experiments/{cfg.name}.json) or pass --checkpoint")
+                              f"(the commands are in the header of {repository_relative(config)}) or pass "
+                              "--checkpoint")
     return runs[-1]
+
+
+def default_checkpoint(cfg: TFSDiffConfig, config: str) -> str:
+    """The config's released weights (``path.pretrained``), else its newest run folder."""
+    return cfg.path.pretrained or str(latest_run(cfg, config))
 
 
 def checkpoint_facts(checkpoint: str, config: str) -> tuple[Path, int | None, TFSDiffConfig | None]:
@@ -163,13 +184,13 @@ def checkpoint_facts(checkpoint: str, config: str) -> tuple[Path, int | None, TF
 def row_setup(args: argparse.Namespace) -> Setup:
     """The row's config, its checkpoint and step, checked against the row (scale, budget, training keys)."""
     row = layout.ROWS[args.run]
-    config = args.config or str(CONFIG_DIR / f"{row.name}.json")
+    config = args.config or str(row_config(row))
     cfg = load_config(config)
     split = cfg.datasets.test or cfg.datasets.val
     scale = f"x{split.r_resolution // split.l_resolution}"
     if scale != row.scale:
         raise ExperimentError(f"{config}: its test split is at scale {scale}, but row {row.name} is {row.scale}")
-    location, step, trained = checkpoint_facts(args.checkpoint or str(latest_run(cfg)), config)
+    location, step, trained = checkpoint_facts(args.checkpoint or default_checkpoint(cfg, config), config)
     checkpoint = str(location)
     if step != cfg.train.n_iter and not args.allow_partial:
         raise ExperimentError(f"checkpoint {checkpoint} is at step {step}, not at the budget train.n_iter "
@@ -186,7 +207,7 @@ def repository_relative(path: str) -> str:
     """``path`` relative to the repository when it lies inside it (records stay valid in another clone), else as
     given."""
     try:
-        return str(Path(path).resolve().relative_to(CONFIG_DIR.parents[1]))
+        return str(Path(path).resolve().relative_to(ROOT))
     except ValueError:
         return path
 
@@ -247,7 +268,8 @@ def run_row(args: argparse.Namespace, argv: list[str]) -> str:
         _score_and_save(args, folders, ids, scale, subjects, dict.fromkeys(folders, {"command": command}))
     folder = layout.method_folder(args.out, scale, setup.row.name)
     seconds = real_scans.fuse_model(setup.cfg, setup.checkpoint, loader, folder, not args.no_progress)
-    info = {"command": command, "config": repository_relative(setup.config), "checkpoint": setup.checkpoint,
+    info = {"command": command, "config": repository_relative(setup.config),
+            "checkpoint": repository_relative(setup.checkpoint),
             "step": setup.step,
             "n_iter": setup.cfg.train.n_iter, "sampler": config_to_dict(setup.cfg)["model"]["sampler"],
             "seconds_per_image": seconds, "l_resolution": setup.split.l_resolution,
@@ -257,18 +279,21 @@ def run_row(args: argparse.Namespace, argv: list[str]) -> str:
 
 
 def status_of(method: str) -> str:
-    """Why a method has no record. A row: "not trained yet" without a run folder ``<experiments_root>/<row>_train_*``;
-    with one, the newest checkpoint step over its run folders against the budget ``train.n_iter`` ("trained, not
+    """Why a method has no record. A row: "released, not evaluated yet" when its config names released weights that
+    exist; else "not trained yet" without a run folder ``<experiments_root>/<config name>_train_*``; with one, the
+    newest checkpoint step over its run folders against the budget ``train.n_iter`` ("trained, not
     evaluated yet" once a checkpoint reaches it, else "training: step S of N"). A baseline is made by the first
     --run at its scale."""
     if method not in layout.ROWS:
         return "not evaluated yet (the first --run at this scale makes it)"
     try:
-        cfg = load_config(CONFIG_DIR / f"{method}.json")
-        root, budget = Path(cfg.path.experiments_root), cfg.train.n_iter
+        cfg = load_config(row_config(layout.ROWS[method]))
+        root, budget, name = Path(cfg.path.experiments_root), cfg.train.n_iter, cfg.name
     except ConfigError:
-        root, budget = Path("experiments"), None
-    runs = [p for p in root.glob(f"{method}_train_*") if p.is_dir()] if root.is_dir() else []
+        cfg, root, budget, name = None, Path("experiments"), None, method
+    if cfg is not None and cfg.path.pretrained and Path(cfg.path.pretrained).is_file():
+        return "released, not evaluated yet"
+    runs = [p for p in root.glob(f"{name}_train_*") if p.is_dir()] if root.is_dir() else []
     if not runs:
         return "not trained yet"
     newest = [newest_checkpoint(run / "checkpoint") for run in runs if (run / "checkpoint").is_dir()]

@@ -1,4 +1,4 @@
-"""The rows of the paper's experiments (issue 15) and the files their results are saved in (the one owner of that
+"""The rows of the paper's experiments and the files their results are saved in (the one owner of that
 layout; ``bench.experiments`` writes it, ``bench.experiments_tables`` reads it).
 
 Under the results root (default ``results/experiments``)::
@@ -34,28 +34,56 @@ DATA_FOLDER = "data"
 TABLES_MD, TABLES_JSON = "tables.md", "tables.json"
 
 
+FORMS: tuple[str, ...] = ("recipe", "paper")  # the real-scan recipe's rows, then the paper form's
+
+
 @dataclass(frozen=True)
 class Row:
-    """One row of the paper's tables: its name (= config ``name``, config file stem and results folder), its label
-    in the tables, and its scale folder."""
+    """One row of the tables: its name (its results folder and record name), its label in the tables, its scale
+    folder, its form (``recipe``: the residual real-scan recipe of the shipped weights, two stages; ``paper``: the
+    paper's own form, one stage) and its config, relative to the repository's ``config/`` folder."""
 
     name: str
     label: str
     scale: str
+    form: str
+    config: str
+
+
+def _recipe(name: str, label: str, scale: str, config: str) -> Row:
+    return Row(name, label, scale, "recipe", config)
+
+
+def _paper(name: str, label: str, scale: str) -> Row:
+    return Row(name, label, scale, "paper", f"experiments/{name}.json")
 
 
 ROWS: dict[str, Row] = {row.name: row for row in (
-    Row("tfsdiff_x4", "TFS-Diff", "x4"),
-    Row("wo_tmfa_x4", "w/o TMFA", "x4"),
-    Row("wo_psf_x4", "w/o PSF", "x4"),
-    Row("official_x4", "Official placement and loss", "x4"),
-    Row("tfsdiff_x2", "TFS-Diff", "x2"),
-    Row("tfsdiff_x8", "TFS-Diff", "x8"),
+    _recipe("recipe_x4", "TFS-Diff", "x4", "harvard_x4_residual_start200_64_256.json"),
+    _recipe("recipe_wo_tmfa_x4", "w/o TMFA", "x4", "experiments/recipe/wo_tmfa_x4_start200.json"),
+    _recipe("recipe_wo_psf_x4", "w/o PSF", "x4", "experiments/recipe/wo_psf_x4_start200.json"),
+    _recipe("recipe_official_x4", "Official placement and loss", "x4",
+            "experiments/recipe/official_x4_start200.json"),
+    _recipe("recipe_x2", "TFS-Diff", "x2", "harvard_x2_residual_start200_128_256.json"),
+    _recipe("recipe_x8", "TFS-Diff", "x8", "harvard_x8_residual_start200_32_256.json"),
+    _paper("tfsdiff_x4", "TFS-Diff, paper form", "x4"),
+    _paper("wo_tmfa_x4", "w/o TMFA, paper form", "x4"),
+    _paper("wo_psf_x4", "w/o PSF, paper form", "x4"),
+    _paper("official_x4", "Official placement and loss, paper form", "x4"),
+    _paper("tfsdiff_x2", "TFS-Diff, paper form", "x2"),
+    _paper("tfsdiff_x8", "TFS-Diff, paper form", "x8"),
 )}
 SCALES: tuple[str, ...] = ("x2", "x4", "x8")
-MAIN_ROWS: dict[str, str] = {"x2": "tfsdiff_x2", "x4": "tfsdiff_x4", "x8": "tfsdiff_x8"}  # Table 1: scale -> row
-ABLATION_REFERENCE = "tfsdiff_x4"
-ABLATION_ROWS: tuple[str, ...] = ("wo_tmfa_x4", "wo_psf_x4", "official_x4")  # Table 2, after the reference
+# Table 1 of each form: scale -> its TFS-Diff row; Table 2 of each form: the reference row, then the ablation rows
+MAIN_ROWS: dict[str, dict[str, str]] = {
+    "recipe": {"x2": "recipe_x2", "x4": "recipe_x4", "x8": "recipe_x8"},
+    "paper": {"x2": "tfsdiff_x2", "x4": "tfsdiff_x4", "x8": "tfsdiff_x8"},
+}
+ABLATION_REFERENCE: dict[str, str] = {"recipe": "recipe_x4", "paper": "tfsdiff_x4"}
+ABLATION_ROWS: dict[str, tuple[str, ...]] = {
+    "recipe": ("recipe_wo_tmfa_x4", "recipe_wo_psf_x4", "recipe_official_x4"),
+    "paper": ("wo_tmfa_x4", "wo_psf_x4", "official_x4"),
+}
 
 
 class ResultsError(UsageError):

@@ -1,5 +1,7 @@
 """The tables of the paper's experiments, rebuilt from the saved records only (``bench.experiments --table``).
 
+For each form of the rows (``bench.experiments_results.FORMS``: the real-scan recipe first, then the paper's own form):
+
 * Table 1-like, one per scale: the bicubic-then-fuse baselines and TFS-Diff of that scale, the paper's eight metrics in
   the paper convention, then the metrics whose definition against the ground truth differs in the CDDFuse
   convention (PSNR and SSIM), marked ``[cddfuse]``.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import experiments_stats as stats
-from bench.experiments_results import ABLATION_REFERENCE, ABLATION_ROWS, MAIN_ROWS, ROWS, SCALES, Record
+from bench.experiments_results import ABLATION_REFERENCE, ABLATION_ROWS, FORMS, MAIN_ROWS, ROWS, SCALES, Record
 from core.fusion_metrics import Convention
 from core.scoring import ABLATION_METRICS, METRICS, PAPER_METRICS, MethodScores, metric_label
 from core.tables import DECIMALS, best_rows, display_name
@@ -78,14 +80,14 @@ def _table_row(records: Mapping[str, Record], method: str, status_of: StatusOf) 
     return TableRow(method, _row_label(method, record), record, "" if record is not None else status_of(method))
 
 
-def table1_rows(records: Mapping[str, Record], scale: str, status_of: StatusOf) -> list[TableRow]:
-    """The baselines of ``scale`` (FUSION_RULES order), then TFS-Diff of that scale."""
-    return [_table_row(records, m, status_of) for m in (*FUSION_RULES, MAIN_ROWS[scale])]
+def table1_rows(records: Mapping[str, Record], scale: str, status_of: StatusOf, form: str) -> list[TableRow]:
+    """The baselines of ``scale`` (FUSION_RULES order), then TFS-Diff of that scale in ``form``."""
+    return [_table_row(records, m, status_of) for m in (*FUSION_RULES, MAIN_ROWS[form][scale])]
 
 
-def table2_rows(records: Mapping[str, Record], status_of: StatusOf) -> list[TableRow]:
-    """TFS-Diff x4, then the ablation rows."""
-    return [_table_row(records, m, status_of) for m in (ABLATION_REFERENCE, *ABLATION_ROWS)]
+def table2_rows(records: Mapping[str, Record], status_of: StatusOf, form: str) -> list[TableRow]:
+    """TFS-Diff x4 in ``form``, then that form's ablation rows."""
+    return [_table_row(records, m, status_of) for m in (ABLATION_REFERENCE[form], *ABLATION_ROWS[form])]
 
 
 def _cell(scores: MethodScores, metric: str, bold: bool) -> str:
@@ -130,9 +132,9 @@ def table_json(rows: list[TableRow], cols: list[Column]) -> dict[str, Any]:
 
 
 def ablation_difference(reference: Record | None, row: Record | None, metric: str,
-                        status_of: StatusOf, row_name: str) -> dict[str, Any]:
+                        status_of: StatusOf, row_name: str, reference_name: str) -> dict[str, Any]:
     """TFS-Diff minus ``row`` on ``metric`` (paper convention) over the cases both have, or why it is unavailable."""
-    missing = [n for n, r in ((ABLATION_REFERENCE, reference), (row_name, row)) if r is None]
+    missing = [n for n, r in ((reference_name, reference), (row_name, row)) if r is None]
     if missing:
         return {"status": "; ".join(f"{ROWS[n].label} ({n}): {status_of(n)}" for n in missing)}
     ref_scores, row_scores = reference.scores["paper"], row.scores["paper"]
@@ -145,11 +147,12 @@ def ablation_difference(reference: Record | None, row: Record | None, metric: st
             "ci_high": result.ci_high, "p_value": result.p_value, "exact_p": result.exact_p, "cases": common}
 
 
-def differences(records: Mapping[str, Record], status_of: StatusOf) -> list[dict[str, Any]]:
-    """Every (ablation row, metric) difference of TFS-Diff x4 minus the row."""
-    return [{"row": name, "label": ROWS[name].label, "metric": metric, "convention": "paper",
-             **ablation_difference(records.get(ABLATION_REFERENCE), records.get(name), metric, status_of, name)}
-            for name in ABLATION_ROWS for metric in DIFFERENCE_METRICS]
+def differences(records: Mapping[str, Record], status_of: StatusOf, form: str) -> list[dict[str, Any]]:
+    """Every (ablation row, metric) difference of TFS-Diff x4 minus the row, in ``form``."""
+    reference = ABLATION_REFERENCE[form]
+    return [{"row": name, "label": ROWS[name].label, "metric": metric, "convention": "paper", "reference": reference,
+             **ablation_difference(records.get(reference), records.get(name), metric, status_of, name, reference)}
+            for name in ABLATION_ROWS[form] for metric in DIFFERENCE_METRICS]
 
 
 def differences_markdown(diffs: list[dict[str, Any]]) -> list[str]:
@@ -200,14 +203,18 @@ NOTES = (
     "`laplacian_ycbcr` of the 256x256 sources.",
     "Cells: mean ± std (population) over each row's n cases; bold: best mean of the column. Columns marked "
     "[cddfuse] are the CDDFuse evaluator's definitions where they differ from the paper convention (docs/metrics.md).",
-    "Every row trains with the recipe of config/harvard_x4_64_256.json and the same budget (config/experiments/).",
+    "Recipe rows: the real-scan recipe of the shipped weights (residual form; stage 1 of 6,000 steps, then stage 2 "
+    "to 10,000), each with its one change (config/experiments/recipe/ for the ablations) and its config's sampler.",
+    "Paper-form rows: config/harvard_x4_64_256.json (the paper's own form, one stage) with one change each and the "
+    "same budget of 6,000 steps (config/experiments/).",
 )
+FORM_TITLES: dict[str, str] = {"recipe": "", "paper": " (paper form)"}
 
 
 def build_tables(records: Mapping[str, Mapping[str, Record]], status_of: StatusOf) -> tuple[str, dict[str, Any]]:
     """The Markdown document and its JSON twin (settings, tables, differences, missing rows)."""
     evaluated = [name for name, row in ROWS.items() if name in records.get(row.scale, {})]
-    lines = ["# The paper's experiments (issue 15)", "", *(f"- {note}" for note in NOTES)]
+    lines = ["# The paper's experiments", "", *(f"- {note}" for note in NOTES)]
     if not evaluated:
         lines.append("- **No row has results yet**: every number below is missing, none is invented.")
     lines += ["", "## Runs", "", *runs_markdown(records, status_of)]
@@ -215,17 +222,19 @@ def build_tables(records: Mapping[str, Mapping[str, Record]], status_of: StatusO
                                         "seed": stats.SEED, "confidence": stats.CONFIDENCE,
                                         "p_value": "paired sign-flip, two-sided"},
                            "records": sorted(str(r.path) for scale in records.values() for r in scale.values()),
-                           "table1": {}}
-    for scale in SCALES:
-        rows, cols = table1_rows(records.get(scale, {}), scale, status_of), columns(PAPER_METRICS)
-        lines += ["", f"## Table 1-like, ×{scale[1:]}", "", *table_markdown(rows, cols)]
-        doc["table1"][scale] = table_json(rows, cols)
-    rows, cols = table2_rows(records.get("x4", {}), status_of), columns(ABLATION_METRICS)
-    lines += ["", "## Table 2-like: ablations, ×4", "", *table_markdown(rows, cols)]
-    doc["table2"] = table_json(rows, cols)
-    doc["differences"] = differences(records.get("x4", {}), status_of)
-    lines += ["", "## Ablation differences: TFS-Diff ×4 minus each row, paired over cases", "",
-              *differences_markdown(doc["differences"])]
+                           "forms": {}}
+    for form in FORMS:
+        title, part = FORM_TITLES[form], doc["forms"].setdefault(form, {"table1": {}})
+        for scale in SCALES:
+            rows, cols = table1_rows(records.get(scale, {}), scale, status_of, form), columns(PAPER_METRICS)
+            lines += ["", f"## Table 1-like{title}, ×{scale[1:]}", "", *table_markdown(rows, cols)]
+            part["table1"][scale] = table_json(rows, cols)
+        rows, cols = table2_rows(records.get("x4", {}), status_of, form), columns(ABLATION_METRICS)
+        lines += ["", f"## Table 2-like{title}: ablations, ×4", "", *table_markdown(rows, cols)]
+        part["table2"] = table_json(rows, cols)
+        part["differences"] = differences(records.get("x4", {}), status_of, form)
+        lines += ["", f"## Ablation differences{title}: TFS-Diff ×4 minus each row, paired over cases", "",
+                  *differences_markdown(part["differences"])]
     doc["missing"] = [{"method": name, "scale": row.scale, "status": status_of(name)}
                       for name, row in ROWS.items() if name not in evaluated]
     return "\n".join(lines) + "\n", doc

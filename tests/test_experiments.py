@@ -48,8 +48,27 @@ def _flat(path: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ configs
 
 
+PAPER_ROWS = [name for name, row in layout.ROWS.items() if row.form == "paper"]
+RECIPE_ROWS = [name for name, row in layout.ROWS.items() if row.form == "recipe"]
+
+
 def test_every_row_has_a_config_and_no_config_is_left_over() -> None:
-    assert sorted(p.stem for p in CONFIG_DIR.glob("*.json")) == sorted(layout.ROWS) == sorted(ROW_KEYS)
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.json")) == sorted(PAPER_ROWS) == sorted(ROW_KEYS)
+    assert all(layout.ROWS[name].config == f"experiments/{name}.json" for name in PAPER_ROWS)
+    assert {row.form for row in layout.ROWS.values()} == set(layout.FORMS)
+
+
+@pytest.mark.parametrize("row", RECIPE_ROWS)
+def test_a_recipe_row_is_stage_2_of_the_recipe_at_its_scale(row: str) -> None:
+    """A recipe row's config is a stage 2 of the real-scan recipe (steps 6,000 to 10,000 on levels 1..200) at the
+    row's scale; the x4 row's is the config of the shipped weights."""
+    cfg = load_config(ROOT / "config" / layout.ROWS[row].config)
+    scale = cfg.datasets.test.r_resolution // cfg.datasets.test.l_resolution
+    assert f"x{scale}" == layout.ROWS[row].scale and cfg.datasets.test.r_resolution == 256
+    assert cfg.train.n_iter == 10000 and cfg.model.diffusion.train_max_step == 200
+    assert cfg.model.diffusion.residual_base == "laplacian_ycbcr"
+    if row == "recipe_x4":
+        assert Path(cfg.path.pretrained) == ROOT / "pretrained" / "tfsdiff_x4_64_256.pth"
 
 
 @pytest.mark.parametrize("row", sorted(ROW_KEYS))
@@ -193,7 +212,7 @@ def _line(markdown: str, label: str, section: str = "") -> list[str]:
 
 
 def test_tables_are_the_per_case_means_and_stds(saved: dict[str, Any]) -> None:
-    doc, records = saved["doc"], saved["records"]
+    doc, records = saved["doc"]["forms"]["paper"], saved["records"]
     for method in (*FUSION_RULES, "tfsdiff_x4"):
         table = doc["table1"]["x4"][method]
         for convention, suffix in (("paper", ""), ("cddfuse", "_cddfuse")):
@@ -212,17 +231,18 @@ def test_tables_are_the_per_case_means_and_stds(saved: dict[str, Any]) -> None:
 
 def test_markdown_cells_show_the_saved_numbers(saved: dict[str, Any]) -> None:
     markdown, records = saved["markdown"], saved["records"]
-    cells = _line(markdown, "Bicubic + PCA", "## Table 1-like, ×4")
+    cells = _line(markdown, "Bicubic + PCA", "## Table 1-like (paper form), ×4")
     ssim = records["pca"]["paper"].values["SSIM"]
     assert cells[1] == "12" and cells[3 + 1].strip("*") == f"{np.mean(ssim):.3f} ± {np.std(ssim):.3f}"
     psnr = records["tfsdiff_x4"]["paper"].values["PSNR"]
-    assert f"**{np.mean(psnr):.2f} ± {np.std(psnr):.2f}**" in _line(markdown, "TFS-Diff (tfsdiff_x4)")  # best
-    assert _line(markdown, "TFS-Diff (tfsdiff_x4)")[5 + 1] == "n/a"  # LPIPS
-    assert "w/o PSF (wo_psf_x4), partial: step 3000 of 6000" in markdown
+    assert f"**{np.mean(psnr):.2f} ± {np.std(psnr):.2f}**" in _line(markdown, "TFS-Diff, paper form (tfsdiff_x4)")
+    assert _line(markdown, "TFS-Diff, paper form (tfsdiff_x4)")[5 + 1] == "n/a"  # LPIPS
+    assert "w/o PSF, paper form (wo_psf_x4), partial: step 3000 of 6000" in markdown
+    assert _line(markdown, "TFS-Diff (recipe_x4)", "## Table 1-like, ×4")[1] == "released, not evaluated yet"
 
 
 def test_ablation_differences_are_paired_over_common_cases(saved: dict[str, Any]) -> None:
-    diffs = {(d["row"], d["metric"]): d for d in saved["doc"]["differences"]}
+    diffs = {(d["row"], d["metric"]): d for d in saved["doc"]["forms"]["paper"]["differences"]}
     ref = saved["records"]["tfsdiff_x4"]["paper"]
     for row, n in (("wo_tmfa_x4", 12), ("wo_psf_x4", 9)):
         for metric in ("PSNR", "SSIM"):
@@ -234,7 +254,7 @@ def test_ablation_differences_are_paired_over_common_cases(saved: dict[str, Any]
             assert d["ci_low"] < d["mean_difference"] < d["ci_high"]
             assert (d["ci_low"], d["ci_high"]) == bootstrap_interval(expected)
             assert d["p_value"] == sign_flip_p(expected)[0]
-    line = _line(saved["markdown"], "w/o TMFA")
+    line = _line(saved["markdown"], "w/o TMFA, paper form")
     assert line[3] == f"{diffs['wo_tmfa_x4', 'PSNR']['mean_difference']:+.2f}"
 
 
@@ -248,13 +268,15 @@ def test_missing_rows_are_reported_never_invented(saved: dict[str, Any]) -> None
     doc, markdown = saved["doc"], saved["markdown"]
     assert {m["method"]: m["status"] for m in doc["missing"]} == {
         "official_x4": "trained, not evaluated yet", "tfsdiff_x2": "training: step 3000 of 6000",
-        "tfsdiff_x8": "training: step 0 of 6000"}
+        "tfsdiff_x8": "training: step 0 of 6000", "recipe_x4": "released, not evaluated yet",
+        **{row: "not trained yet" for row in RECIPE_ROWS if row != "recipe_x4"}}
+    paper = doc["forms"]["paper"]
     for scale, status in (("x2", "training: step 3000 of 6000"), ("x8", "training: step 0 of 6000")):
-        assert all("metrics" not in entry for entry in doc["table1"][scale].values())
-        assert _line(markdown, f"TFS-Diff (tfsdiff_{scale})")[1:3] == [status, "—"]
-        assert doc["table1"][scale]["pca"]["status"].startswith("not evaluated yet")
-    assert "metrics" not in doc["table2"]["official_x4"]
-    official = [d for d in doc["differences"] if d["row"] == "official_x4"]
+        assert all("metrics" not in entry for entry in paper["table1"][scale].values())
+        assert _line(markdown, f"TFS-Diff, paper form (tfsdiff_{scale})")[1:3] == [status, "—"]
+        assert paper["table1"][scale]["pca"]["status"].startswith("not evaluated yet")
+    assert "metrics" not in paper["table2"]["official_x4"]
+    official = [d for d in paper["differences"] if d["row"] == "official_x4"]
     assert len(official) == 2 and all(d["status"].endswith("trained, not evaluated yet") for d in official)
     assert "No row has results yet" not in markdown
 
@@ -341,9 +363,10 @@ def test_run_evaluates_the_newest_run_and_the_baselines_once(run_inputs: dict, t
     baseline_times = {r: (out / "x4" / f"{r}.json").stat().st_mtime_ns for r in FUSION_RULES}
     doc = json.loads((out / "tables.json").read_text())
     psnr = [record["per_case"]["paper"][c]["PSNR"] for c in ids]
-    assert doc["table1"]["x4"]["tfsdiff_x4"]["metrics"]["PSNR"]["mean"] == float(np.mean(psnr))
-    assert set(doc["table1"]["x4"]) == {*FUSION_RULES, "tfsdiff_x4"}
-    assert all("metrics" in doc["table1"]["x4"][r] for r in FUSION_RULES)
+    table1 = doc["forms"]["paper"]["table1"]["x4"]
+    assert table1["tfsdiff_x4"]["metrics"]["PSNR"]["mean"] == float(np.mean(psnr))
+    assert set(table1) == {*FUSION_RULES, "tfsdiff_x4"}
+    assert all("metrics" in table1[r] for r in FUSION_RULES)
     assert _run(run_inputs, "tfsdiff_x4", out, "--checkpoint", str(run_inputs["final"])) == 0
     assert baseline_times == {r: (out / "x4" / f"{r}.json").stat().st_mtime_ns for r in FUSION_RULES}
 
@@ -372,14 +395,18 @@ def test_run_with_allow_partial_marks_the_row(run_inputs: dict, tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "results"
     assert _run(run_inputs, "tfsdiff_x4", out, "--checkpoint", str(run_inputs["early"]), "--allow-partial") == 0
-    assert "TFS-Diff (tfsdiff_x4), partial: step 5 of 10" in (out / "tables.md").read_text()
+    assert "TFS-Diff, paper form (tfsdiff_x4), partial: step 5 of 10" in (out / "tables.md").read_text()
 
 
-def test_the_published_tables_are_rebuilt_from_the_committed_records(tmp_path: Path) -> None:
-    """docs/experiments_results holds the per-case records of every row and baseline (numbers only, no images):
-    ``--table`` on a copy of them gives the committed tables.md / tables.json byte for byte, and every line of the
-    Table 1-like, Table 2-like and difference tables appears in docs/experiments.md, so the page cannot drift from
-    the records."""
+def test_the_published_tables_are_rebuilt_from_the_committed_records(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/experiments_results holds the per-case records of the evaluated rows and baselines (numbers only, no
+    images): ``--table`` on a copy of them gives the committed tables.md / tables.json byte for byte, and every line
+    of the Table 1-like, Table 2-like and difference tables appears in docs/experiments.md, so the page cannot drift
+    from the records. A row without a record is one nobody has trained (the status a fresh clone gives it)."""
+    status_of = experiments.status_of
+    monkeypatch.setattr(experiments, "status_of", lambda method: "not trained yet" if method in layout.ROWS
+                        else status_of(method))
     published = ROOT / "docs" / "experiments_results"
     for record in published.glob("x*/*.json"):
         (tmp_path / record.parent.name).mkdir(exist_ok=True)
@@ -391,8 +418,10 @@ def test_the_published_tables_are_rebuilt_from_the_committed_records(tmp_path: P
     names = [Path(record).relative_to(tmp_path).as_posix() for record in doc.pop("records")]
     assert names == [Path(record).relative_to("docs/experiments_results").as_posix()
                      for record in committed.pop("records")]
-    assert doc == committed and not doc["missing"]
-    assert {f"{row}.json" for row in layout.ROWS} <= {Path(name).name for name in names}
+    assert doc == committed and all(m["status"] == "not trained yet" for m in doc["missing"])
+    evaluated = {Path(name).stem for name in names}
+    assert {m["method"] for m in doc["missing"]} == set(layout.ROWS) - evaluated
+    assert set(PAPER_ROWS) | {"recipe_x4"} <= evaluated
     page = (ROOT / "docs" / "experiments.md").read_text().splitlines()
     table_lines = [line for line in rebuilt.split("## Table 1-like", 1)[1].splitlines() if line.startswith("| ")]
     assert len(table_lines) >= 30 and [line for line in table_lines if line not in page] == []
