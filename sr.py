@@ -1,10 +1,12 @@
-"""Train TFS-Diff (`-p train`) or sample and score the validation set with a checkpoint (`-p val`).
+"""Train TFS-Diff (`-p train`) or sample and score the validation set with a checkpoint (`-p val`); a config with
+`model.task: "sr3"` trains and validates the single-image SR3 model of the sequential baselines the same way.
 
     python sr.py -p train -c config/demo.json
     python sr.py -p val -c config/demo.json --checkpoint experiments/<run>/checkpoint/latest-or-file
     python sr.py -p train -c config/finetune_x4_own_data.json   # fine-tune: a new run from path.init_weights
     python sr.py -p val -c config/demo.json --checkpoint <...> --sampler ddim --steps 50   # fast sampling
     torchrun --nproc_per_node 4 sr.py -p train -c config/tfsdiff_x4_64_256.json   # DistributedDataParallel
+    python sr.py -p train -c config/sr3_x4_64_256.json   # SR3 x4 (docs/comparison_methods.md)
 
 --checkpoint takes a checkpoint file, a checkpoint folder or a run folder: a folder stands for the file its `latest`
 names, else its newest complete checkpoint, else the checkpoint its run resumed from (`resumed_from`, written when a
@@ -94,9 +96,10 @@ def log_validation(result: Evaluation, step: int, writer: SummaryWriter | None) 
 def train(cfg: TFSDiffConfig, model: TFSDiffModel, dirs: RunDirs | None, progress: bool) -> int:
     """The training loop; `dirs` is None on the ranks other than 0, which write nothing."""
     tcfg, bs, info = cfg.train, cfg.datasets.train.batch_size, model.dist
+    task = cfg.model.task
     train_set, sampler, loader = dataset_from_config(cfg.datasets.train, seed=cfg.seed, train=True, dist=info,
-                                                    base_rule=cfg.model.diffusion.residual_base)
-    _, _, val_loader = dataset_from_config(cfg.datasets.val, seed=cfg.seed, train=False, dist=info)
+                                                    base_rule=cfg.model.diffusion.residual_base, task=task)
+    _, _, val_loader = dataset_from_config(cfg.datasets.val, seed=cfg.seed, train=False, dist=info, task=task)
     writer = SummaryWriter(str(dirs.tb_logger)) if dirs is not None else None
     log.info("training on %d cases, validating on %d; %d parameters; from step %d to %d", len(train_set),
              len(val_loader.dataset), model.num_parameters, model.step, tcfg.n_iter)
@@ -160,7 +163,7 @@ def after_step(model: TFSDiffModel, dirs: RunDirs | None, writer: SummaryWriter 
 
 
 def validate(cfg: TFSDiffConfig, fuser: Fuser, info: DistInfo, dirs: RunDirs, progress: bool) -> int:
-    _, _, loader = dataset_from_config(cfg.datasets.val, seed=cfg.seed, train=False, dist=info)
+    _, _, loader = dataset_from_config(cfg.datasets.val, seed=cfg.seed, train=False, dist=info, task=cfg.model.task)
     log.info("sampling with %s", fuser.sampler)
     result = evaluate_model(fuser, loader, dirs.results, progress=progress)
     log_validation(result, fuser.step, None)

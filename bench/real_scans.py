@@ -2,7 +2,8 @@
 
     python -m bench.real_scans --data <folder of the public Harvard pairs> [--triplets <folder like harvard_trimodal>]
         [-c CONFIG] [--checkpoint PATH] [--cases N] [--out DIR] [--figure FILE] [--sampler S] [--steps N] [--eta E]
-        [--samples K] [--start-step S] [--no-progress]
+        [--samples K] [--start-step S] [--peer NAME[=DIR] ...] [--sr3 [CHECKPOINT]] [--sr3-config FILE]
+        [--no-progress]
 
 1. **Test split.** The real triplets of the test subjects 21, 28 and 41 in --data plus the kept cases of --triplets,
    built with the rules of ``prepare_data.py pairs --splits test`` (``data.pairs_form``,
@@ -12,7 +13,10 @@
 2. **Fusion.** TFS-Diff (a ``model.fuser.Fuser``, weights only, through ``model.evaluation.evaluate_model``,
    timed without the model loading) into ``<out>/x<scale>/tfsdiff/`` and every rule of
    ``data.fusion_rules.FUSION_RULES`` on the same bicubic-upsampled inputs (``fuse_with_rule``) into
-   ``<out>/x<scale>/<rule>/``: the results layout, so ``python eval.py <out>/x<scale>`` reads them too.
+   ``<out>/x<scale>/<rule>/``: the results layout, so ``python eval.py <out>/x<scale>`` reads them too. ``--peer``
+   adds published methods; ``--sr3`` adds the paper's sequential baselines ``sr3+NAME`` (``model.sr3``) for every
+   rule and every ``--peer`` method into ``<out>/x<scale>/sr3+NAME/``: the SR3 model of the scale super-resolves each
+   case's three bicubic inputs once (seeded), timed on its own, and each method fuses the SR3 images.
 3. **Scores.** ``core.scoring.score_folder``, eval.py's metrics against the ground truth (suite paper: grey metrics,
    and LPIPS when its AlexNet weights are installed), in the paper convention (``<out>/real_scans.md``, printed) and
    the cddfuse convention (``<out>/real_scans_cddfuse.md``), mean ± std over all cases and per subject (the
@@ -55,6 +59,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from bench import real_scans_report as report
 from bench.false_colour import folder_false_colour
@@ -62,6 +67,7 @@ from core.cli import add_debug_arg, add_sampler_args, apply_sampler_args, checkp
 from core.config import DatasetConfig, TFSDiffConfig, load_config
 from core.errors import UsageError
 from core.figure import FigureSection, comparison_figure
+from core.metrics import tensor2img
 from core.fusion_metrics import CONVENTIONS
 from core.logger import setup_logger
 from core.lpips import load_lpips, missing_weights_note
@@ -78,6 +84,7 @@ from data.prepare_data import Output, Settings, prepare_pairs
 from model.checkpoint_io import check_readable
 from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule, method_fuser
 from model.fuser import Fuser
+from model.sr3 import SR3_PREFIX, SequentialMethod, SuperResolver, load_sr3
 
 DEFAULT_CONFIG = "config/harvard_x4_residual_start200_64_256.json"
 DEFAULT_OUT = "results/real_scans"
@@ -115,6 +122,7 @@ class Fused:
     folders: dict[str, Path]
     seconds_per_image: float
     published_seconds: dict[str, float] = field(default_factory=dict)  # published method -> seconds per image
+    sr3_seconds: float | None = None  # SR3's seconds per case (three sources), for the sr3+NAME rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -136,10 +144,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also fuse with the published method NAME (ifcnn, prrgan, matr, mufusion, ctsr, bitonicx), "
                              "its authors' weights in DIR (a clone of their repository; bitonicx has none); repeat "
                              "for several methods")
+    parser.add_argument("--sr3", nargs="?", const="", metavar="CHECKPOINT",
+                        help="also run the paper's sequential baselines sr3+NAME for every rule and every --peer "
+                             "method: SR3 super-resolves the three inputs, then NAME fuses them; CHECKPOINT: the SR3 "
+                             "weights (default: the SR3 config's path.pretrained, pretrained/sr3_x<s>_<l>_<r>.pth)")
+    parser.add_argument("--sr3-config", metavar="FILE", help="with --sr3: the SR3 config (default: "
+                        "config/sr3_x<s>_<l>_<r>.json of the scale)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_debug_arg(parser)
     add_sampler_args(parser)
     return parser.parse_args(argv)
+
+
+def sequential_methods(args: argparse.Namespace) -> list[str]:
+    """The sr3+NAME rows of --sr3: every rule of FUSION_RULES, then every --peer method (none without --sr3)."""
+    if args.sr3 is None:
+        return []
+    return [SR3_PREFIX + name for name in (*FUSION_RULES, *published_methods(args))]
 
 
 def published_methods(args: argparse.Namespace) -> dict[str, str | None]:
@@ -165,11 +186,14 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise BenchError(f"--cases must be at least 1, got {args.cases}")
     if args.figure is not None and args.figure.suffix.lower() != ".png":
         raise BenchError(f"--figure {args.figure}: expected a .png file name")
+    if args.sr3_config and args.sr3 is None:
+        raise BenchError("--sr3-config goes with --sr3 (the sequential baselines)")
 
 
 def _inputs(args: argparse.Namespace, setup: Setup) -> list[Path | str]:
     """Every file and folder the run reads: --data, --triplets, the checkpoint and the config."""
-    return [args.data, *args.triplets, setup.checkpoint, args.config, *filter(None, published_methods(args).values())]
+    return [args.data, *args.triplets, setup.checkpoint, args.config, *filter(None, published_methods(args).values()),
+            *filter(None, (args.sr3, args.sr3_config))]
 
 
 def _writer(folder: Path) -> str | None:
@@ -195,7 +219,8 @@ def check_outputs(args: argparse.Namespace, setup: Setup) -> None:
     scale_dir = out / setup.scale
     if scale_dir.is_symlink() or (scale_dir.exists() and not scale_dir.is_dir()):
         raise OutputError(f"{scale_dir} is not a folder: it would hold the results; remove it or choose another --out")
-    for folder in (out / "data", *(scale_dir / method for method in (*METHODS, *published_methods(args)))):
+    methods = (*METHODS, *published_methods(args), *sequential_methods(args))
+    for folder in (out / "data", *(scale_dir / method for method in methods)):
         check_folder_target(folder, True, "--out")
     for name in REPORT_FILES:
         check_file_target(out / name, True, "--out")
@@ -270,6 +295,17 @@ def fuse_published(peers: dict[str, Callable], loader: DataLoader, scale_dir: Pa
     return seconds
 
 
+def super_resolve(resolver: SuperResolver, loader: DataLoader, progress: bool) -> float:
+    """Run SR3 (with its cache) on the three bicubic inputs of every case, once, so that the sr3+NAME rows time their
+    fusion only; returns SR3's seconds per case."""
+    start, count = time.perf_counter(), 0
+    for batch in tqdm(loader, desc="SR3", disable=not progress, leave=False):
+        for i in range(len(batch)):
+            resolver([tensor2img(src[i]) for src in batch.sources])
+            count += 1
+    return (time.perf_counter() - start) / max(1, count)
+
+
 def fuse_model(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, folder: Path, progress: bool) -> float:
     """TFS-Diff into ``folder`` (replaced when complete); returns its seconds per fused image (model loading
     excluded)."""
@@ -284,14 +320,20 @@ def fuse_model(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, folder: 
 
 
 def fuse_all(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, scale_dir: Path, progress: bool,
-             peers: dict[str, Callable] | None = None) -> Fused:
-    """Every baseline rule, every published method of `peers` and TFS-Diff into ``scale_dir/<method>/`` (each folder
-    replaced when complete)."""
+             peers: dict[str, Callable] | None = None,
+             sequential: dict[str, SequentialMethod] | None = None) -> Fused:
+    """Every baseline rule, every published method of `peers`, every sequential method sr3+NAME of `sequential`
+    (SR3 run once per case first, `super_resolve`) and TFS-Diff into ``scale_dir/<method>/`` (each folder replaced
+    when complete)."""
     folders = fuse_baselines(loader, scale_dir)
     peer_seconds = fuse_published(peers or {}, loader, scale_dir)
+    sr3_seconds = None
+    if sequential:
+        sr3_seconds = super_resolve(next(iter(sequential.values())).resolver, loader, progress)
+        peer_seconds |= fuse_published(dict(sequential), loader, scale_dir)
     folders |= {name: scale_dir / name for name in peer_seconds} | {MODEL_RUN: scale_dir / MODEL_RUN}
     seconds_per_image = fuse_model(cfg, checkpoint, loader, folders[MODEL_RUN], progress)
-    return Fused(folders, seconds_per_image, peer_seconds)
+    return Fused(folders, seconds_per_image, peer_seconds, sr3_seconds)
 
 
 def score_all(folders: dict[str, Path], ids: list[str], progress: bool) -> tuple[dict[str, list[MethodScores]],
@@ -359,7 +401,8 @@ def _run_info(args: argparse.Namespace, setup: Setup, test_root: Path, subjects:
             "r_resolution": split.r_resolution, "reference": REFERENCE, "suite": SUITE,
             "cases": [{"case_id": c, "subject": subjects[c]} for c in groups[report.ALL]], "groups": groups,
             "methods": {m: str(f) for m, f in fused.folders.items()}, "seconds_per_image": fused.seconds_per_image,
-            "published_seconds_per_image": fused.published_seconds}
+            "published_seconds_per_image": fused.published_seconds, "sr3": args.sr3, "sr3_config": args.sr3_config,
+            "sr3_seconds_per_case": fused.sr3_seconds}
 
 
 def _heading(args: argparse.Namespace, setup: Setup, cases: int) -> list[str]:
@@ -380,6 +423,13 @@ def run(args: argparse.Namespace) -> str:
     # published methods are loaded (their weights checked) before anything is written
     peers = {name: method_fuser(name, folder) for name, folder in published_methods(args).items()}
     setup = _setup(args)
+    sequential: dict[str, SequentialMethod] = {}
+    if args.sr3 is not None:  # the SR3 model is loaded (its config and weights checked) before anything is written
+        sr3_cfg, sr3_weights = load_sr3(setup.split, args.sr3_config, args.sr3 or None)
+        resolver = SuperResolver(Fuser.from_checkpoint(sr3_cfg, sr3_weights), cache=True)
+        fusers = {**{rule: FUSION_RULES[rule] for rule in FUSION_RULES}, **peers}
+        sequential = {method: SequentialMethod(method, resolver, fusers[method.removeprefix(SR3_PREFIX)])
+                      for method in sequential_methods(args)}
     check_outputs(args, setup)
     created = _start_out(args.out)
     try:
@@ -391,7 +441,8 @@ def run(args: argparse.Namespace) -> str:
     loader = dataset_from_config(replace(setup.split, dataroot=str(test_root), data_len=args.cases or -1),
                                  seed=setup.cfg.seed, train=False)[2]
     ids = list(loader.dataset.case_ids)
-    fused = fuse_all(setup.cfg, setup.checkpoint, loader, args.out / setup.scale, not args.no_progress, peers)
+    fused = fuse_all(setup.cfg, setup.checkpoint, loader, args.out / setup.scale, not args.no_progress, peers,
+                     sequential)
     groups = report.case_groups(ids, subjects)
     scores, lpips_missing = score_all(fused.folders, ids, not args.no_progress)
     markdown, numbers = _tables(scores, groups, lpips_missing)
@@ -402,7 +453,10 @@ def run(args: argparse.Namespace) -> str:
                       report.false_colour_line(numbers["false_colour"]),
                       *([f"- Published methods, seconds per fused image (weights loading excluded): "
                          + ", ".join(f"{report.display_name(m)} {s:.2f}" for m, s in fused.published_seconds.items())
-                         + "."] if fused.published_seconds else []), "", markdown["paper"]])
+                         + "."] if fused.published_seconds else []),
+                      *([f"- SR3 ({args.sr3 or 'the SR3 config of the scale'}): {fused.sr3_seconds:.2f} s per case "
+                         "(three sources); the sr3+NAME times above are the fusion of the SR3 images only."]
+                        if fused.sr3_seconds is not None else []), "", markdown["paper"]])
     record = _run_info(args, setup, test_root, subjects, groups, fused) | numbers
     publish_files(dict(zip((args.out / name for name in REPORT_FILES),
                            (text, markdown["cddfuse"], json.dumps(record, indent=1) + "\n"))), overwrite=True)

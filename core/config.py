@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from core.registry import LOSSES, SAMPLERS, WEIGHT_FREE_FUSION, Registry
+from core.registry import LOSSES, SAMPLERS, TASKS, WEIGHT_FREE_FUSION, Registry
 from core.typed_json import SR3_ALIAS as _SR3_ALIAS
 from core.typed_json import ConfigError, parse_dataclass, parse_json_file, to_plain
 
@@ -149,7 +149,7 @@ class DatasetsConfig:
 class UNetConfig:
     """The SR3 noise-prediction U-Net."""
 
-    in_channel: int = 12  # must equal 9 + out_channel (three 3-channel sources + noisy image)
+    in_channel: int = 12  # must equal 3 * sources + out_channel (model.task "fusion": 9 + 3, "sr3": 3 + 3)
     out_channel: int = 3
     inner_channel: int = 64
     norm_groups: int = 32  # must divide inner_channel * m for every m in channel_multiplier
@@ -161,9 +161,6 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         _check_min(self.out_channel, 1, "out_channel")
-        _check(self.in_channel == 9 + self.out_channel, "in_channel",
-               f"expected 9 + out_channel = {9 + self.out_channel} (three 3-channel sources + the noisy image), "
-               f"got {self.in_channel}")
         _check_min(self.inner_channel, 1, "inner_channel")
         _check_min(self.norm_groups, 1, "norm_groups")
         _check(len(self.channel_multiplier) > 0, "channel_multiplier", "expected at least one multiplier")
@@ -329,8 +326,11 @@ class SamplerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """The network, its initialisation, the diffusion process, the loss and the sampler."""
+    """The task, the network, its initialisation, the diffusion process, the loss and the sampler."""
 
+    # a name of core.registry.TASKS: "fusion" (TFS-Diff: three sources -> the fused image) or "sr3" (SR3: one
+    # bicubic-upsampled image -> its high-resolution image, the first stage of the paper's sequential baselines)
+    task: Annotated[str, TASKS] = "fusion"
     unet: UNetConfig
     tmfa: TMFAConfig = TMFAConfig()
     init: Literal["kaiming", "orthogonal"] = "kaiming"
@@ -341,6 +341,7 @@ class ModelConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self) -> None:
+        self._check_task()
         steps, n_timestep = self.sampler.steps, self.beta_schedule.val.n_timestep
         _check(steps is None or steps <= n_timestep, "sampler.steps",
                f"{steps} exceeds beta_schedule.val.n_timestep {n_timestep}")
@@ -354,6 +355,23 @@ class ModelConfig:
                f"the chain must start at a step that training reaches: diffusion.train_max_step {max_step} trains "
                f"steps 1..{max_step} only, but the sampler starts at {start or 'the last step'}; set "
                f"sampler.start_step to at most {max_step}")
+
+    def _check_task(self) -> None:
+        """The network's input channels fit the task's sources; TMFA and a residual base only where it fuses."""
+        task = _spec(TASKS, self.task, "task")
+        unet = self.unet
+        condition = 3 * task.sources
+        what = "three 3-channel sources" if task.sources == 3 else f"{task.sources} 3-channel source(s)"
+        _check(unet.in_channel == condition + unet.out_channel, "unet.in_channel",
+               f"expected {condition} + out_channel = {condition + unet.out_channel} ({what} of task {self.task!r} "
+               f"+ the noisy image), got {unet.in_channel}")
+        if not task.fuses:
+            _check(self.tmfa.placement == "off", "tmfa.placement",
+                   f"task {self.task!r} is conditioned on one image: it has no tri-modal attention; set "
+                   f"model.tmfa.placement to 'off' (got {self.tmfa.placement!r})")
+            _check(self.diffusion.residual_base is None, "diffusion.residual_base",
+                   f"task {self.task!r} is conditioned on one image: a fusion rule of the sources is no base for it; "
+                   f"set it to null (got {self.diffusion.residual_base!r})")
 
 
 @dataclass(frozen=True, kw_only=True)

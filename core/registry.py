@@ -17,7 +17,9 @@ The registries, their providers and what a spec holds:
 - `SAMPLERS` (`model.samplers`): `SamplerSpec`, `model.sampler.type` and `--sampler`;
 - `LOSSES` (`model.losses`): `LossSpec`, `model.loss.type`;
 - `FUSION_METHODS` (`data.fusion_rules`): `FusionMethodSpec`, `model.diffusion.residual_base`, `infer.py --method`,
-  `prepare_data.py --gt-fusion` (methods without weights) and the baseline rows of the tables.
+  `prepare_data.py --gt-fusion` (methods without weights) and the baseline rows of the tables;
+- `TASKS` (`data.fusion_dataset`, `data.sr_dataset`): `TaskSpec`, `model.task`: what the network learns (tri-modal
+  fusion, or SR3 single-image super-resolution), how many images condition it and which dataset reads its data.
 
 The input layouts of `data/prepare_data.py` are a registry of the same kind, declared in that module (nothing in
 the config names them).
@@ -30,8 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Registry", "Names", "SamplerSpec", "LossSpec", "FusionMethodSpec", "SAMPLERS", "LOSSES",
-           "FUSION_METHODS", "WEIGHT_FREE_FUSION"]
+__all__ = ["Registry", "Names", "SamplerSpec", "LossSpec", "FusionMethodSpec", "TaskSpec", "SAMPLERS", "LOSSES",
+           "FUSION_METHODS", "WEIGHT_FREE_FUSION", "TASKS"]
 
 S = TypeVar("S")
 F = TypeVar("F")
@@ -177,3 +179,30 @@ FUSION_METHODS: Registry[FusionMethodSpec] = Registry("fusion method", _fusion_s
     "model.peers.bitonicx", "model.peers.ctsr"))
 # the methods a name in the config or on a command line may choose without weights: residual bases, ground truths
 WEIGHT_FREE_FUSION = Names(FUSION_METHODS, lambda spec: not spec.needs_weights)
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a model learns (`model.task`). ``dataset`` is the class that reads one split folder of the task's layout,
+    called as `data.loader.dataset_from_config` calls it, whose `collate` makes the task's batches (each with
+    `condition`, `sources`, `target`, `base` and `case_ids`); ``sources``: the number of 3-channel images that
+    condition the network (its input has 3 * sources + out_channel channels). A task with one source fuses nothing:
+    the TMFA block and a residual base (both made for several sources) do not apply to it."""
+
+    dataset: Callable[..., Any]
+    help: str
+    sources: int
+
+    @property
+    def fuses(self) -> bool:
+        return self.sources > 1
+
+
+def _task_spec(dataset: Callable[..., Any], help: str, sources: int) -> TaskSpec:
+    return TaskSpec(dataset, help, sources)
+
+
+TASKS: Registry[TaskSpec] = Registry("task", _task_spec, ("data.fusion_dataset", "data.sr_dataset"))

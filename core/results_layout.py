@@ -3,6 +3,7 @@
 A results folder holds, per case id, ``<id>_<kind>.png`` for every kind in :data:`KINDS`:
 
 * ``src1``, ``src2``, ``src3``: the three sources as the method saw them (the bicubic-upsampled inputs of a split);
+  a single-image SR3 case (model.task ``"sr3"``) has ``src1`` only, and its ``fused`` is the super-resolved image;
 * ``fused``: the fused image (its presence makes ``<id>`` a case of the folder);
 * ``hr``: the ground truth, when the split has one;
 * ``process``: the denoising-process strip, on request;
@@ -66,14 +67,14 @@ def _save(path: Path, image: np.ndarray, grey: bool = False) -> None:
 def write_case(folder: Path, case_id: str, sources: Sequence[np.ndarray], fused: np.ndarray,
                target: np.ndarray | None = None, process: np.ndarray | None = None,
                uncertainty: np.ndarray | None = None) -> None:
-    """Write one case into ``folder`` (created when missing): three sources, the fused image and, when given,
-    the ground truth ``target``, the ``process`` strip and the ``uncertainty`` map; every array is (H, W, 3) uint8
-    RGB, but the uncertainty map, (H, W) uint8 grey (:func:`uncertainty_image`)."""
-    if len(sources) != 3:
-        raise ValueError(f"case {case_id!r}: expected three sources, got {len(sources)}")
+    """Write one case into ``folder`` (created when missing): three sources (one for a single-image SR3 case), the
+    fused image and, when given, the ground truth ``target``, the ``process`` strip and the ``uncertainty`` map;
+    every array is (H, W, 3) uint8 RGB, but the uncertainty map, (H, W) uint8 grey (:func:`uncertainty_image`)."""
+    if len(sources) not in (1, 3):
+        raise ValueError(f"case {case_id!r}: expected three sources (or one, SR3), got {len(sources)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    images = {"src1": sources[0], "src2": sources[1], "src3": sources[2], "fused": fused, "hr": target,
+    images = {**{f"src{k}": source for k, source in enumerate(sources, start=1)}, "fused": fused, "hr": target,
               "process": process}
     for kind, image in images.items():
         if image is not None:

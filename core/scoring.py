@@ -68,11 +68,12 @@ def score_metrics(names: Sequence[str], fused: np.ndarray, sources: Sequence[np.
     """The metrics ``names`` of :data:`core.metrics.METRICS` for one case, aggregated over the references as the
     module docstring says; metric name -> value in the order of ``names``. Arguments as :func:`score_case`."""
     convention = check_convention(convention)
-    if len(sources) != 3:
-        raise ValueError(f"score_case expects 3 sources, got {len(sources)}")
     if reference == "gt" and gt is None:
         raise ValueError("reference 'gt' needs the ground-truth image")
     specs: list[MetricSpec] = [METRICS.get(name) for name in names]
+    # against the ground truth, full-reference and no-reference metrics read no source (a single-image SR case has one)
+    if len(sources) != 3 and (reference == "sources" or any(spec.kind == "source_pairs" for spec in specs)):
+        raise ValueError(f"score_case expects 3 sources, got {len(sources)}")
     refs_rgb = [gt] if reference == "gt" else list(sources)
     fused_grey, refs_grey = to_grey(fused), [to_grey(r) for r in refs_rgb]
     dual_modal = convention == "cddfuse" and reference == "sources"  # CDDFuse's two-source forms

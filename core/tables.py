@@ -77,7 +77,13 @@ class ScaleSection:
     metrics: tuple[str, ...]
 
 
+SEQUENTIAL_PREFIX = "sr3+"  # the paper's sequential baselines: SR3 super-resolution, then a fusion method
+
+
 def display_name(method: str) -> str:
+    """The row name of a method folder: ``sr3+NAME`` is "SR3 + " and NAME's name without its "Bicubic + "."""
+    if method.startswith(SEQUENTIAL_PREFIX):
+        return "SR3 + " + display_name(method.removeprefix(SEQUENTIAL_PREFIX)).removeprefix("Bicubic + ")
     return DISPLAY_NAMES.get(method, method)
 
 

@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.errors import UsageError
+from core.registry import TASKS
 from data.images import IMAGE_EXTENSIONS, ImageReadError, PairingError, list_by_stem, pair_by_stem, read_image, \
     to_tensor
 from data.epoch_sampler import Crop, EpochSampler, Item
@@ -61,9 +62,14 @@ class FusionBatch:
     base: torch.Tensor | None = None  # (B, 3, H, W) the residual base rule on the whole sources (see module doc)
 
     @property
+    def sources(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(src1, src2, src3), the images that condition the network."""
+        return self.src1, self.src2, self.src3
+
+    @property
     def condition(self) -> torch.Tensor:
         """(B, 9, H, W) = cat([src1, src2, src3], dim=1), the channel order of the official code."""
-        return torch.cat([self.src1, self.src2, self.src3], dim=1)
+        return torch.cat(self.sources, dim=1)
 
     def to(self, device: torch.device | str) -> FusionBatch:
         """Copy all tensors to ``device`` with non_blocking copies; case_ids are kept."""
@@ -129,6 +135,8 @@ def _crop_flip_tensor(array: np.ndarray, flip: bool, crop: Crop | None) -> torch
     return to_tensor(array)
 
 
+@TASKS.register("fusion", help="tri-modal fusion and super-resolution (TFS-Diff): three bicubic-upsampled sources "
+                "-> the high-resolution fused image", sources=len(SOURCES))
 class FusionDataset(Dataset[dict[str, Any]]):
     """Tri-modal fusion dataset over the official TFS-Diff folder layout (see module docstring).
 
@@ -136,7 +144,8 @@ class FusionDataset(Dataset[dict[str, Any]]):
     crop). An item is a dict ``{"src1", "src2", "src3": (3, S, S), "target": (3, S, S) or None,
     "base": (3, S, S) or None, "case_id": str}``, all float32 in [-1, 1], S = r or the crop side; every image of the
     case is cut at the same ``crop`` (HR / SR pixels, ``data.epoch_sampler.Crop``) and then flipped when ``flip``.
-    ``base`` is set when ``base_rule`` is (module docstring).
+    ``base`` is set when ``base_rule`` is (module docstring). A subclass with other source folders overrides
+    :meth:`source_dirs` and :meth:`collate` (``data.sr_dataset``).
     """
 
     def __init__(
@@ -157,7 +166,7 @@ class FusionDataset(Dataset[dict[str, Any]]):
         if not self.dataroot.is_dir():
             raise DatasetError(f"Dataset folder {self.dataroot} does not exist or is not a directory")
 
-        sr_names = [sr_dir(self.dataroot, k, l_resolution, r_resolution).name for k in SOURCES]
+        sr_names = [folder.name for folder in self.source_dirs()]
         hr_name = hr_dir(self.dataroot, r_resolution).name
         has_target = require_target or (self.dataroot / hr_name).is_dir()
         required = sr_names + ([hr_name] if has_target else [])
@@ -175,6 +184,15 @@ class FusionDataset(Dataset[dict[str, Any]]):
         self._cache: dict[Path, np.ndarray] | None = {} if cache_images else None
         self.base_rule = base_rule
         self._base_cache: dict[str, np.ndarray] | None = {} if cache_images else None
+
+    def source_dirs(self) -> list[Path]:
+        """The folders of the model inputs, in source order: ``{k}_sr_{l}_{r}`` for k = 1, 2, 3."""
+        return [sr_dir(self.dataroot, k, self.l_resolution, self.r_resolution) for k in SOURCES]
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]]) -> FusionBatch:
+        """The batch of a list of items (the loader's ``collate_fn``)."""
+        return collate_fusion(items)
 
     @property
     def caches_images(self) -> bool:
@@ -225,10 +243,10 @@ class FusionDataset(Dataset[dict[str, Any]]):
         def item(paths: dict[str, Path]) -> torch.Tensor:
             return _crop_flip_tensor(self._decoded(paths[case_id]), flip, crop)
 
-        src1, src2, src3 = (item(paths) for paths in self._sr_paths)
+        sources = {f"src{k}": item(paths) for k, paths in enumerate(self._sr_paths, start=1)}
         target = None if self._hr_paths is None else item(self._hr_paths)
         base = None if self.base_rule is None else _crop_flip_tensor(self._base(case_id), flip, crop)
-        return {"src1": src1, "src2": src2, "src3": src3, "target": target, "base": base, "case_id": case_id}
+        return {**sources, "target": target, "base": base, "case_id": case_id}
 
 
 def _stack_optional(items: list[dict[str, Any]], key: str) -> list[Any] | None:
@@ -267,7 +285,8 @@ def create_dataloader(
     seed: int,
     sampler: EpochSampler | None = None,
 ) -> DataLoader:
-    """DataLoader yielding FusionBatch; never consumes the global torch RNG (worker seeds come from ``seed``).
+    """DataLoader yielding the dataset's batches (``dataset.collate``: FusionBatch); never consumes the global torch
+    RNG (worker seeds come from ``seed``).
 
     Builds EpochSampler(len(dataset), seed, shuffle, flip) when ``sampler`` is None (shuffle/flip are then
     taken from the arguments; a given sampler keeps its own settings). drop_last=False; pin_memory on CUDA. Workers
@@ -284,7 +303,7 @@ def create_dataloader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_fusion,
+        collate_fn=dataset.collate,
         pin_memory=torch.cuda.is_available(),
         drop_last=False,
         persistent_workers=num_workers > 0 and dataset.caches_images,

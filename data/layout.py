@@ -9,6 +9,16 @@ A dataset root holds one folder per split (:data:`SPLITS`); a split folder holds
 
 ``data/embedded.py`` and ``data/prepare_data.py`` write this layout through :func:`write_case`;
 ``data/fusion_dataset.py`` reads it through :func:`sr_dir`, :func:`hr_dir` (and :func:`lr_dir`).
+
+A single-image super-resolution dataset (model.task ``"sr3"``, ``prepare_data.py sr3``) has SR3's own layout: one
+image per case id in each of::
+
+    sr_{l}_{r}/   the image degraded to l x l and bicubic-upsampled back to r x r (the model input)
+    lr_{l}/       the image at l x l
+    hr_{r}/       the image itself, r x r (the target)
+
+written by :func:`write_single_case` and read by ``data/sr_dataset.py`` through :func:`single_sr_dir` and
+:func:`hr_dir`.
 """
 from __future__ import annotations
 
@@ -19,7 +29,8 @@ from PIL import Image
 
 from data.resample import degrade
 
-__all__ = ["SPLITS", "SOURCES", "split_dir", "sr_dir", "lr_dir", "hr_dir", "write_case"]
+__all__ = ["SPLITS", "SOURCES", "split_dir", "sr_dir", "lr_dir", "hr_dir", "write_case", "single_sr_dir",
+           "single_lr_dir", "write_single_case"]
 
 SPLITS = ("train", "val", "test")
 SOURCES = (1, 2, 3)
@@ -54,6 +65,16 @@ def hr_dir(split_root: str | Path, r_resolution: int) -> Path:
     return Path(split_root) / f"hr_{r_resolution}"
 
 
+def single_sr_dir(split_root: str | Path, l_resolution: int, r_resolution: int) -> Path:
+    """``split_root/sr_{l}_{r}``: the image of a single-image case degraded to ``l`` and upsampled back to ``r``."""
+    return Path(split_root) / f"sr_{l_resolution}_{r_resolution}"
+
+
+def single_lr_dir(split_root: str | Path, l_resolution: int) -> Path:
+    """``split_root/lr_{l}``: the image of a single-image case at the LR side ``l``."""
+    return Path(split_root) / f"lr_{l_resolution}"
+
+
 def write_case(split_root: Path, case_id: str, sources: Sequence[Image.Image], target: Image.Image,
                l_resolutions: Sequence[int]) -> None:
     """Write one case as ``<case_id>.png`` into ``hr_{r}`` and, for every ``l``, ``{k}_lr_{l}`` and ``{k}_sr_{l}_{r}``.
@@ -72,6 +93,23 @@ def write_case(split_root: Path, case_id: str, sources: Sequence[Image.Image], t
             lr, sr = degrade(img, l_res)
             outputs[lr_dir(split_root, k, l_res)] = lr
             outputs[sr_dir(split_root, k, l_res, r_resolution)] = sr
+    for folder, img in outputs.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        img.save(folder / f"{case_id}.png")
+
+
+def write_single_case(split_root: Path, case_id: str, image: Image.Image, l_resolutions: Sequence[int]) -> None:
+    """Write one single-image case as ``<case_id>.png`` into ``hr_{r}`` (``image``, a square RGB PIL image of side
+    r) and, for every ``l``, ``lr_{l}`` and ``sr_{l}_{r}`` (``data.resample.degrade``). Folders are created when
+    missing."""
+    if image.width != image.height:
+        raise ValueError(f"case {case_id!r}: expected a square image, got {image.width}x{image.height}")
+    r_resolution = image.width
+    outputs = {hr_dir(split_root, r_resolution): image}
+    for l_res in l_resolutions:
+        lr, sr = degrade(image, l_res)
+        outputs[single_lr_dir(split_root, l_res)] = lr
+        outputs[single_sr_dir(split_root, l_res, r_resolution)] = sr
     for folder, img in outputs.items():
         folder.mkdir(parents=True, exist_ok=True)
         img.save(folder / f"{case_id}.png")

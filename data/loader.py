@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from core.config import DatasetConfig, DatasetsConfig
 from core.distributed import DistInfo
+from core.registry import TASKS
 from data.embedded import ensure_embedded_dataset
 from data.epoch_sampler import EpochSampler, PatchGrid, ShardedEpochSampler
 from data.fusion_dataset import FusionDataset, create_dataloader
@@ -24,9 +25,12 @@ def ensure_config_data(datasets: DatasetsConfig, progress: bool = True) -> None:
 
 
 def dataset_from_config(ds_cfg: DatasetConfig, *, seed: int, train: bool, dist: DistInfo | None = None,
-                        require_target: bool = True,
-                        base_rule: str | None = None) -> tuple[FusionDataset, EpochSampler, DataLoader]:
-    """The dataset of ``ds_cfg``, its epoch sampler and a loader yielding ``FusionBatch``.
+                        require_target: bool = True, base_rule: str | None = None,
+                        task: str = "fusion") -> tuple[FusionDataset, EpochSampler, DataLoader]:
+    """The dataset of ``ds_cfg``, its epoch sampler and a loader yielding its batches.
+
+    ``task`` (``model.task``, a name of ``core.registry.TASKS``) chooses the dataset: ``"fusion"`` reads the
+    tri-modal layout into ``FusionBatch``, ``"sr3"`` the single-image layout into ``data.sr_dataset.SRBatch``.
 
     ``train``: the order is shuffled when ``use_shuffle`` is set, every case is flipped at random and, with
     ``patch_size``, cut to an aligned random crop of that side (all drawn by the sampler from ``seed`` and the epoch,
@@ -37,9 +41,9 @@ def dataset_from_config(ds_cfg: DatasetConfig, *, seed: int, train: bool, dist: 
     that fusion rule of the whole sources as ``base`` (``model.diffusion.residual_base``; ``FusionDataset``).
     """
     dist = dist or DistInfo()
-    dataset = FusionDataset(ds_cfg.dataroot, ds_cfg.l_resolution, ds_cfg.r_resolution, data_len=ds_cfg.data_len,
-                            require_target=require_target, cache_images=ds_cfg.cache_images,
-                            base_rule=base_rule)
+    dataset = TASKS.get(task).dataset(ds_cfg.dataroot, ds_cfg.l_resolution, ds_cfg.r_resolution,
+                                      data_len=ds_cfg.data_len, require_target=require_target,
+                                      cache_images=ds_cfg.cache_images, base_rule=base_rule)
     shuffle = ds_cfg.use_shuffle and train
     batch = ds_cfg.batch_size
     patches = None

@@ -15,7 +15,8 @@ from pathlib import Path
 from data import harvard_cases, harvard_pairs
 from data.splits import SPLITS
 
-__all__ = ["PairsRequest", "add_pairs_parser", "request_from_args", "plan_request", "request_manifest"]
+__all__ = ["PairsRequest", "add_pairs_parser", "add_subject_args", "request_from_args", "plan_request",
+           "request_manifest"]
 
 
 @dataclass(frozen=True)
@@ -41,21 +42,27 @@ def add_pairs_parser(forms: argparse._SubParsersAction, base: argparse.ArgumentP
                              description="Split by subject; real triplets for test; train/val triplets from the pairs "
                              "with a derived third image. Rules: data/harvard_pairs.py, data/harvard_cases.py, "
                              "data/triplets.py.")
-    pairs.add_argument("--input", required=True, type=Path, help="folder holding CT-MRI/, PET-MRI/, SPECT-MRI/")
+    add_subject_args(pairs)
     pairs.add_argument("--triplets", nargs="+", type=Path, default=[], metavar="DIR", help="folders of real "
                        "triplets <case>_<k>_<modality>.png for the test split (e.g. harvard_trimodal)")
-    pairs.add_argument("--test-subjects", nargs="+", default=list(harvard_pairs.DEFAULT_TEST_SUBJECTS),
-                       metavar="S", help="test subjects, never in train or val (default 21 28 41)")
-    pairs.add_argument("--val-subjects", nargs="+", metavar="S", help="val subjects (default: chosen by "
-                       "--val-per-kind and --seed)")
-    pairs.add_argument("--val-per-kind", type=int, default=1, help="val subjects per pair kind when --val-subjects "
-                       "is not given, keeping a train subject for every kind (default 1)")
-    pairs.add_argument("--copies", type=int, default=1, help="augmented train copies per pair (default 1)")
-    pairs.add_argument("--embedded", type=int, default=0, metavar="N", help="add at most N embedded MNI152 train "
-                       "cases to train (default 0)")
     pairs.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), metavar="SPLIT",
                        help="write only these splits, e.g. test (default train val test); the subject split is the "
                        "same whichever are written")
+
+
+def add_subject_args(parser: argparse.ArgumentParser) -> None:
+    """The options of the pair input, its subject split and the train cases (``pairs`` and ``sr3``): --input,
+    --test-subjects, --val-subjects, --val-per-kind, --copies, --embedded."""
+    parser.add_argument("--input", required=True, type=Path, help="folder holding CT-MRI/, PET-MRI/, SPECT-MRI/")
+    parser.add_argument("--test-subjects", nargs="+", default=list(harvard_pairs.DEFAULT_TEST_SUBJECTS),
+                        metavar="S", help="test subjects, never in train or val (default 21 28 41)")
+    parser.add_argument("--val-subjects", nargs="+", metavar="S", help="val subjects (default: chosen by "
+                        "--val-per-kind and --seed)")
+    parser.add_argument("--val-per-kind", type=int, default=1, help="val subjects per pair kind when --val-subjects "
+                        "is not given, keeping a train subject for every kind (default 1)")
+    parser.add_argument("--copies", type=int, default=1, help="augmented train copies per pair (default 1)")
+    parser.add_argument("--embedded", type=int, default=0, metavar="N", help="add at most N embedded MNI152 train "
+                        "cases to train (default 0)")
 
 
 def request_from_args(args: argparse.Namespace) -> PairsRequest:

@@ -5,9 +5,11 @@
         --out OUT
     python data/prepare_data.py pairs --input HARVARD_PAIRS --out OUT --copies 5 [--triplets DIR] [--embedded N] \
         [--splits {train,val,test} ...]
+    python data/prepare_data.py sr3 --input HARVARD_PAIRS --out OUT --copies 5 [--embedded N]   # SR3 single images
 
 Output: ``OUT/{train,val,test}/{1,2,3}_lr_{l}/``, ``{1,2,3}_sr_{l}_{r}/``, ``hr_{r}/`` (PNG, 8-bit RGB) for every
-requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
+requested LR size ``l`` and ``OUT/manifest.json``; ``sr3`` writes SR3's single-image layout instead (below). Rules (see
+docs/own_data.md):
 
 * Input files are paired by stem across the modality folders; non-image (non-NIfTI) files are skipped with a
   warning, hidden files are ignored.
@@ -26,6 +28,12 @@ requested LR size ``l`` and ``OUT/manifest.json``. Rules (see docs/own_data.md):
 * Pairs (the public Harvard AANLIB pair layout): split by subject, real triplets for test, derived and augmented
   triplets for train/val; rules in ``data/harvard_pairs.py``, ``data/harvard_cases.py`` and ``data/triplets.py``;
   ``--splits`` writes only the named splits (the manifest lists them as ``written_splits``).
+* SR3 (``sr3``, the single-image super-resolution data of the paper's sequential baselines, model.task ``"sr3"``):
+  the train and val cases that ``pairs`` plans from the same options (same subject split, derivations and
+  augmentations, so the same HR sources), each of their three HR sources a case ``<triplet>_s<k>`` of
+  ``OUT/{train,val}/hr_{r}/``, ``lr_{l}/``, ``sr_{l}_{r}/`` (``data.layout.write_single_case``: the same
+  ``data.resample.degrade``, so ``sr_{l}_{r}/<triplet>_s<k>.png`` is the ``{k}_sr_{l}_{r}/<triplet>.png`` of
+  ``pairs``). No test split: no image of the test subjects (default 21, 28, 41) enters it.
 * Everything is written into a hidden sibling folder, marked as the project's (``.tfsdiff-output``) and renamed to
   ``OUT`` at the end; input errors exit with code 2, failures while running (e.g. disk full) with 1
   (``core.cli.run_command``; ``--debug`` shows the traceback).
@@ -73,13 +81,14 @@ from data.splits import (SPLITS, PrepareError, list_folder, pair_folders, parse_
                          split_cases)
 from data.volumes import AXES, PERCENTILES, find_subjects, single_subject, subject_slices
 
-__all__ = ["Settings", "Output", "CaseJob", "write_case", "prepare_slices", "prepare_volumes", "prepare_pairs",
-           "InputLayout", "DATASET_LAYOUTS", "main"]
+__all__ = ["Settings", "Output", "CaseJob", "ImageJob", "write_case", "write_image", "prepare_slices",
+           "prepare_volumes", "prepare_pairs", "prepare_sr3", "InputLayout", "DATASET_LAYOUTS", "main"]
 
 FORMAT_VERSION = 1
 COMMAND = "data/prepare_data.py"
 MAX_SEED = 2**32 - 1
 MAX_SIZE = 16384
+DEFAULT_GT_FUSION = "laplacian_ycbcr"
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,16 @@ class CaseJob:
     case_id: str
     sources: tuple[Path | np.ndarray, ...]
     gt: Path | np.ndarray | None
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One single-image (SR3) output case: one HR image as a 2-D or (H, W, 3) uint8 array."""
+
+    split_root: Path
+    case_id: str
+    image: np.ndarray
     settings: Settings
 
 
@@ -146,23 +165,33 @@ def write_case(job: CaseJob) -> str:
     layout.write_case(job.split_root, job.case_id, sources, gt, cfg.l_resolutions)
     return job.case_id
 
+
+def write_image(job: ImageJob) -> str:
+    """Write one single-image case in the layout of ``data.layout.write_single_case``: the image padded and resized
+    to ``r`` as ``write_case`` makes a source; returns its case id (runs in worker processes)."""
+    cfg = job.settings
+    layout.write_single_case(job.split_root, job.case_id, _square_hr(job.image, cfg.r_resolution), cfg.l_resolutions)
+    return job.case_id
+
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _run_jobs(jobs: Iterable[CaseJob], total: int | None, workers: int, progress: bool) -> None:
-    """Run ``write_case`` over ``jobs`` in-process (workers <= 1) or in a process pool, at most 2*workers queued."""
+def _run_jobs(jobs: Iterable[CaseJob | ImageJob], total: int | None, workers: int, progress: bool,
+              writer: Callable[..., str] = write_case) -> None:
+    """Run ``writer`` (``write_case``, or ``write_image`` for single images) over ``jobs`` in-process (workers <= 1)
+    or in a process pool, at most 2*workers queued."""
     bar = tqdm(total=total, desc="preparing cases", unit="case", disable=not progress)
     try:
         if workers <= 1:
             for job in jobs:
-                write_case(job)
+                writer(job)
                 bar.update(1)
             return
         with ProcessPoolExecutor(max_workers=workers) as pool:
             pending: set[Future[str]] = set()
             try:
                 for job in jobs:
-                    pending.add(pool.submit(write_case, job))
+                    pending.add(pool.submit(writer, job))
                     while len(pending) >= 2 * workers:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for future in done:
@@ -185,9 +214,10 @@ def _check_target(out: Path, overwrite: bool, inputs: Iterable[Path | None] = ()
     check_folder_target(out, overwrite, "--out")
 
 
-def _build(output: Output, jobs_for: Callable[[Path], Iterable[CaseJob]], manifest: dict[str, object],
-           total: int | None, inputs: Iterable[Path | None] = ()) -> Path:
-    """Write all cases into a temporary sibling of ``output.out``, mark it and swap it in atomically.
+def _build(output: Output, jobs_for: Callable[[Path], Iterable[CaseJob | ImageJob]], manifest: dict[str, object],
+           total: int | None, inputs: Iterable[Path | None] = (), writer: Callable[..., str] = write_case) -> Path:
+    """Write all cases (with ``writer``, `_run_jobs`) into a temporary sibling of ``output.out``, mark it and swap it
+    in atomically.
 
     ``manifest`` is serialised after the jobs ran (so lists the jobs fill while running are complete); ``inputs``
     are the files and folders read, which ``output.out`` must stay apart from.
@@ -199,7 +229,7 @@ def _build(output: Output, jobs_for: Callable[[Path], Iterable[CaseJob]], manife
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.preparing-", dir=out.parent))
     old = out.parent / f".{out.name}.replaced-{tmp.name.rsplit('-', 1)[-1]}"
     try:
-        _run_jobs(jobs_for(tmp), total, output.workers, output.progress)
+        _run_jobs(jobs_for(tmp), total, output.workers, output.progress, writer)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         mark_folder(tmp, COMMAND)
         tmp.chmod(0o755)
@@ -310,6 +340,41 @@ def prepare_pairs(request: pairs_form.PairsRequest, output: Output) -> Path:
                   [request.input_root, *request.triplet_folders])
 
 
+SR3_SPLITS = ("train", "val")  # never test: the test subjects stay out of the SR3 data
+
+
+def prepare_sr3(request: pairs_form.PairsRequest, output: Output) -> Path:
+    """SR3 form: every HR source of the train and val cases that ``prepare_pairs`` writes for ``request`` (the same
+    plan, derivations and augmentations, ``data.harvard_cases``) as a single-image case ``<triplet>_s<k>``, k = 1, 2,
+    3, in the layout of ``data.layout.write_single_case``. ``request.splits`` must be train and/or val."""
+    if not request.splits or not set(request.splits) <= set(SR3_SPLITS):
+        raise PrepareError(f"the SR3 data has train and val splits only, never test (got {', '.join(request.splits)})")
+    plan = pairs_form.plan_request(request, output.seed)
+    pair_fields = pairs_form.request_manifest(plan, request, output.seed)
+    manifest = _base_manifest(output, "sr3", list(harvard_cases.MODALITIES), "")
+    del manifest["split_ratio"]
+    manifest.update(task="sr3", ground_truth={"source": "the HR image itself (hr_{r}/)"},
+                    layout="data.layout.write_single_case: hr_{r}/, lr_{l}/, sr_{l}_{r}/ per split")
+    manifest.update({key: value for key, value in pair_fields.items() if key not in ("splits", "cases", "counts")})
+    manifest.update(triplets=pair_fields["splits"], triplet_cases=pair_fields["cases"],
+                    splits={split: [] for split in plan.splits}, cases={}, counts={})
+    images: dict[str, list[str]] = manifest["splits"]  # type: ignore[assignment]
+    cases: dict[str, dict[str, object]] = manifest["cases"]  # type: ignore[assignment]
+
+    def jobs_for(tmp: Path) -> Iterator[ImageJob]:
+        for split, case_id, sources in harvard_cases.generate_cases(plan, output.seed, output.settings.r_resolution,
+                                                                   pair_fields):
+            for k, (modality, image) in enumerate(zip(harvard_cases.MODALITIES, sources), start=1):
+                image_id = f"{case_id}_s{k}"
+                images[split].append(image_id)
+                cases[image_id] = {"triplet": case_id, "source": k, "modality": modality}
+                yield ImageJob(tmp / split, image_id, image, output.settings)
+        manifest["counts"] = {split: len(ids) for split, ids in images.items()}
+
+    return _build(output, jobs_for, manifest, 3 * (len(plan.cases) + plan.embedded), [request.input_root],
+                  write_image)
+
+
 # ------------------------------------------------------------------------------------------------ command line
 
 
@@ -340,12 +405,14 @@ class InputLayout:
 
     ``add_parser(forms, name, base, common)`` adds the sub-command ``name`` to ``forms`` (``base``: the options of
     every layout; ``common``: those plus --modalities, --split and --gt-folder); ``prepare(args, output)`` writes the
-    dataset and returns its folder; ``split_ratio``: the cases are split by --split (else by the layout's own rule).
+    dataset and returns its folder; ``split_ratio``: the cases are split by --split (else by the layout's own rule);
+    ``task``: the model task whose dataset reads what it writes (``"sr3"``: single images).
     """
 
     add_parser: Callable[[argparse._SubParsersAction, str, argparse.ArgumentParser, argparse.ArgumentParser], object]
     prepare: Callable[[argparse.Namespace, Output], Path]
     split_ratio: bool = True
+    task: str = "fusion"  # the model.task (core.registry.TASKS) whose dataset reads the output
 
 
 DATASET_LAYOUTS: Registry[InputLayout] = Registry("dataset layout", InputLayout)
@@ -412,6 +479,31 @@ def _from_pairs(args: argparse.Namespace, output: Output) -> Path:
 DATASET_LAYOUTS.add("pairs", InputLayout(_pairs_parser, _from_pairs, split_ratio=False))
 
 
+def _sr3_parser(forms: argparse._SubParsersAction, name: str, base: argparse.ArgumentParser,
+                common: argparse.ArgumentParser) -> None:
+    sr3 = forms.add_parser(name, parents=[base], help="SR3 single-image data from the Harvard AANLIB pair layout: "
+                           "every HR source of the train and val triplets of 'pairs'",
+                           description="The train and val cases that 'pairs' writes with the same options (same "
+                           "subject split, derivations and augmentations), each of their three HR sources a "
+                           "single-image case <triplet>_s<k> in hr_{r}/, lr_{l}/, sr_{l}_{r}/ (SR3's layout, "
+                           "model.task 'sr3'); no test split: no image of the test subjects enters it. --gt-fusion "
+                           "does not apply (the target is the image itself).")
+    pairs_form.add_subject_args(sr3)
+
+
+def _from_sr3(args: argparse.Namespace, output: Output) -> Path:
+    if args.gt_fusion != DEFAULT_GT_FUSION:
+        raise PrepareError(f"--gt-fusion {args.gt_fusion}: sr3 writes single images whose target is the image "
+                           "itself; there is no fused ground truth (remove --gt-fusion)")
+    request = pairs_form.PairsRequest(args.input, (), tuple(args.test_subjects),
+                                      tuple(args.val_subjects) if args.val_subjects else None, args.val_per_kind,
+                                      args.copies, args.embedded, SR3_SPLITS)
+    return prepare_sr3(request, output)
+
+
+DATASET_LAYOUTS.add("sr3", InputLayout(_sr3_parser, _from_sr3, split_ratio=False, task="sr3"))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     forms = parser.add_subparsers(dest="form", required=True, metavar="{" + ",".join(DATASET_LAYOUTS.names()) + "}")
@@ -421,7 +513,7 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("--size", type=int, default=256, help="HR side r (default 256)")
     base.add_argument("--scales", type=int, nargs="+", help="SR scales, e.g. 2 4 8 (default 2 4 8)")
     base.add_argument("--lr-sizes", type=int, nargs="+", help="explicit LR sides l (each divides --size)")
-    base.add_argument("--gt-fusion", default="laplacian_ycbcr", choices=sorted(FUSION_RULES),
+    base.add_argument("--gt-fusion", default=DEFAULT_GT_FUSION, choices=sorted(FUSION_RULES),
                       help="fusion rule for the ground truth when none is given (default laplacian_ycbcr)")
     base.add_argument("--seed", type=int, default=0, help="seed of the case permutation; pairs: also of the val "
                       "subjects, derivations and augmentations (default 0)")

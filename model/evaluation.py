@@ -9,6 +9,10 @@ not touched). For every case it keeps the fused uint8 image and, with `out_dir`,
 truth, `<case>_process.png` on request). Next to the model it scores the bicubic-then-fuse baseline, the ground-truth
 fusion rule applied to the same bicubic-upsampled inputs, so every number has an honest reference.
 
+An SR3 model (`model.task: "sr3"`, batches of `data.sr_dataset.SRBatch`) goes the same path: its cases have one
+source (`<case>_src1.png`, the bicubic-upsampled image), `<case>_fused.png` is the super-resolved image and the
+baseline is the bicubic image itself.
+
 The scores are the metrics of `core.metrics.VALIDATION_METRICS`, entries of the metric registry that `eval.py` reads
 too, computed by `core.scoring.score_metrics` against the ground truth in the paper convention; log lines name each
 with its label (`MetricSpec.log_text`).
@@ -31,11 +35,13 @@ from core.results_layout import write_case
 from core.scoring import score_metrics
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
+from data.sr_dataset import SRBatch
 from model.fuser import Fuser, case_sources
 from model.model import TFSDiffModel
 
 BASELINE_RULE = "laplacian_ycbcr"
 BASELINE = "baseline_"  # the prefix of the baseline's fields
+BASELINE_NAMES = {1: "bicubic baseline", 3: "bicubic-then-fuse baseline"}  # by the number of sources of a case
 VALIDATION_SPECS: tuple[MetricSpec, ...] = tuple(METRICS.get(name) for name in VALIDATION_METRICS)
 METRIC_FIELDS: tuple[str, ...] = tuple(spec.field for spec in VALIDATION_SPECS)  # psnr_rgb, ssim_rgb, psnr_grey, ...
 SCORE_FIELDS: tuple[str, ...] = (*METRIC_FIELDS, *(BASELINE + f for f in METRIC_FIELDS))
@@ -79,6 +85,7 @@ class Evaluation:
     cases: tuple[CaseResult, ...]
     fused: tuple[np.ndarray, ...]
     preview: np.ndarray | None
+    baseline_name: str = BASELINE_NAMES[3]
 
     def mean(self, field: str) -> float:
         values = [getattr(c, field) for c in self.cases if math.isfinite(getattr(c, field))]
@@ -91,7 +98,7 @@ class Evaluation:
         """One log line: the model's and the baseline's mean scores, each metric named with its convention."""
         s = self.summary()
         without_target = any(not math.isfinite(getattr(c, METRIC_FIELDS[0])) for c in self.cases)
-        return (f"{len(self.cases)} cases; model: {_log_text(s)}; bicubic-then-fuse baseline: "
+        return (f"{len(self.cases)} cases; model: {_log_text(s)}; {self.baseline_name}: "
                 f"{_log_text(s, BASELINE)}" + (" (NaN without ground truth)" if without_target else ""))
 
 
@@ -102,13 +109,19 @@ def _scores(image: np.ndarray | None, target: np.ndarray | None, sources: list[n
     return {spec.field: values[spec.name] for spec in VALIDATION_SPECS}
 
 
+def baseline_image(sources: list[np.ndarray]) -> np.ndarray:
+    """The reference method's image of a case: the ground-truth rule of the bicubic-upsampled sources, or for one
+    source (SR3) the bicubic image itself."""
+    return sources[0] if len(sources) == 1 else fuse(BASELINE_RULE, sources)
+
+
 def _case_result(case_id: str, fused: np.ndarray, target: np.ndarray | None,
                  sources: list[np.ndarray]) -> CaseResult:
-    baseline = None if target is None else fuse(BASELINE_RULE, sources)
+    baseline = None if target is None else baseline_image(sources)
     return CaseResult(case_id, _scores(fused, target, sources), _scores(baseline, target, sources))
 
 
-def _evaluate_batch(fuser: Fuser, batch: FusionBatch, sampler: SamplerConfig, generator: torch.Generator,
+def _evaluate_batch(fuser: Fuser, batch: FusionBatch | SRBatch, sampler: SamplerConfig, generator: torch.Generator,
                     out_dir: Path | None, save_process: bool,
                     progress: bool) -> tuple[list[CaseResult], list[np.ndarray], np.ndarray]:
     result = fuser.fuse(batch, sampler=sampler, generator=generator, process=save_process, progress=progress)
@@ -125,7 +138,7 @@ def _evaluate_batch(fuser: Fuser, batch: FusionBatch, sampler: SamplerConfig, ge
 
 
 @torch.no_grad()
-def evaluate_model(model: Fuser | TFSDiffModel, batches: Iterable[FusionBatch], out_dir: Path | None, *,
+def evaluate_model(model: Fuser | TFSDiffModel, batches: Iterable[FusionBatch | SRBatch], out_dir: Path | None, *,
                    sampler: SamplerConfig | None = None, save_process: bool = False,
                    progress: bool = True) -> Evaluation:
     """Fuse every case of `batches` (a loader or a list of `FusionBatch`) with `model` (a `Fuser`, or a model in
@@ -142,13 +155,15 @@ def evaluate_model(model: Fuser | TFSDiffModel, batches: Iterable[FusionBatch], 
     cases: list[CaseResult] = []
     fused: list[np.ndarray] = []
     preview = None
+    sources = 3
     for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False):
+        sources = len(batch.sources)
         batch_cases, batch_fused, rows = _evaluate_batch(fuser, batch.to(fuser.device), settings, generator, out_dir,
                                                          save_process, progress)
         cases.extend(batch_cases)
         fused.extend(batch_fused)
         preview = rows if preview is None else preview
-    return Evaluation(tuple(cases), tuple(fused), preview)
+    return Evaluation(tuple(cases), tuple(fused), preview, BASELINE_NAMES[sources])
 
 
 def method_fuser(name: str, peer_dir: str | Path | None = None,

@@ -45,6 +45,7 @@ from core.metrics import tensor2img
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse as fuse_with
 from data.images import to_tensor
+from data.sr_dataset import SRBatch
 from model.model import TFSDiffModel, build_diffusion, load_sampling_weights
 from model.net_runner import NetRunner, prepare_net
 from model.residual import Residual
@@ -66,9 +67,10 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
-def case_sources(batch: FusionBatch) -> list[list[np.ndarray]]:
-    """Each case's three sources (the bicubic-upsampled inputs) as (H, W, 3) uint8 images."""
-    return [[tensor2img(src[i]) for src in (batch.src1, batch.src2, batch.src3)] for i in range(len(batch))]
+def case_sources(batch: FusionBatch | SRBatch) -> list[list[np.ndarray]]:
+    """Each case's sources (the bicubic-upsampled inputs: three for fusion, one for SR3) as (H, W, 3) uint8
+    images."""
+    return [[tensor2img(src[i]) for src in batch.sources] for i in range(len(batch))]
 
 
 def residual_base(rule: str | None, sources: list[list[np.ndarray]], device: torch.device) -> torch.Tensor | None:
@@ -177,10 +179,11 @@ class Fuser:
             module.train(was_training)
 
     @torch.no_grad()
-    def fuse(self, batch: FusionBatch, *, sampler: SamplerConfig | None = None,
+    def fuse(self, batch: FusionBatch | SRBatch, *, sampler: SamplerConfig | None = None,
              generator: torch.Generator | None = None, process: bool = False, progress: bool = True,
              keep_samples: bool = False) -> FusedBatch:
-        """Fuse the sources of `batch` (its target is not used) as the module docstring says.
+        """Fuse the sources of `batch` (its target is not used) as the module docstring says; for an SR3 model
+        (`model.task: "sr3"`, an `SRBatch`) the "fused" images are the super-resolved images of its one source.
 
         `sampler` replaces the fuser's sampler config; `generator` (default: a fresh `generator()`) draws the noise,
         so one generator passed to successive calls samples a split as one sequence; `process` keeps the denoising

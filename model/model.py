@@ -329,10 +329,15 @@ class TFSDiffModel:
 
 
 def check_network_config(cfg: TFSDiffConfig, saved: dict, location: Path) -> None:
-    """CheckpointError unless the config `saved` in the checkpoint at `location` has the network (`model.unet`,
-    `model.tmfa`) and the residual parametrisation of `cfg`."""
+    """CheckpointError unless the config `saved` in the checkpoint at `location` has the task (`model.task`; a
+    checkpoint from before the key was a fusion model), the network (`model.unet`, `model.tmfa`) and the residual
+    parametrisation of `cfg`."""
     saved_model = saved.get("model", {})
     current = config_to_dict(cfg)["model"]
+    saved_task = saved_model.get("task", "fusion")
+    if saved_task != current["task"]:
+        raise CheckpointError(f"{location} is a model of task {saved_task!r}, but the config has model.task = "
+                              f"{current['task']!r}")
     for key in ("unet", "tmfa"):
         if saved_model.get(key) != current[key]:
             raise CheckpointError(f"{location} was trained with model.{key} = {saved_model.get(key)}, "

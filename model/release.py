@@ -19,7 +19,8 @@ What may be written (`core.outputs`, issue 22):
 - `--out` and its manifest are never the checkpoint (the path given, or the file a folder stands for), never inside
   a checkpoint folder and never contain it, and never the `--config` file; with or without --overwrite.
 - `--config` must exist and parse (`core.config.load_config`), and when the checkpoint records its config, the
-  network (`model.unet`, `model.tmfa`, `model.diffusion.residual_base` / `residual_scale`) must be the config's.
+  network (`model.task`, `model.unet`, `model.tmfa`, `model.diffusion.residual_base` / `residual_scale`) must be
+  the config's. An SR3 checkpoint (`model.task: "sr3"`) is released the same way.
 - An existing `<out>.pth` is replaced only with --overwrite and only when it is a release: its state says
   `"release": True` and its manifest `<out>.json` names it with a matching size and SHA-256. A training checkpoint
   (it can resume training) or any other file is never replaced, nor is an existing `<out>.json` that is not the
@@ -49,6 +50,7 @@ from model.checkpoint_io import (CHECKPOINT_VERSION, CheckpointError, load_file,
                                  resolve_checkpoint, verify_release)
 
 NETWORK_KEYS = ("unet", "tmfa")  # model.<key> must be the checkpoint's (as TFSDiffModel checks on load)
+MODEL_KEYS = {"task": "fusion"}  # model.<key> (default when not recorded: a checkpoint from before the key)
 DIFFUSION_KEYS = {"residual_base": None, "residual_scale": 1.0}  # model.diffusion.<key> (default when not recorded)
 
 
@@ -170,6 +172,7 @@ def check_network(cfg: TFSDiffConfig, config_file: str, state: dict[str, Any], l
         return
     ours = config_to_dict(cfg)["model"]
     differing = [f"model.{k}" for k in NETWORK_KEYS if saved_model.get(k) != ours[k]]
+    differing += [f"model.{k}" for k, default in MODEL_KEYS.items() if saved_model.get(k, default) != ours[k]]
     differing += [f"model.diffusion.{k}" for k, default in DIFFUSION_KEYS.items()
                   if (saved_model.get("diffusion") or {}).get(k, default) != ours["diffusion"][k]]
     if differing:

@@ -1,5 +1,5 @@
 """The contract of every extension point (core/registry.py): each registered entry is run, and the names the config
-and the command lines accept are exactly the registry's. A new sampler, loss, fusion method or input layout is
+and the command lines accept are exactly the registry's. A new sampler, loss, fusion method, task or input layout is
 covered here as soon as it is registered (an input layout also needs a tiny example in LAYOUT_EXAMPLES below)."""
 from __future__ import annotations
 
@@ -21,15 +21,18 @@ from PIL import Image
 import infer
 from core.cli import add_sampler_args
 from core.config import ConfigError, LossConfig, SamplerConfig, parse_config
-from core.registry import FUSION_METHODS, LOSSES, SAMPLERS, WEIGHT_FREE_FUSION, Names, Registry
+from core.registry import FUSION_METHODS, LOSSES, SAMPLERS, TASKS, WEIGHT_FREE_FUSION, Names, Registry
 from data import prepare_data
 from data.colour_maps import render_activity
-from data.fusion_dataset import FusionDataset
+from data.fusion_dataset import create_dataloader
 from data.fusion_rules import FUSION_RULES, fuse
 from data.layout import SOURCES
 from model.diffusion import GaussianDiffusion, TrainingTerms
 from model.losses import build_loss
+from model.fuser import Fuser
+from model.model import TFSDiffModel
 from model.samplers import build_sampler, sample_loop
+from model.sr3 import SR3_PREFIX, sequential_names
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 10
@@ -66,19 +69,20 @@ def test_registry_names_once_in_order_and_loads_its_providers() -> None:
 
 def test_importing_the_config_loads_no_provider() -> None:
     """core/ never imports upward: the providers are loaded by a lookup, never by importing core.config or core.cli."""
-    code = ("import sys, core.config, core.cli; from core.registry import SAMPLERS, LOSSES, FUSION_METHODS; "
-            "mods = [m for r in (SAMPLERS, LOSSES, FUSION_METHODS) for m in r.providers]; "
+    code = ("import sys, core.config, core.cli; from core.registry import SAMPLERS, LOSSES, FUSION_METHODS, TASKS; "
+            "mods = [m for r in (SAMPLERS, LOSSES, FUSION_METHODS, TASKS) for m in r.providers]; "
             "assert not [m for m in mods if m in sys.modules], mods; "
             "core.config.load_config('config/demo.json'); assert all(m in sys.modules for m in mods[:2])")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
 
 
-@pytest.mark.parametrize("registry", [SAMPLERS, LOSSES, FUSION_METHODS], ids=lambda r: r.kind)
+@pytest.mark.parametrize("registry", [SAMPLERS, LOSSES, FUSION_METHODS, TASKS], ids=lambda r: r.kind)
 def test_entries_are_registered_by_a_provider(registry: Registry[Any]) -> None:
     """A config is checked in a process that has imported only the providers: every entry must come from one."""
     for name, spec in registry.items():
-        implementation = getattr(spec, "build", None) or getattr(spec, "fuse", None) or spec.load
+        implementation = (getattr(spec, "build", None) or getattr(spec, "fuse", None) or getattr(spec, "dataset", None)
+                          or spec.load)
         assert implementation.__module__ in registry.providers, (name, implementation.__module__)
 
 
@@ -183,7 +187,39 @@ def test_fusion_names_of_config_and_clis_are_the_registry(make_tiny_config: Call
         infer.parse_args(["-c", "unused.json", "--method", "no-such-method"])
     listed = capsys.readouterr().err.split("(choose from ")[1].split(")")[0]
     methods = {name.strip("'") for name in listed.split(", ")} - {infer.MODEL_METHOD}
-    assert set(weight_free) <= methods <= set(FUSION_METHODS.names())
+    sequential = {name for name in methods if name.startswith(SR3_PREFIX)}  # SR3, then a method (model.sr3)
+    assert sequential == set(sequential_names()) == {SR3_PREFIX + name for name in FUSION_METHODS.names()}
+    assert set(weight_free) <= methods - sequential <= set(FUSION_METHODS.names())
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+
+
+def test_task_names_of_the_config_are_the_registry(make_tiny_config: Callable[..., dict]) -> None:
+    assert _accepted(make_tiny_config, "model.task") == TASKS.names()
+
+
+@pytest.mark.parametrize("name", TASKS.names())
+def test_every_task_trains_a_step_on_its_batches_and_samples(name: str, tmp_path: Path,
+                                                           make_tiny_config: Callable[..., dict]) -> None:
+    """A model of each task trains on the batches of its dataset (collated by the dataset) and samples them."""
+    spec = TASKS.get(name)
+    changes = {"model.task": name, "model.unet.in_channel": 3 * spec.sources + 3}
+    if not spec.fuses:
+        changes |= {"model.tmfa": {"placement": "off"}, "model.loss": {"type": "mse"}}
+    cfg = parse_config(make_tiny_config(changes=changes))
+    g = torch.Generator().manual_seed(0)
+    items = [{**{f"src{k}": torch.rand(3, 16, 16, generator=g) * 2 - 1 for k in range(1, spec.sources + 1)},
+              "target": torch.rand(3, 16, 16, generator=g) * 2 - 1, "base": None, "case_id": f"case{i}"}
+             for i in range(2)]
+    batch = spec.dataset.collate(items)
+    assert len(batch.sources) == spec.sources and batch.condition.shape == (2, 3 * spec.sources, 16, 16)
+    torch.manual_seed(0)
+    model = TFSDiffModel(cfg, torch.device("cpu"))
+    losses = model.train_step(batch.target, batch.condition, batch.base)
+    assert math.isfinite(losses["loss"]) and model.step == 1
+    fused = Fuser.from_model(model).fuse(batch, progress=False)
+    assert fused.images.shape == (2, 3, 16, 16) and torch.isfinite(fused.images).all()
 
 
 # ------------------------------------------------------------------------------------------------ input layouts
@@ -236,7 +272,7 @@ def _pairs_example(root: Path) -> list[str]:
 
 # a tiny input of each layout and the sub-command's arguments for it (a new layout adds its example here)
 LAYOUT_EXAMPLES: dict[str, Callable[[Path], list[str]]] = {
-    "slices": _slices_example, "volumes": _volumes_example, "pairs": _pairs_example}
+    "slices": _slices_example, "volumes": _volumes_example, "pairs": _pairs_example, "sr3": _pairs_example}
 
 
 def test_layout_names_of_the_cli_are_the_registry() -> None:
@@ -248,7 +284,7 @@ def test_layout_names_of_the_cli_are_the_registry() -> None:
 @pytest.mark.parametrize("name", prepare_data.DATASET_LAYOUTS.names())
 def test_every_layout_round_trips_a_tiny_dataset(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                                  ) -> None:
-    """Each input layout becomes the data.layout folders, which the loader reads back case by case."""
+    """Each input layout becomes the data.layout folders, which the dataset of its task reads back case by case."""
     out = tmp_path / "out"
     args = [name, *LAYOUT_EXAMPLES[name](tmp_path / "in"), "--out", str(out), "--size", str(SIZE), "--scales", "2",
             "--quiet"]
@@ -257,8 +293,12 @@ def test_every_layout_round_trips_a_tiny_dataset(name: str, tmp_path: Path, caps
     assert manifest["input_form"] == name and manifest["l_resolutions"] == [SIZE // 2]
     written = {split: cases for split, cases in manifest["splits"].items() if cases}
     assert written
+    task = TASKS.get(prepare_data.DATASET_LAYOUTS.get(name).task)
     for split, cases in written.items():
-        dataset = FusionDataset(out / split, SIZE // 2, SIZE)
+        dataset = task.dataset(out / split, SIZE // 2, SIZE)
         assert sorted(dataset.case_ids) == sorted(cases)
         item = dataset[0]
-        assert all(item[key].shape == (3, SIZE, SIZE) for key in ("src1", "src2", "src3", "target"))
+        keys = (*(f"src{k}" for k in range(1, task.sources + 1)), "target")
+        assert all(item[key].shape == (3, SIZE, SIZE) for key in keys)
+        batch = next(iter(create_dataloader(dataset, 2, shuffle=False, flip=False, num_workers=0, seed=0)))
+        assert len(batch.sources) == task.sources and batch.target.shape[1:] == (3, SIZE, SIZE)
