@@ -4,10 +4,15 @@
     python infer.py -c CONFIG [--checkpoint PATH] --sampler ddim --steps 50   # a fast sampler instead of model.sampler
     python infer.py -c CONFIG --method average|maximum|laplacian_ycbcr|pca|dwt [--split test|val] [--out DIR]
     python infer.py -c CONFIG --method ifcnn|prrgan|matr|mufusion --peer-dir DIR ...   # a published method
+    python infer.py -c CONFIG --method sr3+NAME [--sr3-checkpoint PATH] [--sr3-config FILE] ...   # SR3, then NAME
     python infer.py -c CONFIG --checkpoint PATH --inputs T1.png T2.png SPECT.png --out fused.png [--process]
     python infer.py -c CONFIG --input-dir SCANS --out OUT [--method M] [--out-size H W]   # every case of a folder
     python infer.py -c CONFIG --inputs ... --out fused.png --samples 4 --uncertainty [U.png]   # + uncertainty map
     python infer.py -c CONFIG --inputs ... --out fused.png --tile 512 [--tile-overlap 64]   # sample tile by tile
+    python infer.py -c CONFIG --inputs T1.png T2.png PET.png --out fused.png --colour-map harvard_pet   # grey PET
+    python infer.py -c CONFIG --inputs T1.nii.gz T2.nii.gz PET.nii.gz --out fused.nii.gz [--method M]   # volumes
+        [--slice-axis axial|coronal|sagittal] [--out-size H W] [--resample-to first] [--grey]
+        [--colour-map harvard_pet] [--samples 4 --uncertainty U.nii.gz] [--batch-slices N]   (DICOM: a folder each)
     add --debug to any of them for the traceback of an error
 
 Split mode writes, per case id, `<id>_fused.png`, `<id>_src{1,2,3}.png` (the bicubic-upsampled inputs of the
@@ -22,6 +27,10 @@ Without --checkpoint the weights are the config's `path.resume_state`, else its 
 A `--method` rule from `data.fusion_rules` fuses the same bicubic-upsampled inputs, so the baselines are scored
 on exactly the model's inputs; so does a published method of `model.peers` (IFCNN, PRRGAN, MATR, MUFusion, ...),
 with its authors' weights from `--peer-dir` (a clone of their repository; size and SHA-256 are checked).
+`--method sr3+NAME` is the paper's sequential baseline (`model.sr3`): an SR3 model (`--sr3-config`, default
+config/sr3_x{s}_{l}_{r}.json of the config's scale; weights `--sr3-checkpoint`, default that config's
+pretrained/sr3_x{s}_{l}_{r}.pth) super-resolves the three bicubic inputs of each case, seeded, then NAME fuses them;
+`<id>_src{1,2,3}.png` stay the bicubic inputs, the reference every row shares.
 
 Single-case mode (--inputs, three registered images of one size, any size and aspect ratio, grey or colour): the
 three images are the low-resolution sources. Each is converted to RGB and upsampled with
@@ -46,6 +55,23 @@ case and its files, before anything is read or written. OUT gets the results lay
 `OUT/<case>_{src1,src2,src3,fused}.png` (the sources as the method saw them, upsampled), `<case>_process.png` with
 --process, `<case>_uncertainty.png` with --uncertainty, so that `python eval.py OUT --reference sources` scores
 them. The log gives the seconds per case after loading.
+
+Colour maps (--colour-map NAME, a Harvard map of `data.colour_maps`): the --colour-source'th input (default the
+third, the functional one), which must be grey, is rendered in that pseudo-colour map (grey level g -> the map's
+colour of activity g / 255), as the model saw functional scans in training; --inputs images, --input-dir and volumes.
+
+Volume mode (--inputs of three registered NIfTI volumes, .nii or .nii.gz, or folders each holding one DICOM series;
+--out X.nii.gz or X.nii): the volumes must share one voxel grid (shape and affine within
+`data.volumes.AFFINE_ATOL`; --resample-to first resamples the second and third onto the first's), are each windowed
+to uint8 (0.5 / 99.5 percentiles of the non-zero voxels, as `prepare_data.py volumes`), reoriented to the closest
+RAS+ orientation and cut along --slice-axis (default axial) into slices shown anterior / superior up. Every slice is
+fused as single-case mode fuses an image (the model in batches of --batch-slices slices with one seeded generator for
+the volume, or --method slice by slice; --out-size H W is the fused in-plane size, default the slices' size times
+the scale; --tile and the memory check as for an image); slices whose three sources are all zero are not fused and
+stay 0. The output is one NIfTI volume over the first input's field of view, in its original orientation: RGB24, or
+uint8 luminance with --grey; `X.json` beside it records the windows, the slice axis, the method, the config and the
+sampler; --uncertainty [U.nii.gz] writes the spread as float32 grey levels on the same grid. `data.volume_io`,
+`data.dicom`, `model.volume_fusion`; docs/usage.md, "Volumes".
 
 Uncertainty (--samples K --uncertainty, K >= 2, the model only): the fused image stays the mean of the K samples,
 exactly as without --uncertainty; the map is, per pixel, the standard deviation over the K samples (root of the
@@ -75,7 +101,9 @@ path); 1 for a failure while running (disk full, anything unexpected). --debug s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
+import json
 import logging
 import os
 import re
@@ -100,13 +128,19 @@ from core.outputs import check_apart, check_file_target, check_folder_target, is
     publish_folder, resolved
 from core.registry import FUSION_METHODS
 from core.results_layout import UNCERTAINTY_SCALE, uncertainty_image, write_case
+from data.colour_maps import COLOUR_MAPS, colourise
 from data.fusion_dataset import FusionBatch
 from data.images import IMAGE_EXTENSIONS, read_image, to_tensor
 from data.loader import dataset_from_config, ensure_config_data
 from data.resample import resize_bicubic
+from data.volume_io import beside, fused_nifti, is_nifti_name, is_volume_input, nifti_bytes, on_one_grid, \
+    read_volume, sidecar_path, sidecar_record, slice_volumes, spread_nifti
+from data.volumes import AXES, NIFTI_EXTENSIONS
 from model.evaluation import evaluate_model, fuse_with_rule, method_fuser
 from model.fuser import FusedBatch, Fuser
+from model.sr3 import fusion_method_of, load_sequential, sequential_names
 from model.tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIDE, Tiling
+from model.volume_fusion import default_batch_slices, fuse_slices, slices_per_batch, volume_bytes
 
 MODEL_METHOD = "tfsdiff"
 MIN_OUTPUT_SIDE = 8  # the fusion rules' smallest side (data.fusion_rules), and at least one U-Net block
@@ -129,21 +163,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-c", "--config", required=True, help="JSON config file (// comments allowed)")
     parser.add_argument("--checkpoint", help="model checkpoint (default: the config's path.resume_state, else its "
                                              "released weights path.pretrained)")
-    parser.add_argument("--method", default=MODEL_METHOD, choices=(MODEL_METHOD, *sorted(FUSION_METHODS.names())),
+    parser.add_argument("--method", default=MODEL_METHOD,
+                        choices=(MODEL_METHOD, *sorted(FUSION_METHODS.names()), *sorted(sequential_names())),
                         help="the model (default), a classical fusion rule or a published method (ifcnn, prrgan, "
-                             "matr, mufusion, ...; needs --peer-dir) applied to the bicubic inputs")
+                             "matr, mufusion, ...; needs --peer-dir) applied to the bicubic inputs; sr3+NAME: SR3 "
+                             "super-resolves the three inputs, then NAME fuses them")
+    parser.add_argument("--sr3-checkpoint", metavar="PATH", help="--method sr3+NAME: the SR3 weights (default: the "
+                        "SR3 config's path.pretrained, pretrained/sr3_x<s>_<l>_<r>.pth)")
+    parser.add_argument("--sr3-config", metavar="FILE", help="--method sr3+NAME: the SR3 config, its network, "
+                        "sampler and seed (default: config/sr3_x<s>_<l>_<r>.json of the config's scale)")
     parser.add_argument("--peer-dir", help="a published method's weights: a clone of its authors' repository, or a "
                                            "folder holding the weight file at the same relative path")
     parser.add_argument("--split", choices=("test", "val"), default="test", help="data split of the config")
     parser.add_argument("--inputs", nargs=3, metavar=("SRC1", "SRC2", "SRC3"),
-                        help="fuse one case from three image files instead of a split (needs --out FILE)")
+                        help="fuse one case from three image files instead of a split (needs --out FILE); three "
+                             "NIfTI volumes or DICOM series folders: volume mode (--out X.nii.gz)")
     parser.add_argument("--input-dir", metavar="DIR",
                         help="fuse every case of DIR, its files named <case>_<k>_<anything>.<ext> with k = 1, 2, 3 "
                              "(needs --out FOLDER, which gets the results layout)")
-    parser.add_argument("--out", help="output folder (split and folder mode) or output image file (single-case mode)")
+    parser.add_argument("--out", help="output folder (split and folder mode), output image file (single-case mode) "
+                                      "or NIfTI file (volume mode)")
     parser.add_argument("--out-size", nargs=2, type=int, metavar=("H", "W"),
                         help="--inputs/--input-dir: height and width of the fused image (default: the inputs' size "
-                             "times the scale); a changed aspect ratio is warned about")
+                             "times the scale; volumes: of the fused slices); a changed aspect ratio is warned about")
     parser.add_argument("--process", action="store_true", help="also write the denoising-process strip")
     parser.add_argument("--uncertainty", nargs="?", const="", metavar="FILE.png",
                         help="with --samples K (K >= 2): also write the uncertainty map, a grey PNG whose value per "
@@ -151,7 +193,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(root of the mean squared deviation) of the luminance 0.299 R + 0.587 G + 0.114 B of "
                              "each sample's fused image in grey levels 0..255 (so value / %d = s; 255 = s >= %.2f). "
                              "--inputs: to FILE.png (default "
-                             "<out stem>_uncertainty.png); --input-dir: to OUT/<case>_uncertainty.png"
+                             "<out stem>_uncertainty.png); --input-dir: to OUT/<case>_uncertainty.png; volumes: "
+                             "the spread s itself as float32 NIfTI, to FILE.nii.gz (default "
+                             "<out stem>_uncertainty.nii.gz)"
                              % (UNCERTAINTY_SCALE, UNCERTAINTY_SCALE, 255 / UNCERTAINTY_SCALE))
     parser.add_argument("--tile", type=int, metavar="SIDE",
                         help="sample the model tile by tile, SIDE x SIDE pixels (blended per step, model.tiling); "
@@ -159,6 +203,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "in free memory but a tile does")
     parser.add_argument("--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, metavar="PX",
                         help=f"overlap of neighbouring tiles in pixels (default {DEFAULT_TILE_OVERLAP})")
+    parser.add_argument("--colour-map", choices=sorted(COLOUR_MAPS),
+                        help="render a grey functional input (the --colour-source'th, default the third) in this "
+                             "Harvard pseudo-colour map, as the model saw such scans in training (images and volumes)")
+    parser.add_argument("--colour-source", type=int, choices=(1, 2, 3),
+                        help="--colour-map: which input (1, 2 or 3) to render (default 3)")
+    volumes = parser.add_argument_group("volumes (--inputs of three NIfTI files or DICOM series folders, --out "
+                                        "X.nii.gz; see Volume mode above)")
+    volumes.add_argument("--slice-axis", choices=sorted(AXES, key=AXES.get, reverse=True),
+                         help="fuse slice by slice along this axis of the closest RAS+ orientation (default axial)")
+    volumes.add_argument("--resample-to", choices=("first",),
+                         help="resample the second and third volumes onto the first's voxel grid (cubic spline) "
+                              "when the grids differ (default: an error)")
+    volumes.add_argument("--grey", action="store_true",
+                         help="write the fused volume as uint8 luminance 0.299 R + 0.587 G + 0.114 B instead of RGB24")
+    volumes.add_argument("--batch-slices", type=int, metavar="N",
+                         help="the model: slices per network batch (default 1 on a CPU, 8 on a GPU; fewer when N do "
+                              "not fit in free memory)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing result (method folder or output file) once the new one is done")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -168,8 +229,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.peer_dir and (args.method == MODEL_METHOD or not FUSION_METHODS.get(args.method).needs_weights):
+    fusion = fusion_method_of(args.method) or args.method
+    if args.peer_dir and (args.method == MODEL_METHOD or not FUSION_METHODS.get(fusion).needs_weights):
         raise InputError(f"--peer-dir is for a published method with weights; {args.method!r} has none")
+    if (args.sr3_checkpoint or args.sr3_config) and fusion == args.method:
+        raise InputError(f"--sr3-checkpoint and --sr3-config are for --method sr3+NAME, not {args.method!r}")
     if args.process and args.method != MODEL_METHOD:
         raise InputError(f"--process needs the model; method {args.method!r} has no denoising process")
     if args.inputs and args.input_dir:
@@ -180,7 +244,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--inputs needs --out FILE (the fused image to write)")
     if args.input_dir and not args.out:
         raise InputError("--input-dir needs --out FOLDER (the results folder to write)")
-    if args.inputs and Path(args.out).suffix.lower() not in IMAGE_EXTENSIONS:
+    if args.colour_source is not None and args.colour_map is None:
+        raise InputError("--colour-source picks the input that --colour-map renders: pass --colour-map NAME")
+    volumes = bool(args.inputs) and volume_mode(args.inputs)
+    if volumes:
+        _check_volume_args(args)
+    else:
+        _check_image_args(args)
+    if args.inputs and not volumes and Path(args.out).suffix.lower() not in IMAGE_EXTENSIONS:
         raise InputError(f"--out {args.out}: expected an image file name ending in one of "
                          f"{', '.join(sorted(IMAGE_EXTENSIONS))}")
     if args.tile is not None:
@@ -197,8 +268,45 @@ def _check_args(args: argparse.Namespace) -> None:
         if args.input_dir and args.uncertainty:
             raise InputError("--input-dir writes the maps as OUT/<case>_uncertainty.png: pass --uncertainty without "
                              "a file name")
-        if args.uncertainty and Path(args.uncertainty).suffix.lower() != ".png":
+        if args.uncertainty and not volumes and Path(args.uncertainty).suffix.lower() != ".png":
             raise InputError(f"--uncertainty {args.uncertainty}: expected a .png file name (the map is a grey PNG)")
+
+
+def volume_mode(inputs: list[str]) -> bool:
+    """Whether --inputs are volumes: NIfTI files, or folders of DICOM series with a NIfTI file or only folders (a
+    folder among images is read, and refused, as an image); InputError when volumes and images are mixed."""
+    if not any(is_nifti_name(path) for path in inputs) and not all(Path(path).is_dir() for path in inputs):
+        return False
+    kinds = [is_volume_input(path) for path in inputs]
+    if not all(kinds):
+        raise InputError("--inputs mixes volumes (NIfTI files, DICOM folders) and images: "
+                         + ", ".join(f"{path} ({'volume' if kind else 'image'})" for path, kind in zip(inputs, kinds))
+                         + "; give three of one kind")
+    return True
+
+
+def _check_volume_args(args: argparse.Namespace) -> None:
+    if not is_nifti_name(args.out) or Path(args.out).is_dir():
+        raise InputError(f"--out {args.out}: volume mode writes one NIfTI volume; expected a file name ending in "
+                         f"{' or '.join(NIFTI_EXTENSIONS)}")
+    if args.uncertainty and not is_nifti_name(args.uncertainty):
+        raise InputError(f"--uncertainty {args.uncertainty}: volume mode writes the spread as a NIfTI volume; "
+                         f"expected a file name ending in {' or '.join(NIFTI_EXTENSIONS)}")
+    if args.process:
+        raise InputError("--process writes the denoising strip of an image; volume mode has none")
+    if args.batch_slices is not None and (args.batch_slices < 1 or args.method != MODEL_METHOD):
+        raise InputError(f"--batch-slices {args.batch_slices}: slices per batch of the model, at least 1"
+                         + ("" if args.method == MODEL_METHOD else f"; method {args.method!r} fuses slice by slice"))
+
+
+def _check_image_args(args: argparse.Namespace) -> None:
+    only = [flag for flag, value in (("--slice-axis", args.slice_axis), ("--resample-to", args.resample_to),
+                                     ("--grey", args.grey), ("--batch-slices", args.batch_slices)) if value]
+    if only:
+        raise InputError(f"{', '.join(only)}: for volumes only (--inputs of three NIfTI files or DICOM folders)")
+    if args.colour_map and not (args.inputs or args.input_dir):
+        raise InputError("--colour-map renders your own inputs: use it with --inputs or --input-dir (a split's "
+                         "images are used as prepared)")
 
 
 def check_uncertainty_samples(args: argparse.Namespace, cfg: TFSDiffConfig) -> None:
@@ -219,6 +327,15 @@ def load_model(cfg: TFSDiffConfig, checkpoint: str | None, tiling: Tiling | None
     fuser.tiling = tiling
     log.info("loaded the weights of checkpoint %s", checkpoint)
     return fuser
+
+
+def load_method(cfg: TFSDiffConfig, args: argparse.Namespace) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """The fusion function of --method (not the model): a rule or published method (`method_fuser`), or SR3 then
+    NAME for sr3+NAME (`model.sr3.load_sequential`, the SR3 model of the config's scale)."""
+    if fusion_method_of(args.method) is None:
+        return method_fuser(args.method, args.peer_dir)
+    return load_sequential(args.method, cfg.datasets.train, sr3_config=args.sr3_config,
+                           sr3_checkpoint=args.sr3_checkpoint, peer_dir=args.peer_dir, progress=not args.no_progress)
 
 
 def split_loader(cfg: TFSDiffConfig, split: str) -> DataLoader:
@@ -259,7 +376,7 @@ def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     check_replaceable(out_dir, args.overwrite or (args.out is None and is_project_folder(out_dir)), folder=True)
     tiling = Tiling(args.tile, args.tile_overlap) if args.tile is not None else None
     fuser = load_model(cfg, checkpoint, tiling) if args.method == MODEL_METHOD else None
-    method = method_fuser(args.method, args.peer_dir) if fuser is None else None
+    method = load_method(cfg, args) if fuser is None else None
     loader = split_loader(cfg, args.split)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
@@ -276,16 +393,29 @@ def run_split(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     return out_dir
 
 
-def read_inputs(paths: list[str]) -> list[np.ndarray]:
+def read_inputs(paths: list[str], colour: tuple[str, int] | None = None) -> list[np.ndarray]:
     """The three inputs as uint8 RGB arrays (H, W, 3) of one size (they must be registered), read by
     `data.images.read_image` with the loader's rules (16-bit by min-max, alpha composited on black, palette
-    expanded, EXIF orientation applied)."""
+    expanded, EXIF orientation applied); with `colour` (--colour-map NAME, --colour-source k) input k, which must
+    be grey, rendered in that colour map."""
     images = [read_image(p) for p in paths]  # an ImageReadError names the file
     sizes = {p: img.shape[:2] for p, img in zip(paths, images)}
     if len(set(sizes.values())) != 1:
         raise InputError(f"the three inputs must have one size (registered images), got ({HXW}) "
                          + ", ".join(f"{p}: {hxw(size)}" for p, size in sizes.items()))
+    if colour is not None:
+        name, source = colour
+        image = images[source - 1]
+        if not (image == image[..., :1]).all():
+            raise InputError(f"--colour-map {name}: {paths[source - 1]} (input {source}) is already in colour; the "
+                             "map renders a grey image: give the grey scan, or leave out --colour-map")
+        images[source - 1] = colourise(image[..., 0], name)
     return images
+
+
+def colour_choice(args: argparse.Namespace) -> tuple[str, int] | None:
+    """(--colour-map, --colour-source, default 3), or None without --colour-map."""
+    return (args.colour_map, args.colour_source or 3) if args.colour_map else None
 
 
 def hxw(size: tuple[int, int]) -> str:
@@ -411,7 +541,7 @@ def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
         if path is not None:
             check_apart(path, (*args.inputs, args.config, checkpoint, args.peer_dir), flag)
             check_replaceable(path, args.overwrite, folder=False)
-    images = read_inputs(args.inputs)
+    images = read_inputs(args.inputs, colour_choice(args))
     size = output_size(images[0].shape[:2], model_scale(cfg), args.out_size)
     warning = aspect_warning(images[0].shape[:2], size, "the inputs")
     if warning:
@@ -420,7 +550,7 @@ def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     for path in written:
         path.parent.mkdir(parents=True, exist_ok=True)
     fuser = load_model(cfg, checkpoint, tiling) if args.method == MODEL_METHOD else None
-    method = method_fuser(args.method, args.peer_dir) if fuser is None else None
+    method = load_method(cfg, args) if fuser is None else None
     sources = upsample(images, size)
     images_out: dict[Path, np.ndarray] = {}
     if method is not None:
@@ -494,7 +624,7 @@ def run_folder(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     sizes: dict[str, tuple[int, int]] = {}
     stretched: dict[tuple[int, int], list[str]] = {}
     for case, paths in cases.items():  # every image read once before anything is loaded or written
-        input_hw = read_inputs([str(p) for p in paths])[0].shape[:2]
+        input_hw = read_inputs([str(p) for p in paths], colour_choice(args))[0].shape[:2]
         sizes[case] = output_size(input_hw, model_scale(cfg), args.out_size)
         if aspect_warning(input_hw, sizes[case], "the inputs"):
             stretched.setdefault(input_hw, []).append(case)
@@ -504,14 +634,14 @@ def run_folder(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     tiling = check_memory(cfg if args.method == MODEL_METHOD else None,
                           max(sizes.values(), key=lambda hw: hw[0] * hw[1]), args.tile, args.tile_overlap)
     fuser = load_model(cfg, checkpoint, tiling) if args.method == MODEL_METHOD else None
-    method = method_fuser(args.method, args.peer_dir) if fuser is None else None
+    method = load_method(cfg, args) if fuser is None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.tmp{os.getpid()}")
     start = time.perf_counter()
     try:
         staging.mkdir()
         for case, paths in tqdm(cases.items(), desc="cases", unit="case", disable=args.no_progress):
-            sources = upsample(read_inputs([str(p) for p in paths]), sizes[case])
+            sources = upsample(read_inputs([str(p) for p in paths], colour_choice(args)), sizes[case])
             process = uncertainty = None
             if method is not None:
                 fused = fuse_with_method(method, sources, args.method, f"case {case!r}")
@@ -530,13 +660,89 @@ def run_folder(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     return out
 
 
+def run_volume(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
+    """Volume mode: three volumes fused slice by slice (`data.volume_io`, `model.volume_fusion`) into the NIfTI
+    --out, its sidecar JSON and, with --uncertainty, the spread volume; all published together or none."""
+    out = Path(args.out)
+    uncertainty_out = None
+    if args.uncertainty is not None:
+        uncertainty_out = Path(args.uncertainty) if args.uncertainty else beside(out, "_uncertainty")
+    model = args.method == MODEL_METHOD
+    checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=False) if model else None
+    outputs = [(out, "--out"), (sidecar_path(out), "--out (its sidecar JSON)"), (uncertainty_out, "--uncertainty")]
+    written = [path for path, _ in outputs if path is not None]
+    if len({resolved(path) for path in written}) != len(written):
+        raise InputError("--out, its sidecar JSON and --uncertainty must be different files: "
+                         + ", ".join(map(str, written)))
+    for path, flag in outputs:
+        if path is not None:
+            check_apart(path, (*args.inputs, args.config, checkpoint, args.peer_dir), flag)
+            check_replaceable(path, args.overwrite, folder=False)
+    volumes, resampled = on_one_grid([read_volume(path) for path in args.inputs], args.resample_to)
+    axis = args.slice_axis or "axial"
+    sliced = slice_volumes(volumes, axis, args.colour_map, args.colour_source or 3)
+    input_hw = sliced.geometry.slice_hw
+    size = output_size(input_hw, model_scale(cfg), args.out_size)
+    warning = aspect_warning(input_hw, size, f"the {axis} slices")
+    if warning:
+        log.warning("%s", warning)
+    whole, free = volume_bytes(len(sliced), size, uncertainty_out is not None), free_memory_bytes(torch.device("cpu"))
+    if free is not None and whole > free:
+        raise InputError(f"the fused volume ({len(sliced)} {axis} slices of {hxw(size)}, {HXW}) needs about "
+                         f"{whole / 2**30:.1f} GiB of memory to assemble and write, but {free / 2**30:.1f} GiB are "
+                         "free: pass a smaller --out-size H W (e.g. the slices' own size), or fuse on a machine with "
+                         "more memory")
+    tiling = check_memory(cfg if model else None, size, args.tile, args.tile_overlap)
+    fuser = load_model(cfg, checkpoint, tiling) if model else None
+    method = load_method(cfg, args) if fuser is None else None
+    batch = 1
+    if fuser is not None:
+        per_slice = needed_bytes(cfg, size) if tiling is None else tiled_bytes(cfg, size, tiling)
+        batch = slices_per_batch(args.batch_slices or default_batch_slices(fuser.device), per_slice,
+                                 free_memory_bytes(fuser.device))
+    start = time.perf_counter()
+    result = fuse_slices(sliced, size, fuser=fuser, method=method, batch=batch,
+                         keep_samples=uncertainty_out is not None, progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    description = f"TFS-Diff {args.method}, {axis} slices fused at {hxw(size)}; {sidecar_path(out).name}"
+    image = fused_nifti(sliced.geometry, result.images, args.grey, volumes[0].header, description)
+    run_info = {"method": args.method, "config": str(args.config), "checkpoint": str(checkpoint) if model else None,
+                "sampler": dataclasses.asdict(cfg.model.sampler) if model else None,
+                "seed": cfg.seed if model else None, "batch_slices": result.batch,
+                "tiling": {"side": tiling.side, "overlap": tiling.overlap} if tiling is not None else None,
+                "uncertainty": None if uncertainty_out is None else {
+                    "path": str(uncertainty_out), "unit": "grey levels 0..255: per voxel, the standard deviation "
+                    "over the samples of the luminance 0.299 R + 0.587 G + 0.114 B of each sample's fused image"}}
+    record = sidecar_record(sliced, list(args.inputs), resampled, image, size, out, args.grey, result.empty,
+                            run_info)
+    files: dict[Path, str | bytes] = {out: nifti_bytes(image, out), sidecar_path(out): json.dumps(record, indent=1)
+                                      + "\n"}
+    if uncertainty_out is not None:
+        files[uncertainty_out] = nifti_bytes(spread_nifti(sliced.geometry, result.spread, volumes[0].header,
+                                                          f"spread of {cfg.model.sampler.samples} samples"),
+                                             uncertainty_out)
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    publish_files(files, args.overwrite)
+    log.info("fused %s (%d %s slices of %s, %d empty) with %s into %s (%s in-plane, %s) in %.1f s", ", ".join(
+        args.inputs), len(sliced), axis, hxw(input_hw), len(result.empty), args.method, out, hxw(size),
+        "grey" if args.grey else "RGB24", seconds)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Fuse as `args` say; returns the exit code (errors propagate to `core.cli.run_command`)."""
     _check_args(args)
     cfg = apply_sampler_args(args, load_config(args.config))
+    if cfg.model.task != "fusion":
+        raise InputError(f"{args.config} is a config of task {cfg.model.task!r} (model.task): infer.py fuses with a "
+                         "fusion config; use an SR3 model with --method sr3+NAME --sr3-config "
+                         f"{args.config}, and sr.py -p val -c {args.config} to score it")
     check_uncertainty_samples(args, cfg)
     torch.manual_seed(cfg.seed)
-    if args.inputs:
+    if args.inputs and volume_mode(args.inputs):
+        run_volume(cfg, args)
+    elif args.inputs:
         run_single(cfg, args)
     elif args.input_dir:
         run_folder(cfg, args)

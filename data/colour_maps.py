@@ -12,6 +12,8 @@ is black, as in the atlas.
   The anchor colours are the corners of the colour curve of the 357 public ``SPECT-MRI/SPECT`` (SPECT-Tc) images;
   the positions are proportional to the number of distinct colours seen on each segment.
 
+``colourise`` renders a grey image in a map (grey level ``g`` is activity ``g / 255``, so it gets ``LUT[g]``): how
+``infer.py --colour-map NAME`` turns a grey functional scan into the pseudo-colour the model was trained on.
 ``activity_from_colours`` inverts a map: each pixel gets the activity of the nearest LUT colour (Euclidean RGB
 distance, ties: the lower activity). ``closest_map`` names the map whose LUT explains an image's colours best.
 """
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COLOUR_MAPS", "colour_lut", "render_activity", "activity_from_colours", "lut_distance", "closest_map"]
+__all__ = ["COLOUR_MAPS", "colour_lut", "render_activity", "colourise", "activity_from_colours", "lut_distance",
+           "closest_map"]
 
 COLOUR_MAPS: dict[str, tuple[tuple[float, tuple[int, int, int]], ...]] = {
     "harvard_pet": ((0.0, (0, 0, 0)), (15 / 127, (0, 0, 123)), (31 / 127, (0, 85, 255)), (63 / 127, (255, 255, 0)),
@@ -45,6 +48,14 @@ def render_activity(activity: np.ndarray, name: str) -> np.ndarray:
     """(H, W) float activity (clipped to 0..1) -> (H, W, 3) uint8 RGB in colour map ``name``."""
     index = np.rint(np.clip(activity, 0.0, 1.0) * (LUT_SIZE - 1)).astype(np.intp)
     return colour_lut(name)[index]
+
+
+def colourise(grey: np.ndarray, name: str) -> np.ndarray:
+    """uint8 grey levels of any shape -> RGB uint8 of that shape plus a last axis of 3: ``LUT[g]`` of map ``name``,
+    the colour ``render_activity`` gives activity ``g / 255``."""
+    if grey.dtype != np.uint8:
+        raise ValueError(f"colourise expects uint8 grey levels, got {grey.dtype}")
+    return colour_lut(name)[grey]
 
 
 def _nearest_entries(rgb: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from data.images import file_stem
 from data.splits import PrepareError, list_folder, pair_folders
 
 __all__ = ["NIFTI_EXTENSIONS", "PERCENTILES", "AFFINE_ATOL", "AXES", "single_subject", "find_subjects",
-           "normalise_volume", "subject_slices"]
+           "normalise_volume", "window_volume", "subject_slices"]
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 PERCENTILES = (0.5, 99.5)
@@ -64,14 +64,23 @@ def _load_volume(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
 
 def normalise_volume(data: np.ndarray, path: Path) -> np.ndarray:
     """Float volume -> uint8 0..255 by the 0.5 / 99.5 percentiles of its non-zero finite voxels."""
+    return window_volume(data, path)[0]
+
+
+def window_volume(data: np.ndarray, path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+    """``normalise_volume`` and its window: (uint8 volume, (lo, hi)), ``lo, hi`` the 0.5 / 99.5 percentiles of the
+    non-zero finite voxels (NaN and infinite voxels count as 0). Voxels map to ``clip((v - lo) / (hi - lo), 0, 1) *
+    255``, rounded; when ``hi <= lo`` (one non-zero value dominates) a voxel is 255 when ``v >= hi`` and 0 otherwise.
+    PrepareError naming ``path`` for a volume without a non-zero voxel."""
     data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
     nonzero = data[data != 0]
     if nonzero.size == 0:
         raise PrepareError(f"volume {path} has no non-zero voxel")
-    low, high = np.percentile(nonzero, PERCENTILES)
+    low, high = np.percentile(nonzero, PERCENTILES)  # float64 scalars: the arithmetic below stays float64
     if high <= low:
-        return np.where(data >= high, 255, 0).astype(np.uint8)
-    return np.rint(np.clip((data - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.uint8)
+        return np.where(data >= high, 255, 0).astype(np.uint8), (float(low), float(high))
+    windowed = np.rint(np.clip((data - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return windowed, (float(low), float(high))
 
 
 def subject_slices(paths: list[Path], axis: str, min_foreground: float) -> list[tuple[int, list[np.ndarray]]]:
