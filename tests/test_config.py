@@ -332,9 +332,10 @@ def test_stage_2_of_the_real_scan_recipe_changes_only_what_it_says(scale: str) -
     assert stage1.model.sampler.start_step == 200 and stage2.model.sampler.steps == 2
     same_diffusion = replace(stage2.model.diffusion, train_max_step=None, train_zero_start=0.0)
     assert replace(stage2.model, diffusion=same_diffusion, sampler=stage1.model.sampler) == stage1.model
-    # only the x4 recipe has released weights; its sampler clips with "image" (chosen on validation)
-    assert stage2.path.pretrained == (str(REPO / "pretrained/tfsdiff_x4_64_256.pth") if scale == "x4" else None)
-    assert stage2.model.sampler.clip == ("image" if scale == "x4" else "x0")
+    # x4 and x2 have released weights, whose sampler clips with "image" (chosen on validation); x8 has none yet
+    released = {"x4": "pretrained/tfsdiff_x4_64_256.pth", "x2": "pretrained/tfsdiff_x2_128_256.pth"}
+    assert stage2.path.pretrained == (str(REPO / released[scale]) if scale in released else None)
+    assert stage2.model.sampler.clip == ("image" if scale in released else "x0")
     assert replace(stage2, name=stage1.name, model=stage1.model, path=stage1.path,
                    train=replace(stage2.train, n_iter=stage1.train.n_iter, val_freq=stage1.train.val_freq,
                                  optimizer=stage1.train.optimizer)) == stage1
@@ -347,7 +348,9 @@ def test_the_x2_and_x8_recipes_are_the_x4_recipe_at_their_scale(scale: str, stag
     splits = {split: replace(getattr(x4.datasets, split), dataroot=str(REPO / f"datasets/harvard_{scale}/{split}"),
                              l_resolution=256 // int(scale[1:])) for split in ("train", "val", "test")}
     expected = replace(x4, name=x4.name.replace("x4", scale), datasets=replace(x4.datasets, **splits))
-    if stage == 2:  # no released weights at x2 and x8 yet, so no sampler chosen on their validation split
+    if stage == 2 and scale == "x2":  # its own release; the sampler chosen on its validation split is x4's
+        expected = replace(expected, path=replace(x4.path, pretrained=str(REPO / "pretrained/tfsdiff_x2_128_256.pth")))
+    if stage == 2 and scale == "x8":  # no released weights yet, so no sampler chosen on its validation split
         expected = replace(expected, path=replace(x4.path, pretrained=None),
                            model=replace(x4.model, sampler=replace(x4.model.sampler, clip="x0")))
     assert ours == expected
