@@ -517,3 +517,39 @@ def test_init_weights_and_resume_state_together_are_an_error() -> None:
     assert re.search(r"cfg\.json: path\.init_weights: w\.pth starts a new run from its weights, but resume_state "
                      r"run/checkpoint continues a run: set one of them to null", error_of(both))
     assert parse_config(with_value("path", {"init_weights": ""})).path.init_weights is None
+
+
+def _config_texts(path: Path) -> str:
+    """The text of a committed config and of every config it names as its base (their headers hold the commands)."""
+    text = path.read_text(encoding="utf-8")
+    base = re.search(r'"base"\s*:\s*"([^"]+)"', text)
+    return text + ("\n" + _config_texts((path.parent / base.group(1)).resolve()) if base else "")
+
+
+def _produced_by_a_documented_command(folder: Path, texts: str) -> bool:
+    """Whether a ``--out DIR`` (of a prepare_data.py or model.release command) in the config's headers writes
+    ``folder`` or a folder above it."""
+    outs = [REPO / out for out in re.findall(r"--out\s+(\S+)", re.sub(r"\\?\n//", " ", texts))]
+    return any(folder == out or out in folder.parents for out in outs)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_ROOT.rglob("*.json")), ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
+def test_a_committed_config_names_no_issue_and_only_paths_that_exist_or_a_documented_command_writes(
+        path: Path) -> None:
+    """No config comment cites an issue number; released weights exist or a command in the header writes them
+    (``model.release --out``); each dataroot exists, is built by the
+    config's own embedded dataset, or is written by a command named in the config's (or its bases') headers."""
+    text, texts = path.read_text(encoding="utf-8"), _config_texts(path)
+    assert not re.search(r"\bissue\s*#?\d+", text, re.I), f"{path} cites an issue number"
+    cfg = load_config(path)
+    weights = cfg.path.pretrained
+    assert weights is None or Path(weights).is_file() or _produced_by_a_documented_command(Path(weights), texts), \
+        f"{path}: path.pretrained {weights} neither exists nor is written by a command in its header"
+    embedded = Path(cfg.datasets.embedded.root) if cfg.datasets.embedded else None
+    for split in (cfg.datasets.train, cfg.datasets.val, cfg.datasets.test):
+        if split is None:
+            continue
+        folder = Path(split.dataroot)
+        assert (folder.exists() or (embedded is not None and (folder == embedded or embedded in folder.parents))
+                or _produced_by_a_documented_command(folder, texts)), \
+            f"{path}: dataroot {folder} neither exists nor is written by a command in its header"
