@@ -17,6 +17,8 @@ The factories are fixtures that return a function (pytest's "factory as fixture"
   training on them as ``sr.py`` does (one optimiser step per batch, which counts itself).
 - ``make_run_config(folder, name, changes)``: a config file for ``sr.py`` runs on ``embedded_dataset``, a 4-case
   32x32 x4 embedded dataset built once per session.
+- ``tiny_x2_config``: ``tmp_path/tiny.json``, a x2 model (8 -> 16 px) of 3 steps with 8 channels and no attention,
+  whose splits point at no data (for modes that read their own inputs: folders, volumes).
 """
 from __future__ import annotations
 
@@ -204,3 +206,18 @@ def embedded_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_run_config(embedded_dataset: Path) -> Callable[[Path, str, Mapping[str, Any]], Path]:
     """``write_run_config`` on ``embedded_dataset``: ``make_run_config(folder, name, changes)``."""
     return lambda folder, name, changes: write_run_config(folder, embedded_dataset, name, changes)
+
+
+TINY_X2 = (16, 8)  # tiny_x2_config: (r_resolution, l_resolution)
+
+
+@pytest.fixture()
+def tiny_x2_config(tmp_path: Path) -> Path:
+    size, low = TINY_X2
+    split = {"dataroot": str(tmp_path / "no_data"), "l_resolution": low, "r_resolution": size, "batch_size": 1}
+    cfg = tiny_config(size, size // low, steps=3, changes={
+        "path.experiments_root": str(tmp_path / "exp"), "datasets.train": split, "datasets.val": split,
+        "model.unet.inner_channel": 8, "model.unet.norm_groups": 4, "model.unet.attn_res": []})
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    return path

@@ -2,7 +2,6 @@
 `Fuser.fuse(keep_samples=True)`), and the HxW sizes and aspect-ratio warning of --out-size (issue 23)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,22 +24,14 @@ from data.images import to_tensor
 from model.fuser import Fuser
 from model.model import TFSDiffModel
 
-SIZE, LOW = 16, 8  # the x2 model of the config fixture
+SIZE, LOW = 16, 8  # the x2 model of the config fixture (conftest.tiny_x2_config)
 MakeRGB = Callable[..., np.ndarray]
 CASES = ("case01", "scan_7")
 
 
 @pytest.fixture()
-def config(tmp_path: Path, make_tiny_config: Callable[..., dict[str, Any]]) -> Path:
-    """``tmp_path/tiny.json``: a x2 model of 3 steps with 8 channels and no attention (no data: folder mode needs
-    none)."""
-    split = {"dataroot": str(tmp_path / "no_data"), "l_resolution": LOW, "r_resolution": SIZE, "batch_size": 1}
-    cfg = make_tiny_config(SIZE, SIZE // LOW, steps=3, changes={
-        "path.experiments_root": str(tmp_path / "exp"), "datasets.train": split, "datasets.val": split,
-        "model.unet.inner_channel": 8, "model.unet.norm_groups": 4, "model.unet.attn_res": []})
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(cfg), encoding="utf-8")
-    return path
+def config(tiny_x2_config: Path) -> Path:
+    return tiny_x2_config
 
 
 def _scans(folder: Path, make_rgb: MakeRGB, shape: tuple[int, int] = (LOW, LOW)) -> Path:

@@ -27,7 +27,7 @@ from model.fuser import Fuser
 from model.model import TFSDiffModel
 from model.volume_fusion import fuse_slices, slices_per_batch, volume_bytes
 
-SIZE, LOW = 16, 8  # the x2 model of the config fixture
+SIZE, LOW = 16, 8  # the x2 model of the config fixture (conftest.tiny_x2_config)
 SHAPE = (10, 9, 8)  # x, y, z voxels of the synthetic volumes (RAS+: axial slices are 9 x 10, H x W)
 AFFINE = np.array([[2.0, 0, 0, -10], [0, 2.0, 0, -8], [0, 0, 3.0, 4], [0, 0, 0, 1]])
 EMPTY = 2  # the axial slice that is zero in all three volumes
@@ -35,15 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture()
-def config(tmp_path: Path, make_tiny_config: Callable[..., dict[str, Any]]) -> Path:
-    """``tmp_path/tiny.json``: a x2 model of 3 steps with 8 channels and no attention (volume mode needs no data)."""
-    split = {"dataroot": str(tmp_path / "no_data"), "l_resolution": LOW, "r_resolution": SIZE, "batch_size": 1}
-    cfg = make_tiny_config(SIZE, SIZE // LOW, steps=3, changes={
-        "path.experiments_root": str(tmp_path / "exp"), "datasets.train": split, "datasets.val": split,
-        "model.unet.inner_channel": 8, "model.unet.norm_groups": 4, "model.unet.attn_res": []})
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(cfg), encoding="utf-8")
-    return path
+def config(tiny_x2_config: Path) -> Path:
+    return tiny_x2_config
 
 
 def _volume(seed: int, shape: tuple[int, int, int] = SHAPE, empty: int | None = EMPTY) -> np.ndarray:
