@@ -525,6 +525,21 @@ def encode_image(image: np.ndarray, path: Path) -> bytes:
     return buffer.getvalue()
 
 
+def check_outputs(outputs: list[tuple[Path | None, str]], args: argparse.Namespace, checkpoint: str | None,
+                  names: str) -> list[Path]:
+    """The output files of one single-case or volume run (path or None, its flag), returned once checked: different
+    files (``names`` says which in the error), apart from every input, replaceable only under the project's rule
+    (--overwrite)."""
+    written = [path for path, _ in outputs if path is not None]
+    if len({resolved(path) for path in written}) != len(written):
+        raise InputError(f"{names} must be different files: " + ", ".join(map(str, written)))
+    for path, flag in outputs:
+        if path is not None:
+            check_apart(path, (*args.inputs, args.config, checkpoint, args.peer_dir), flag)
+            check_replaceable(path, args.overwrite, folder=False)
+    return written
+
+
 def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     out = Path(args.out)
     process_out = out.with_name(f"{out.stem}_process.png") if args.process else None
@@ -532,15 +547,8 @@ def run_single(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
     if args.uncertainty is not None:
         uncertainty_out = Path(args.uncertainty) if args.uncertainty else out.with_name(f"{out.stem}_uncertainty.png")
     checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=False) if args.method == MODEL_METHOD else None
-    outputs = [(out, "--out"), (process_out, "--process"), (uncertainty_out, "--uncertainty")]
-    written = [path for path, _ in outputs if path is not None]
-    if len({resolved(path) for path in written}) != len(written):
-        raise InputError("--out, the --process strip and --uncertainty must be different files: "
-                         + ", ".join(map(str, written)))
-    for path, flag in outputs:
-        if path is not None:
-            check_apart(path, (*args.inputs, args.config, checkpoint, args.peer_dir), flag)
-            check_replaceable(path, args.overwrite, folder=False)
+    written = check_outputs([(out, "--out"), (process_out, "--process"), (uncertainty_out, "--uncertainty")], args,
+                            checkpoint, "--out, the --process strip and --uncertainty")
     images = read_inputs(args.inputs, colour_choice(args))
     size = output_size(images[0].shape[:2], model_scale(cfg), args.out_size)
     warning = aspect_warning(images[0].shape[:2], size, "the inputs")
@@ -669,15 +677,8 @@ def run_volume(cfg: TFSDiffConfig, args: argparse.Namespace) -> Path:
         uncertainty_out = Path(args.uncertainty) if args.uncertainty else beside(out, "_uncertainty")
     model = args.method == MODEL_METHOD
     checkpoint = checkpoint_to_load(args.checkpoint, cfg, for_training=False) if model else None
-    outputs = [(out, "--out"), (sidecar_path(out), "--out (its sidecar JSON)"), (uncertainty_out, "--uncertainty")]
-    written = [path for path, _ in outputs if path is not None]
-    if len({resolved(path) for path in written}) != len(written):
-        raise InputError("--out, its sidecar JSON and --uncertainty must be different files: "
-                         + ", ".join(map(str, written)))
-    for path, flag in outputs:
-        if path is not None:
-            check_apart(path, (*args.inputs, args.config, checkpoint, args.peer_dir), flag)
-            check_replaceable(path, args.overwrite, folder=False)
+    check_outputs([(out, "--out"), (sidecar_path(out), "--out (its sidecar JSON)"), (uncertainty_out, "--uncertainty")],
+                  args, checkpoint, "--out, its sidecar JSON and --uncertainty")
     volumes, resampled = on_one_grid([read_volume(path) for path in args.inputs], args.resample_to)
     axis = args.slice_axis or "axial"
     sliced = slice_volumes(volumes, axis, args.colour_map, args.colour_source or 3)
