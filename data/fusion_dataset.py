@@ -249,7 +249,7 @@ class FusionDataset(Dataset[dict[str, Any]]):
         return {**sources, "target": target, "base": base, "case_id": case_id}
 
 
-def _stack_optional(items: list[dict[str, Any]], key: str) -> list[Any] | None:
+def stack_optional(items: list[dict[str, Any]], key: str) -> list[Any] | None:
     values = [item[key] for item in items]
     present = [v is not None for v in values]
     if not any(present):
@@ -263,8 +263,8 @@ def collate_fusion(items: list[dict[str, Any]]) -> FusionBatch:
     """Stack FusionDataset items into a FusionBatch (tensors gain a leading batch dimension B)."""
     if not items:
         raise DatasetError("Cannot collate an empty list of items")
-    targets = _stack_optional(items, "target")
-    bases = _stack_optional(items, "base")
+    targets = stack_optional(items, "target")
+    bases = stack_optional(items, "base")
     return FusionBatch(
         src1=torch.stack([item["src1"] for item in items]),
         src2=torch.stack([item["src2"] for item in items]),

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from core.registry import TASKS
-from data.fusion_dataset import DatasetError, FusionDataset, _stack_optional
+from data.fusion_dataset import DatasetError, FusionDataset, stack_optional
 from data.layout import single_sr_dir
 
 __all__ = ["SRBatch", "SRDataset", "collate_sr"]
@@ -66,7 +66,7 @@ def collate_sr(items: list[dict[str, Any]]) -> SRBatch:
     """Stack SRDataset items into an SRBatch (tensors gain a leading batch dimension B)."""
     if not items:
         raise DatasetError("Cannot collate an empty list of items")
-    targets = _stack_optional(items, "target")
+    targets = stack_optional(items, "target")
     return SRBatch(src1=torch.stack([item["src1"] for item in items]),
                    target=None if targets is None else torch.stack(targets),
                    case_ids=tuple(item["case_id"] for item in items))
