@@ -7,12 +7,12 @@ Each RESULT_DIR is a method folder (per case id `<id>_fused.png`, `<id>_src{1,2,
 results layout of `core.results_layout`, as `infer.py` writes it), a folder of method folders (e.g.
 `results/demo/test`), or a folder of scale folders `x2/ x4/ x8/` each holding method folders. The method is the
 folder name; the scale is the name of the folder holding it when that is `x<digits>` (one table section per scale).
-Runs named `wo_tmfa` / `wo_psf` form an ablation table next to `tfsdiff`. The figure (`core.figure`) adds a
+Runs named `wo_tmfa` / `wo_psf` form an ablation table next to `tfsdiff`. The figure (`metrics.figure`) adds a
 "<method> spread" column for a method whose folders hold `<id>_uncertainty.png` maps (`infer.py --uncertainty`) for
 every shown case.
 
-Metrics, conventions and the aggregation over the three sources: `docs/metrics.md` (code: `core.fusion_metrics`,
-`core.scoring`); layout: see `core.tables`. `--reference gt` compares with the ground truth, `--reference sources`
+Metrics, conventions and the aggregation over the three sources: `docs/metrics.md` (code: `metrics.fusion`,
+`metrics.scoring`); layout: see `metrics.tables`. `--reference gt` compares with the ground truth, `--reference sources`
 with the three sources. `--suite paper` gives MSE VIF SSIM PSNR LPIPS MAE RMSE AG; `--suite all` adds EN SD SF MI
 Qabf SCD CC. `--convention paper` (the default) uses PSNR with peak 255, SSIM with data_range 255 and the mean over
 the sources; `--convention cddfuse` reproduces the CDDFuse evaluator (PSNR with peak max(F), its scikit-image 0.19
@@ -52,16 +52,16 @@ from pathlib import Path
 
 from core.cli import add_debug_arg, run_command
 from core.errors import UsageError
-from core.figure import FigureSection, comparison_figure
-from core.fusion_metrics import CONVENTIONS
-from core.lpips import Lpips, alexnet_weights_path, load_lpips, missing_weights_note
 from core.outputs import check_apart, check_file_target, publish_files
 from core.results_layout import fused_case_ids, result_path
-from core.scoring import metric_names, score_folder
-from core.tables import ABLATION_RUNS, MODEL_RUN, ScaleSection, to_latex, to_markdown, to_per_image_csv, \
-    to_summary_csv
 from data.fusion_rules import FUSION_RULES
 from data.images import PairingError, format_ids, pair_by_stem, read_image
+from metrics.figure import FigureSection, comparison_figure
+from metrics.fusion import CONVENTIONS
+from metrics.lpips import Lpips, alexnet_weights_path, load_lpips, missing_weights_note
+from metrics.scoring import metric_names, score_folder
+from metrics.tables import ABLATION_RUNS, MODEL_RUN, ScaleSection, to_latex, to_markdown, to_per_image_csv, \
+    to_summary_csv
 
 SCALE_NAME = re.compile(r"x\d+")
 TABLE_SUFFIXES = (".md", ".csv", "_per_image.csv", ".tex")

@@ -62,15 +62,15 @@ colour of activity g / 255), as the model saw functional scans in training; --in
 
 Volume mode (--inputs of three registered NIfTI volumes, .nii or .nii.gz, or folders each holding one DICOM series;
 --out X.nii.gz or X.nii): the volumes must share one voxel grid (shape and affine within
-`data.volumes.AFFINE_ATOL`; --resample-to first resamples the second and third onto the first's), are each windowed
-to uint8 (0.5 / 99.5 percentiles of the non-zero voxels, as `prepare_data.py volumes`), reoriented to the closest
-RAS+ orientation and cut along --slice-axis (default axial) into slices shown anterior / superior up. Every slice is
-fused as single-case mode fuses an image (the model in batches of --batch-slices slices with one seeded generator for
-the volume, or --method slice by slice; --out-size H W is the fused in-plane size, default the slices' size times
-the scale; --tile and the memory check as for an image); slices whose three sources are all zero are not fused and
-stay 0. The output is one NIfTI volume over the first input's field of view, in its original orientation: RGB24, or
-uint8 luminance with --grey; `X.json` beside it records the windows, the slice axis, the method, the config and the
-sampler; --uncertainty [U.nii.gz] writes the spread as float32 grey levels on the same grid. `data.volume_io`,
+`data.builders.volumes.AFFINE_ATOL`; --resample-to first resamples the second and third onto the first's), are each
+windowed to uint8 (0.5 / 99.5 percentiles of the non-zero voxels, as `prepare_data.py volumes`), reoriented to the
+closest RAS+ orientation and cut along --slice-axis (default axial) into slices shown anterior / superior up. Every
+slice is fused as single-case mode fuses an image (the model in batches of --batch-slices slices with one seeded
+generator for the volume, or --method slice by slice; --out-size H W is the fused in-plane size, default the slices'
+size times the scale; --tile and the memory check as for an image); slices whose three sources are all zero are not
+fused and stay 0. The output is one NIfTI volume over the first input's field of view, in its original orientation:
+RGB24, or uint8 luminance with --grey; `X.json` beside it records the windows, the slice axis, the method, the config
+and the sampler; --uncertainty [U.nii.gz] writes the spread as float32 grey levels on the same grid. `data.volume_io`,
 `data.dicom`, `model.volume_fusion`; docs/usage.md, "Volumes".
 
 Uncertainty (--samples K --uncertainty, K >= 2, the model only): the fused image stays the mean of the K samples,
@@ -80,7 +80,7 @@ fused image (base + sample / scale, clipped, as a one-sample run gives it), save
 min(255, round(16 * std)): value / 16 is the spread in grey levels, 255 means 15.94 or more
 (`core.results_layout.uncertainty_image`). It is written to `--uncertainty FILE.png`, by default
 `<out stem>_uncertainty.png`, in folder mode to `OUT/<case>_uncertainty.png`. How well it ranks the errors:
-`python -m bench.uncertainty` (docs/usage.md, "Uncertainty").
+`python -m paper.uncertainty` (docs/usage.md, "Uncertainty").
 
 Memory: before loading, infer.py estimates the memory a case needs (`needed_bytes`). A model image that does not
 fit in free memory is sampled tile by tile (`model.tiling`: tiles of 512 overlapping by 64, their eps predictions
@@ -128,6 +128,7 @@ from core.outputs import check_apart, check_file_target, check_folder_target, is
     publish_folder, resolved
 from core.registry import FUSION_METHODS
 from core.results_layout import UNCERTAINTY_SCALE, uncertainty_image, write_case
+from data.builders.volumes import AXES, NIFTI_EXTENSIONS
 from data.colour_maps import COLOUR_MAPS, colourise
 from data.fusion_dataset import FusionBatch
 from data.images import IMAGE_EXTENSIONS, read_image, to_tensor
@@ -135,7 +136,6 @@ from data.loader import dataset_from_config, ensure_config_data
 from data.resample import resize_bicubic
 from data.volume_io import beside, fused_nifti, is_nifti_name, is_volume_input, nifti_bytes, on_one_grid, \
     read_volume, sidecar_path, sidecar_record, slice_volumes, spread_nifti
-from data.volumes import AXES, NIFTI_EXTENSIONS
 from model.evaluation import evaluate_model, fuse_with_rule, method_fuser
 from model.fuser import FusedBatch, Fuser
 from model.sr3 import fusion_method_of, load_sequential, sequential_names

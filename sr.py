@@ -2,7 +2,7 @@
 `model.task: "sr3"` trains and validates the single-image SR3 model of the sequential baselines the same way.
 
     python sr.py -p train -c config/demo.json
-    python sr.py -p val -c config/demo.json --checkpoint experiments/<run>/checkpoint/latest-or-file
+    python sr.py -p val -c config/demo.json --checkpoint runs/<run>/checkpoint/latest-or-file
     python sr.py -p train -c config/finetune_x4_own_data.json   # fine-tune: a new run from path.init_weights
     python sr.py -p val -c config/demo.json --checkpoint <...> --sampler ddim --steps 50   # fast sampling
     torchrun --nproc_per_node 4 sr.py -p train -c config/tfsdiff_x4_64_256.json   # DistributedDataParallel

@@ -4,7 +4,7 @@
 
 The triplet: 99 x 117 x 95 voxels of 2 mm (RAS+), built from nilearn's MNI152 templates at resolution 2 (shipped
 inside the nilearn wheel; nothing is downloaded), as the embedded dataset builds its 1 mm slices
-(``data/embedded.py``; the same constants):
+(``data/builders/embedded.py``; the same constants):
 
 * **T1**: the T1 template (``load_mni152_template``), as it is.
 * **T2-like**: ``CSF = clip(mask - GM - WM, 0, 1)``, ``1.0 CSF + 0.5 GM + 0.28 WM`` inside the brain mask, smoothed by
@@ -53,7 +53,7 @@ from scipy import ndimage
 from bench.measure import machine_info, peak_memory
 from core.cli import EXIT_OK, UsageError, add_debug_arg, checkpoint_to_load, run_command
 from core.config import load_config
-from data.embedded import PERFUSION_WEIGHTS, SPECT_FWHM_MM, T2_SMOOTH_SIGMA_MM, T2_WEIGHTS
+from data.builders.embedded import PERFUSION_WEIGHTS, SPECT_FWHM_MM, T2_SMOOTH_SIGMA_MM, T2_WEIGHTS
 from data.fusion_dataset import FusionBatch
 from data.images import pad_to_square, to_tensor
 from data.resample import resize_bicubic

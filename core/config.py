@@ -65,7 +65,7 @@ def _types_where(registry: Registry[Any], has: str) -> str:
 class PathConfig:
     """Where experiment outputs go, which training state to resume from, and which weights sample by default."""
 
-    experiments_root: str = "experiments"
+    experiments_root: str = "runs"
     resume_state: str | None = field(default=None, metadata={_SR3_ALIAS: ("", None)})  # "" means None (SR3 writes "")
     pretrained: str | None = None  # released weights (model/release.py) for sampling when no checkpoint is given
     # training: start a new run (step 0, fresh optimiser) from these weights, a release or a training checkpoint

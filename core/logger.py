@@ -1,4 +1,4 @@
-"""Experiment folders and logging: `experiments/<name>_<timestamp>/{logs,tb_logger,results,checkpoint}` (and
+"""Experiment folders and logging: `runs/<name>_<timestamp>/{logs,tb_logger,results,checkpoint}` (and
 the files a command records there, e.g. sr.py's resolved `config.json`)."""
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ __all__ = ["KINDS", "UNCERTAINTY_SCALE", "ImageReader", "result_path", "fused_ca
 KINDS = ("src1", "src2", "src3", "fused", "hr", "process", "uncertainty")
 # PNG levels per grey level of spread: the map saturates at a spread of 255 / 16 = 15.94 grey levels. The shipped x4
 # model's spread (4 samples) is 1.1 grey levels on average, 5.3 at the 99th percentile and at most 11.4 on its
-# validation split (bench/uncertainty.py), so a factor of 16 spreads it over the PNG's range.
+# validation split (paper/uncertainty.py), so a factor of 16 spreads it over the PNG's range.
 UNCERTAINTY_SCALE = 16
 _SUFFIX = ".png"
 _FUSED_SUFFIX = f"_fused{_SUFFIX}"

@@ -29,7 +29,7 @@ from types import ModuleType
 
 import numpy as np
 
-from data.splits import PrepareError
+from data.builders.splits import PrepareError
 
 __all__ = ["DicomError", "read_dicom_series", "MAX_TILT_DEGREES", "SPACING_TOLERANCE"]
 

@@ -14,7 +14,7 @@ Every image file the project reads as an input goes through :func:`read_image`: 
 * Of an animated GIF only the first frame is used.
 
 :func:`to_tensor` maps such an array to the model's range [-1, 1] as SR3 does (``uint8 / 255 * 2 - 1``);
-``core.metrics.tensor2img`` is its inverse (rounded and clipped back to uint8).
+``metrics.registry.tensor2img`` is its inverse (rounded and clipped back to uint8).
 
 Files are paired by stem: :func:`list_by_stem` lists a folder (hidden files ignored), :func:`pair_by_stem` checks that
 several listings hold the same stems and names what each one lacks. Errors are :class:`ImageReadError` and

@@ -7,7 +7,7 @@ A dataset root holds one folder per split (:data:`SPLITS`); a split folder holds
     {k}_lr_{l}/       source k at l x l
     hr_{r}/           the ground-truth fused image, r x r
 
-``data/embedded.py`` and ``data/prepare_data.py`` write this layout through :func:`write_case`;
+``data/builders/embedded.py`` and ``data/prepare_data.py`` write this layout through :func:`write_case`;
 ``data/fusion_dataset.py`` reads it through :func:`sr_dir`, :func:`hr_dir` (and :func:`lr_dir`).
 
 A single-image super-resolution dataset (model.task ``"sr3"``, ``prepare_data.py sr3``) has SR3's own layout: one

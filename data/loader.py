@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from core.config import DatasetConfig, DatasetsConfig
 from core.distributed import DistInfo
 from core.registry import TASKS
-from data.embedded import ensure_embedded_dataset
+from data.builders.embedded import ensure_embedded_dataset
 from data.epoch_sampler import EpochSampler, PatchGrid, ShardedEpochSampler
 from data.fusion_dataset import FusionDataset, create_dataloader
 

@@ -26,8 +26,9 @@ docs/own_data.md):
   them; volume cases: the subjects) with a ``--seed`` permutation; a single subject is cut into contiguous slabs
   ``train | gap | val | gap | test | gap | train``.
 * Pairs (the public Harvard AANLIB pair layout): split by subject, real triplets for test, derived and augmented
-  triplets for train/val; rules in ``data/harvard_pairs.py``, ``data/harvard_cases.py`` and ``data/triplets.py``;
-  ``--splits`` writes only the named splits (the manifest lists them as ``written_splits``).
+  triplets for train/val; rules in ``data/builders/harvard_pairs.py``, ``data/builders/harvard_cases.py`` and
+  ``data/builders/triplets.py``; ``--splits`` writes only the named splits (the manifest lists them as
+  ``written_splits``).
 * SR3 (``sr3``, the single-image super-resolution data of the paper's sequential baselines, model.task ``"sr3"``):
   the train and val cases that ``pairs`` plans from the same options (same subject split, derivations and
   augmentations, so the same HR sources), each of their three HR sources a case ``<triplet>_s<k>`` of
@@ -73,13 +74,14 @@ from tqdm import tqdm
 from core.cli import add_debug_arg, run_and_report
 from core.outputs import check_apart, check_folder_target, mark_folder
 from core.registry import Registry
-from data import harvard_cases, layout, pairs_form
+from data import layout
+from data.builders import harvard_cases, pairs_form
+from data.builders.splits import (SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split,
+                                  split_by_subject, split_cases)
+from data.builders.volumes import AXES, PERCENTILES, find_subjects, single_subject, subject_slices
 from data.fusion_rules import FUSION_RULES, fuse
 from data.images import IMAGE_EXTENSIONS, pad_to_square, read_image
 from data.resample import resize_bicubic
-from data.splits import (SPLITS, PrepareError, list_folder, pair_folders, parse_split, slab_split, split_by_subject,
-                         split_cases)
-from data.volumes import AXES, PERCENTILES, find_subjects, single_subject, subject_slices
 
 __all__ = ["Settings", "Output", "CaseJob", "ImageJob", "write_case", "write_image", "prepare_slices",
            "prepare_volumes", "prepare_pairs", "prepare_sr3", "InputLayout", "DATASET_LAYOUTS", "main"]
@@ -260,7 +262,7 @@ def prepare_slices(input_root: Path, folders: list[str], modalities: list[str], 
                    gt_folder: str | None = "GT", group: str | None = None) -> Path:
     """Slice-folder form: ``input_root/<folder>/<stem>.<img>`` per modality (+ optional ``gt_folder``). With
     ``group`` (a regular expression, ``--group``) the stems are grouped into the subjects it names and the subjects
-    are split, so all slices of a subject land in one split (``data.splits.split_by_subject``)."""
+    are split, so all slices of a subject land in one split (``data.builders.splits.split_by_subject``)."""
     skipped: list[Path] = []
     listed = {name: list_folder(input_root / name, IMAGE_EXTENSIONS, skipped) for name in folders}
     use_gt = gt_folder is not None and (input_root / gt_folder).is_dir()
@@ -323,9 +325,9 @@ def prepare_volumes(subjects: dict[str, list[Path]], modalities: list[str], outp
 
 
 def prepare_pairs(request: pairs_form.PairsRequest, output: Output) -> Path:
-    """Pair form: the Harvard pair layout of ``request`` (``data.pairs_form``) -> tri-modal cases
-    (``data.harvard_cases``) of ``request.splits``: train/val by subject with derived triplets, the real triplets for
-    test."""
+    """Pair form: the Harvard pair layout of ``request`` (``data.builders.pairs_form``) -> tri-modal cases
+    (``data.builders.harvard_cases``) of ``request.splits``: train/val by subject with derived triplets, the real
+    triplets for test."""
     plan = pairs_form.plan_request(request, output.seed)
     manifest = _base_manifest(output, "pairs", list(harvard_cases.MODALITIES), "")
     del manifest["split_ratio"]
@@ -345,8 +347,8 @@ SR3_SPLITS = ("train", "val")  # never test: the test subjects stay out of the S
 
 def prepare_sr3(request: pairs_form.PairsRequest, output: Output) -> Path:
     """SR3 form: every HR source of the train and val cases that ``prepare_pairs`` writes for ``request`` (the same
-    plan, derivations and augmentations, ``data.harvard_cases``) as a single-image case ``<triplet>_s<k>``, k = 1, 2,
-    3, in the layout of ``data.layout.write_single_case``. ``request.splits`` must be train and/or val."""
+    plan, derivations and augmentations, ``data.builders.harvard_cases``) as a single-image case ``<triplet>_s<k>``,
+    k = 1, 2, 3, in the layout of ``data.layout.write_single_case``. ``request.splits`` must be train and/or val."""
     if not request.splits or not set(request.splits) <= set(SR3_SPLITS):
         raise PrepareError(f"the SR3 data has train and val splits only, never test (got {', '.join(request.splits)})")
     plan = pairs_form.plan_request(request, output.seed)

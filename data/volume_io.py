@@ -7,10 +7,11 @@ and ``bench/volumes.py`` runs them too:
    folder holding one DICOM series (``data.dicom``), as float32 data and the affine of its voxel grid (RAS+ world
    millimetres).
 2. **One grid** (:func:`on_one_grid`): the three volumes must have one shape and affines that agree within
-   ``data.volumes.AFFINE_ATOL``; with ``resample_to="first"`` the second and third are resampled onto the first's
-   grid (``nibabel.processing.resample_from_to``, cubic spline, 0 outside their field of view).
-3. **Window** (``data.volumes.window_volume``, as ``prepare_data.py volumes`` does): per volume ``lo, hi`` = the 0.5
-   and 99.5 percentiles of its non-zero finite voxels, ``clip((v - lo) / (hi - lo), 0, 1) * 255`` rounded to uint8.
+   ``data.builders.volumes.AFFINE_ATOL``; with ``resample_to="first"`` the second and third are resampled onto the
+   first's grid (``nibabel.processing.resample_from_to``, cubic spline, 0 outside their field of view).
+3. **Window** (``data.builders.volumes.window_volume``, as ``prepare_data.py volumes`` does): per volume ``lo, hi`` =
+   the 0.5 and 99.5 percentiles of its non-zero finite voxels, ``clip((v - lo) / (hi - lo), 0, 1) * 255`` rounded to
+   uint8.
 4. **Slice** (:func:`slice_volumes`): reoriented to the closest canonical orientation (RAS+), cut along the slice
    axis (``axial``, ``coronal`` or ``sagittal``) into slices shown as ``prepare_data.py`` shows them (the slice
    transposed and flipped vertically: anterior, or superior, up; the subject's left on the left, or posterior for
@@ -25,7 +26,7 @@ and ``bench/volumes.py`` runs them too:
    half an output voxel.
 6. **Write** (:func:`fused_nifti`, :func:`spread_nifti`, :func:`nifti_bytes`): the fused volume as NIfTI RGB24
    (``RGB24``, one (R, G, B) uint8 record per voxel) or, with ``grey``, as uint8 luminance ``0.299 R + 0.587 G +
-   0.114 B`` rounded (``core.fusion_metrics.to_grey``), the uncertainty as float32 grey levels, both with the first
+   0.114 B`` rounded (``core.grey.to_grey``), the uncertainty as float32 grey levels, both with the first
    input's units and sform/qform codes and a short ``descrip``; the sidecar JSON beside the output
    (:func:`sidecar_path`) records how it was made.
 """
@@ -39,12 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from core.fusion_metrics import to_grey
+from core.grey import to_grey
+from data.builders.splits import PrepareError
+from data.builders.volumes import AFFINE_ATOL, AXES, NIFTI_EXTENSIONS, window_volume
 from data.colour_maps import colourise
 from data.dicom import read_dicom_series
 from data.images import file_stem
-from data.splits import PrepareError
-from data.volumes import AFFINE_ATOL, AXES, NIFTI_EXTENSIONS, window_volume
 
 __all__ = ["RGB24", "WINDOW_RULE", "VolumeError", "Volume", "SliceGeometry", "SlicedVolumes", "is_nifti_name",
            "is_volume_input", "read_volume", "on_one_grid", "slice_volumes", "fused_nifti", "spread_nifti",
@@ -158,7 +159,8 @@ def on_one_grid(volumes: list[Volume], resample_to: str | None) -> tuple[list[Vo
 @dataclass(frozen=True)
 class SliceGeometry:
     """Where display slices come from: the first input's grid (original shape and affine), its orientation relative
-    to RAS+ (``nibabel.orientations.io_orientation``) and the slice axis (``data.volumes.AXES``, a RAS+ axis)."""
+    to RAS+ (``nibabel.orientations.io_orientation``) and the slice axis (``data.builders.volumes.AXES``, a RAS+
+    axis)."""
 
     shape: tuple[int, int, int]
     affine: np.ndarray

@@ -13,8 +13,8 @@ An SR3 model (`model.task: "sr3"`, batches of `data.sr_dataset.SRBatch`) goes th
 source (`<case>_src1.png`, the bicubic-upsampled image), `<case>_fused.png` is the super-resolved image and the
 baseline is the bicubic image itself.
 
-The scores are the metrics of `core.metrics.VALIDATION_METRICS`, entries of the metric registry that `eval.py` reads
-too, computed by `core.scoring.score_metrics` against the ground truth in the paper convention; log lines name each
+The scores are the metrics of `metrics.registry.VALIDATION_METRICS`, entries of the metric registry that `eval.py` reads
+too, computed by `metrics.scoring.score_metrics` against the ground truth in the paper convention; log lines name each
 with its label (`MetricSpec.log_text`).
 """
 from __future__ import annotations
@@ -29,13 +29,13 @@ import torch
 from tqdm import tqdm
 
 from core.config import SamplerConfig
-from core.metrics import METRICS, VALIDATION_METRICS, MetricSpec, tensor2img
 from core.registry import FUSION_METHODS
 from core.results_layout import write_case
-from core.scoring import score_metrics
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
 from data.sr_dataset import SRBatch
+from metrics.registry import METRICS, VALIDATION_METRICS, MetricSpec, tensor2img
+from metrics.scoring import score_metrics
 from model.fuser import Fuser, case_sources
 from model.model import TFSDiffModel
 

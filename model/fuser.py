@@ -41,11 +41,11 @@ import torch.nn.functional as F
 
 from core.config import SamplerConfig, TFSDiffConfig
 from core.device import select_device
-from core.metrics import tensor2img
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse as fuse_with
 from data.images import to_tensor
 from data.sr_dataset import SRBatch
+from metrics.registry import tensor2img
 from model.model import TFSDiffModel, build_diffusion, load_sampling_weights
 from model.net_runner import NetRunner, prepare_net
 from model.residual import Residual
@@ -81,7 +81,7 @@ def residual_base(rule: str | None, sources: list[list[np.ndarray]], device: tor
     return torch.stack([to_tensor(fuse_with(rule, case)) for case in sources]).to(device)
 
 
-LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights of R, G, B (the grey of core.fusion_metrics.to_grey)
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights of R, G, B (the grey of core.grey.to_grey)
 
 
 @dataclass(frozen=True)

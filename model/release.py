@@ -1,6 +1,6 @@
 """Released weights: turn a training checkpoint into a weights-only file with a manifest, and verify it on load.
 
-    python -m model.release --checkpoint experiments/<run>/checkpoint/I10000_E1000.pth \
+    python -m model.release --checkpoint runs/<run>/checkpoint/I10000_E1000.pth \
         --config config/demo_pretrain.json --out pretrained/tfsdiff_demo_x4_16_64.pth [--no-ema] [--overwrite]
 
 A release is two files side by side:

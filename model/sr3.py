@@ -90,7 +90,7 @@ def _how_to_train(config: Path, weights: str) -> str:
     return (f"the SR3 models are not trained in this repository; make them with `python data/prepare_data.py sr3 "
             f"--input HARVARD_PAIRS --out datasets/sr3_harvard --size 256 --scales 2 4 8 --copies 5 --seed 0 "
             f"--embedded 79`, `python sr.py -p train -c {_relative(config)}` and `python -m model.release "
-            f"--checkpoint experiments/<run> --config {_relative(config)} --out {weights}` ({GUIDE}), or pass "
+            f"--checkpoint runs/<run> --config {_relative(config)} --out {weights}` ({GUIDE}), or pass "
             "--sr3-checkpoint PATH")
 
 

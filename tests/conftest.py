@@ -35,7 +35,7 @@ import torch
 
 from core.config import parse_config
 from core.results_layout import write_case
-from data.embedded import build_embedded_dataset
+from data.builders.embedded import build_embedded_dataset
 from model.diffusion import GaussianDiffusion
 from model.model import TFSDiffModel
 from model.schedule import NoiseSchedule

@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("core", "data", "model", "bench")
+PACKAGES = ("core", "metrics", "data", "model", "bench", "paper")
 SCRIPTS = ("sr", "infer", "eval")
 # What each layer may import from the project; everything else in the project is off limits for it.
 ALLOWED = {
     "core": {"core"},
+    "metrics": {"core", "metrics"},
     "data": {"core", "data"},
-    "model": {"core", "data", "model"},
-    "bench": {"core", "data", "model", "bench"},
+    "model": {"core", "data", "metrics", "model"},
+    "bench": {"core", "data", "metrics", "model", "bench"},
+    "paper": {"core", "data", "metrics", "model", "paper"},
 }
 # Modules of model/ that make up the network and the diffusion process: they never see data/.
 DATA_FREE = ("model.tmfa", "model.unet", "model.schedule", "model.samplers", "model.diffusion", "model.losses",
@@ -22,7 +24,8 @@ DATA_FREE = ("model.tmfa", "model.unet", "model.schedule", "model.samplers", "mo
 
 
 def _module_name(path: Path) -> str:
-    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)  # a package's __init__.py is the package
 
 
 def project_imports(path: Path) -> set[str]:
@@ -33,7 +36,9 @@ def project_imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+            folder = ROOT.joinpath(*node.module.split("."))  # `from package import module` imports that module too
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names
+                                    if (folder / f"{alias.name}.py").is_file())]
         for name in names:
             if name.split(".")[0] in PACKAGES + SCRIPTS:
                 found.add(name)
@@ -41,7 +46,7 @@ def project_imports(path: Path) -> set[str]:
 
 
 def _graph() -> dict[str, set[str]]:
-    files = [p for pkg in PACKAGES for p in (ROOT / pkg).glob("*.py") if p.name != "__init__.py"]
+    files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]  # subpackages too (data/builders, ...)
     files += [ROOT / f"{s}.py" for s in SCRIPTS]
     return {_module_name(p): project_imports(p) for p in files}
 
@@ -83,3 +88,5 @@ def test_the_checker_sees_imports() -> None:
     """The graph is not empty by accident: known edges are present."""
     assert "model.schedule" in GRAPH["model.diffusion"]
     assert "model.evaluation" in GRAPH["sr"]
+    assert "data.builders.splits" in GRAPH["data.prepare_data"]  # subpackages are seen
+    assert "metrics.scoring" in GRAPH["eval"] and "paper.records" in GRAPH["paper.experiments"]

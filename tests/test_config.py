@@ -477,7 +477,7 @@ def test_a_committed_config_finds_its_files_from_any_current_directory(tmp_path:
     assert cfg.path.pretrained == str(REPO / "pretrained" / "tfsdiff_x4_64_256.pth")
     assert Path(cfg.path.pretrained).is_file()
     assert cfg.datasets.train.dataroot == str(REPO / "datasets" / "harvard_x4" / "train")
-    assert cfg.path.experiments_root == "experiments"
+    assert cfg.path.experiments_root == "runs"
     monkeypatch.chdir(REPO / "docs")
     finetune = load_config("../config/finetune_x4_own_data.json")
     assert finetune.path.init_weights == cfg.path.pretrained and finetune.path.pretrained is None

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from core.outputs import FOLDER_MARKER
-from data import embedded
-from data.embedded import build_embedded_dataset, ensure_embedded_dataset, main
+from data.builders import embedded
+from data.builders.embedded import build_embedded_dataset, ensure_embedded_dataset, main
 from data.fusion_dataset import DatasetError
 from data.fusion_rules import fuse, laplacian_ycbcr, rgb_to_ycbcr
 from data.layout import SPLITS, split_dir
@@ -233,7 +233,7 @@ def test_degrade_returns_documented_pair() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("invocation", [["data/embedded.py"], ["-m", "data.embedded"]])
+@pytest.mark.parametrize("invocation", [["data/builders/embedded.py"], ["-m", "data.builders.embedded"]])
 def test_cli_runs_as_script_and_module(tmp_path: Path, invocation: list[str]) -> None:
     root = Path(__file__).resolve().parents[1]
     run = subprocess.run([sys.executable, *invocation, "--root", str(tmp_path / "e"), "--size", "32", "--scales", "4",

@@ -13,7 +13,7 @@ from core.errors import UsageError as BaseUsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = [".".join(p.relative_to(ROOT).with_suffix("").parts)
-           for pkg in ("core", "data", "model", "bench") for p in sorted((ROOT / pkg).rglob("*.py"))
+           for pkg in ("core", "metrics", "data", "model", "bench", "paper") for p in sorted((ROOT / pkg).rglob("*.py"))
            if p.name != "__init__.py" or p.parent != ROOT / pkg] + ["sr", "infer", "eval"]
 # Exception classes of the project that are not input errors: a failure while running (exit 1).
 NOT_INPUT_ERRORS = {"model.model.NonFiniteLossError"}
@@ -43,7 +43,7 @@ CLASSES = _exception_classes()
 
 def test_the_walk_finds_the_known_error_classes() -> None:
     for name in ("core.typed_json.ConfigError", "model.checkpoint_io.CheckpointError", "data.images.ImageReadError",
-                 "data.fusion_dataset.DatasetError", "data.splits.PrepareError", "infer.InputError",
+                 "data.fusion_dataset.DatasetError", "data.builders.splits.PrepareError", "infer.InputError",
                  "core.outputs.OutputError", "model.model.NonFiniteLossError"):
         assert name in CLASSES, sorted(CLASSES)
 

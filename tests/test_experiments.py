@@ -1,7 +1,7 @@
 """Tests of the paper's experiments (issue 15): the committed row configs (config/experiments/) against the real-scan
-recipe, the paired statistics (bench/experiments_stats.py), the tables rebuilt from saved records
-(bench/experiments_tables.py, bench/experiments_results.py) and one ``--run`` end to end on synthetic pair folders
-with a tiny untrained checkpoint (bench/experiments.py). Nothing here trains."""
+recipe, the paired statistics (paper/stats.py), the tables rebuilt from saved records
+(paper/tables.py, paper/records.py) and one ``--run`` end to end on synthetic pair folders
+with a tiny untrained checkpoint (paper/experiments.py). Nothing here trains."""
 from __future__ import annotations
 
 import json
@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import experiments
-from bench import experiments_results as layout
-from bench.experiments_stats import RESAMPLES, bootstrap_interval, paired_difference, sign_flip_p
 from core.config import config_to_dict, load_config
 from core.outputs import FOLDER_MARKER
-from core.scoring import PAPER_METRICS, MethodScores
 from core.typed_json import read_json_with_comments
 from data.fusion_rules import FUSION_RULES
+from metrics.scoring import PAPER_METRICS, MethodScores
+from paper import experiments
+from paper import records as layout
+from paper.stats import RESAMPLES, bootstrap_interval, paired_difference, sign_flip_p
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "config" / "harvard_x4_64_256.json"
@@ -102,7 +102,7 @@ def test_config_matches_its_row_and_its_prepare_command(row: str) -> None:
     out = words[words.index("--out") + 1]
     scales = words[words.index("--scales") + 1:words.index("--copies")]
     assert cfg.datasets.train.dataroot == str(ROOT / out / "train") and str(scale) in scales
-    assert f"python -m bench.experiments --run {row} " in text and f"-c config/experiments/{row}.json" in text
+    assert f"python -m paper.experiments --run {row} " in text and f"-c config/experiments/{row}.json" in text
     assert read_json_with_comments(path)["name"] == row
 
 
@@ -182,9 +182,9 @@ def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.chdir(tmp_path)
     for run, name in (("official_x4_train_260101_000000", "I6000_E18.pth"), ("official_x4_train_260102_000000",
                       "I2000_E6.pth"), ("tfsdiff_x2_train_260101_000000", "I3000_E9.pth")):
-        (tmp_path / "experiments" / run / "checkpoint").mkdir(parents=True)
-        (tmp_path / "experiments" / run / "checkpoint" / name).write_bytes(b"")
-    (tmp_path / "experiments" / "tfsdiff_x8_train_260101_000000").mkdir(parents=True)
+        (tmp_path / "runs" / run / "checkpoint").mkdir(parents=True)
+        (tmp_path / "runs" / run / "checkpoint" / name).write_bytes(b"")
+    (tmp_path / "runs" / "tfsdiff_x8_train_260101_000000").mkdir(parents=True)
     out = tmp_path / "results"
     subjects = {c: c[14:16] for c in CASES}
     records: dict[str, dict[str, MethodScores]] = {}
@@ -194,7 +194,7 @@ def saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     for seed, (row, cases, step) in enumerate((("tfsdiff_x4", CASES, 6000), ("wo_tmfa_x4", CASES, 6000),
                                                ("wo_psf_x4", CASES[:9], 3000)), start=10):
         records[row] = _scores(row, cases, seed, shift=0.5 if row == "tfsdiff_x4" else 0.0)
-        info = {"checkpoint": f"experiments/{row}_train_x/checkpoint/I{step}_E1.pth", "step": step, "n_iter": 6000,
+        info = {"checkpoint": f"runs/{row}_train_x/checkpoint/I{step}_E1.pth", "step": step, "n_iter": 6000,
                 "sampler": {"type": "respaced", "steps": 20, "eta": 0.0}, "seconds_per_image": 1.5,
                 "l_resolution": 64, "r_resolution": 256}
         layout.save_record(out, "x4", row, "row", records[row], subjects, info)

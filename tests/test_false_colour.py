@@ -1,4 +1,4 @@
-"""Tests of the false-colour measure (bench/false_colour.py, its CLI, and its summary in bench/real_scans_report.py)."""
+"""Tests of the false-colour measure (paper/false_colour.py, its CLI, and its summary in paper/real_scans_report.py)."""
 from __future__ import annotations
 
 import math
@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.false_colour import GREY_TOLERANCE, chroma_magnitude, false_colour, main
-from bench.real_scans_report import false_colour_line, false_colour_summary
 from core.results_layout import write_case
 from data.fusion_rules import rgb_to_ycbcr
+from paper.false_colour import GREY_TOLERANCE, chroma_magnitude, false_colour, main
+from paper.real_scans_report import false_colour_line, false_colour_summary
 
 
 def _grey(value: int, size: int = 16) -> np.ndarray:

@@ -15,12 +15,12 @@ import eval as eval_cli
 import infer
 import model.fuser as fuser_module
 from core.config import SamplerConfig, load_config
-from core.figure import GAP, LABEL_WIDTH, MIN_TILE
 from core.outputs import FOLDER_MARKER
 from core.results_layout import KINDS, write_case
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
 from data.images import to_tensor
+from metrics.figure import GAP, LABEL_WIDTH, MIN_TILE
 from model.fuser import Fuser
 from model.model import TFSDiffModel
 
@@ -265,7 +265,7 @@ def test_the_figure_shows_the_uncertainty_maps_of_a_method_that_has_them(tmp_pat
 
 
 def test_bench_uncertainty_ranking_of_spread_against_error() -> None:
-    from bench.uncertainty import ranking
+    from paper.uncertainty import ranking
     spread = np.arange(20, dtype=np.float64)
     result = ranking(spread, spread * 2, 0.1)  # a perfect ranking: the top 2 pixels hold the largest errors
     assert result.pixels == 20 and result.spearman == pytest.approx(1.0) and result.pearson == pytest.approx(1.0)

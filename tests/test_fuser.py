@@ -13,10 +13,10 @@ import torch
 
 import model.model as model_module
 from core.config import SamplerConfig
-from core.metrics import tensor2img
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
 from data.images import to_tensor
+from metrics.registry import tensor2img
 from model.evaluation import evaluate_model
 from model.fuser import Fuser, pad_to_multiple
 from model.model import TFSDiffModel

@@ -1,4 +1,4 @@
-"""Tests of core/fusion_metrics.py: closed forms in both conventions, scikit-image agreement, and the reference
+"""Tests of metrics/fusion.py: closed forms in both conventions, scikit-image agreement, and the reference
 evaluator's per-source values on the real Harvard cases (paper convention). The CDDFuse convention's reference values
 and the hand-derived synthetic fixture: tests/test_metric_conventions.py."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
-from core import fusion_metrics as fm
+from metrics import fusion as fm
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HARVARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "harvard_trimodal"

@@ -28,21 +28,22 @@ from PIL import Image
 import eval as eval_cli
 import infer
 import sr
-from bench import experiments, false_colour, real_scans
-from bench import experiments_results as exp_layout
 from bench import run as bench_run
 from core.cli import UsageError, run_command
 from core.config import load_config
 from core.hashing import sha256_file
 from core.outputs import FILE_LEDGER, FOLDER_MARKER
-from core.scoring import PAPER_METRICS, MethodScores
-from data import embedded, prepare_data
+from data import prepare_data
+from data.builders import embedded
 from data.fusion_dataset import FusionDataset
 from data.fusion_rules import fuse
 from data.images import ImageReadError, read_image
 from data.layout import hr_dir, sr_dir
+from metrics.scoring import PAPER_METRICS, MethodScores
 from model import release
 from model.model import TFSDiffModel
+from paper import experiments, false_colour, real_scans
+from paper import records as exp_layout
 
 CLIS: dict[str, Callable[[list[str]], int]] = {
     "sr": sr.main, "infer": infer.main, "eval": eval_cli.main, "prepare": prepare_data.main,
@@ -201,7 +202,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, make_tiny_config: Callable[.
     (root / "existing_dataset").mkdir()
     (root / "existing_dataset" / "keep.txt").write_text("keep", encoding="utf-8")
     _slices(root / "nest" / "scans", make_rgb)  # an input inside a folder: --out nest would contain it
-    (root / "rs_user" / "data").mkdir(parents=True)  # a user's folder where bench.real_scans would write data/
+    (root / "rs_user" / "data").mkdir(parents=True)  # a user's folder where paper.real_scans would write data/
     (root / "rs_user" / "data" / "notes.txt").write_text("the user's", encoding="utf-8")
     _never_replaced(root, good, make_rgb, make_results)
     one_step = {"train.n_iter": 1, "train.save_checkpoint_freq": 1, "train.val_freq": 1000}
@@ -273,7 +274,7 @@ def _slices_in(w: World, inp: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _real_scans(w: World, data: Path, out: Path, *extra: str) -> list[str]:
-    """bench.real_scans with a good config and checkpoint: only the outputs (or `extra`) are wrong."""
+    """paper.real_scans with a good config and checkpoint: only the outputs (or `extra`) are wrong."""
     return ["--data", str(data), "-c", str(w / "tiny.json"), "--checkpoint", str(w / "ckpt"), "--out", str(out),
             "--no-progress", *extra]
 
@@ -518,7 +519,7 @@ CASES: dict[str, Case] = {
     "eval-figure-is-an-input": Case("eval", lambda w: [str(w / "results"), "--figure",
                                                        str(w / "results" / "tfsdiff" / "a_fused.png"), "--overwrite"],
                                     2, lambda w: "a_fused.png"),
-    # python -m bench.experiments --table and python -m bench.false_colour
+    # python -m paper.experiments --table and python -m paper.false_colour
     "experiments-table-infinite-psnr": Case("experiments", lambda w: ["--table", "--out", str(w / "exp_inf")], 2,
                                             lambda w: "pca.json: per_case.paper.c1.PSNR is missing or null",
                                             lambda w: w / "exp_inf" / "tables.md"),
@@ -533,7 +534,7 @@ CASES: dict[str, Case] = {
                                              "its sources differ in size (b_fused.png 8x8, b_src1.png 16x16"),
     "false-colour-source-size-mismatch": Case("false_colour", lambda w: [str(w / "fc_source")], 2,
                                               lambda w: "b_src2.png 16x8"),
-    # data/prepare_data.py and data/embedded.py
+    # data/prepare_data.py and data/builders/embedded.py
     "prepare-input-missing": Case("prepare", lambda w: ["slices", "--input", str(w.root / "nowhere"), "--folders",
                                                         "T1", "T2", "SPECT", "--out", str(w.root / "ds")], 2,
                                   lambda w: "nowhere", lambda w: w.root / "ds"),
@@ -592,7 +593,7 @@ CASES: dict[str, Case] = {
         lambda w: f"--out {w / 'img' / 'rs'} lies inside the input folder {w / 'img'}", lambda w: w / "img" / "rs"),
     "real-scans-user-file-in-out": Case("real_scans", lambda w: _real_scans(w, w / "slices", w / "rs_user"), 2,
                                         lambda w: f"{w / 'rs_user'} already exists and was not written by "
-                                                  "bench.real_scans"),
+                                                  "paper.real_scans"),
     "real-scans-figure-over-user-file": Case(
         "real_scans", lambda w: _real_scans(w, w / "slices", w.root / "rs", "--figure",
                                             str(w / "out" / "existing.png")),

@@ -1,5 +1,6 @@
-"""Tests of ``prepare_data.py pairs`` (data/harvard_pairs.py, data/harvard_cases.py, data/triplets.py,
-data/colour_maps.py) on small synthetic pair folders, plus the real-triplet count on the real folder (../shared)."""
+"""Tests of ``prepare_data.py pairs`` (data/builders/harvard_pairs.py, data/builders/harvard_cases.py,
+data/builders/triplets.py, data/colour_maps.py) on small synthetic pair folders, plus the real-triplet count on the
+real folder (../shared)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import pytest
 from PIL import Image
 
 from core.outputs import FOLDER_MARKER
-from data import harvard_pairs as hp
+from data.builders import harvard_pairs as hp
+from data.builders.splits import PrepareError
+from data.builders.triplets import augment_triplet, derive_anatomy, derive_functional, t2_like_from_t1
 from data.colour_maps import COLOUR_MAPS, activity_from_colours, closest_map, colour_lut, render_activity
 from data.fusion_rules import fuse
 from data.prepare_data import main
-from data.splits import PrepareError
-from data.triplets import augment_triplet, derive_anatomy, derive_functional, t2_like_from_t1
 
 SIZE = 64
 HARVARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "harvard_aanlib"
@@ -188,7 +189,7 @@ def test_embedded_cases_join_train(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 0, err
     manifest = _manifest(tmp_path / "o")
     embedded = [case for case in manifest["splits"]["train"] if case.startswith("mni_z")]
-    assert len(embedded) == 2 and manifest["cases"][embedded[0]]["from"] == ["data.embedded"]
+    assert len(embedded) == 2 and manifest["cases"][embedded[0]]["from"] == ["data.builders.embedded"]
     assert (tmp_path / "o" / "train" / "hr_64" / f"{embedded[0]}.png").is_file()
 
 

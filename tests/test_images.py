@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.metrics import tensor2img
 from data.images import IMAGE_EXTENSIONS, ImageReadError, PairingError, format_ids, list_by_stem, pair_by_stem, \
     read_image, to_tensor
+from metrics.registry import tensor2img
 
 EXIF_ORIENTATION = 0x0112
 

@@ -1,4 +1,4 @@
-"""Tests of infer.py, eval.py, core/tables.py, core/figure.py and the baseline rules of data/fusion_rules.py."""
+"""Tests of infer.py, eval.py, metrics/tables.py, metrics/figure.py and the baseline rules of data/fusion_rules.py."""
 from __future__ import annotations
 
 import csv

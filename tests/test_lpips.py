@@ -1,4 +1,4 @@
-"""Tests of core/lpips.py: no download ever, the cached AlexNet file is verified by SHA-256 and loaded into LPIPS."""
+"""Tests of metrics/lpips.py: no download ever, the cached AlexNet file is verified by SHA-256 and loaded into LPIPS."""
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from core import lpips as lp
 from core.hashing import sha256_file
+from metrics import lpips as lp
 
 
 @pytest.fixture()

@@ -1,6 +1,6 @@
 """Both metric conventions pinned: hand-derived values on synthetic images (tests/fixtures, always run), the CDDFuse
-evaluator's own values on the real Harvard cases (../shared, skipped when absent) through core/fusion_metrics.py and
-through eval.py, the aggregation of core/scoring.py, the labels of the tables, and the validation metrics."""
+evaluator's own values on the real Harvard cases (../shared, skipped when absent) through metrics/fusion.py and
+through eval.py, the aggregation of metrics/scoring.py, the labels of the tables, and the validation metrics."""
 from __future__ import annotations
 
 import csv
@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 import eval as eval_cli
-from core import fusion_metrics as fm
-from core.metrics import PSNR_GREY_LABEL, SSIM_GREY_LABEL, grey_psnr_ssim, psnr_rgb, ssim_rgb
 from core.results_layout import write_case
-from core.scoring import METRICS, metric_label, metric_names, score_case
+from metrics import fusion as fm
+from metrics.registry import PSNR_GREY_LABEL, SSIM_GREY_LABEL, grey_psnr_ssim, psnr_rgb, ssim_rgb
+from metrics.scoring import METRICS, metric_label, metric_names, score_case
 
 SYNTHETIC = Path(__file__).parent / "fixtures" / "metric_conventions_synthetic.json"
 SHARED = Path(__file__).resolve().parents[2] / "shared"

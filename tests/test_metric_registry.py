@@ -1,4 +1,4 @@
-"""The one metric registry (core.metrics.METRICS): every registered metric runs on a small image pair with the value
+"""The one metric registry (metrics.registry.METRICS): every registered metric runs on a small image pair with the value
 range and direction it declares and a label naming its colour space and convention; eval.py's suites and
 validation's selection are registry names; validation's log lines are built from the registry."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from core.fusion_metrics import CONVENTIONS
-from core.metrics import METRICS, VALIDATION_METRICS, MetricSpec
-from core.scoring import ABLATION_METRICS, EXTRA_METRICS, PAPER_METRICS, score_metrics
+from metrics.fusion import CONVENTIONS
+from metrics.registry import METRICS, VALIDATION_METRICS, MetricSpec
+from metrics.scoring import ABLATION_METRICS, EXTRA_METRICS, PAPER_METRICS, score_metrics
 from model.evaluation import METRIC_FIELDS, CaseResult, Evaluation
 
 SIZE = (48, 48)

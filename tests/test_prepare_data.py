@@ -1,5 +1,5 @@
-"""Tests of data/prepare_data.py (with data/splits.py and data/volumes.py): both input forms, every refusal case,
-and a prepare -> sr.py round trip."""
+"""Tests of data/prepare_data.py (with data/builders/splits.py and data/builders/volumes.py): both input forms,
+every refusal case, and a prepare -> sr.py round trip."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from PIL import Image
 
 import sr
 from core.outputs import FOLDER_MARKER
+from data.builders.splits import PrepareError, allocate_counts, slab_split, split_by_subject, subjects_of_stems
 from data.fusion_rules import fuse
 from data.images import read_image
 from data.prepare_data import main
 from data.resample import degrade
-from data.splits import PrepareError, allocate_counts, slab_split, split_by_subject, subjects_of_stems
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32

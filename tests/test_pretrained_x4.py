@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.config import load_config, parse_config, resolve_input_paths
-from data.embedded import build_embedded_dataset
+from data.builders.embedded import build_embedded_dataset
 from data.fusion_dataset import FusionDataset, create_dataloader
 from infer import load_model
 from model.evaluation import evaluate_model

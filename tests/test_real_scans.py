@@ -1,5 +1,5 @@
-"""Tests of the real-scan benchmark (bench/real_scans.py, bench/real_scans_report.py) and of the scoring it shares with
-eval.py (core.scoring.score_folder): end to end on synthetic pair folders with a tiny model, and on the real
+"""Tests of the real-scan benchmark (paper/real_scans.py, paper/real_scans_report.py) and of the scoring it shares with
+eval.py (metrics.scoring.score_folder): end to end on synthetic pair folders with a tiny model, and on the real
 Harvard folders (../shared) with the shipped real-scan weights when both exist."""
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ import torch
 from PIL import Image
 
 import eval as eval_cli
-from bench import real_scans
-from bench.real_scans_report import case_groups, margins, targets
 from core.config import load_config
 from core.outputs import FOLDER_MARKER
-from core.scoring import MethodScores, ScoringError, score_folder
 from data.fusion_rules import FUSION_RULES
 from data.images import read_image
 from data.prepare_data import main as prepare_main
+from metrics.scoring import MethodScores, ScoringError, score_folder
+from paper import real_scans
+from paper.real_scans_report import case_groups, margins, targets
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HARVARD, TRIMODAL = SHARED / "harvard_aanlib", SHARED / "harvard_trimodal"
@@ -100,7 +100,7 @@ def test_writes_the_test_split_results_tables_json_and_figure(bench_run: dict) -
     assert record["groups"] == {"all": ids, "21": ids[:1], "28": ids[1:2], "41": ids[3:], "other": ids[2:3]}
     for method in METHODS:
         folder = out / "x4" / method
-        assert (folder / FOLDER_MARKER).is_file()  # bench.real_scans's own folder (core.outputs)
+        assert (folder / FOLDER_MARKER).is_file()  # paper.real_scans's own folder (core.outputs)
         names = sorted(p.name for p in folder.iterdir() if p.name != FOLDER_MARKER)
         assert names == sorted(f"{c}_{k}.png" for c in ids for k in ("src1", "src2", "src3", "fused", "hr"))
         assert read_image(folder / f"{ids[0]}_fused.png").shape == (SIZE, SIZE, 3)
@@ -245,7 +245,7 @@ def test_input_errors_exit_2_with_one_line(bench_run: dict, problem: str, make_t
 
 @pytest.mark.slow
 def test_a_rerun_replaces_only_its_own_outputs(bench_run: dict, capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 22: bench.real_scans replaces its own previous --out without --overwrite (the documented rerun), keeps
+    """Issue 22: paper.real_scans replaces its own previous --out without --overwrite (the documented rerun), keeps
     what it did not write, refuses a report file the user changed and a user's folder as --out, writing nothing."""
     root, out = bench_run["root"], bench_run["root"] / "again"
     args = ["--data", str(bench_run["pairs"]), "--triplets", str(bench_run["triplets"]), "-c", str(bench_run["config"]),
@@ -266,7 +266,7 @@ def test_a_rerun_replaces_only_its_own_outputs(bench_run: dict, capsys: pytest.C
     (user / "data").mkdir(parents=True)
     (user / "data" / "mine.txt").write_text("mine")
     assert real_scans.main([*args, "--out", str(user)]) == 2
-    assert "was not written by bench.real_scans" in capsys.readouterr().err
+    assert "was not written by paper.real_scans" in capsys.readouterr().err
     assert sorted(p.name for p in user.rglob("*")) == ["data", "mine.txt"]
 
 

@@ -15,12 +15,12 @@ import sr
 from dataclasses import replace
 
 from core.config import ConfigError, DatasetConfig, SamplerConfig, parse_config
-from core.metrics import tensor2img
 from data.fusion_dataset import FusionBatch
 from data.fusion_rules import fuse
 from data.images import read_image, to_tensor
 from data.layout import sr_dir, write_case
 from data.loader import dataset_from_config
+from metrics.registry import tensor2img
 from model.checkpoint_io import CheckpointError
 from model.evaluation import evaluate_model
 from model.model import TFSDiffModel, build_diffusion

@@ -1,6 +1,6 @@
 """SR3, the first stage of the paper's sequential baselines (model.task "sr3"): the model and its configs, its data
 (`prepare_data.py sr3`: train and val subjects only), training and resuming through sr.py, release, and
-`--method sr3+NAME` in infer.py (single-case and split mode) and bench.real_scans (`--sr3`)."""
+`--method sr3+NAME` in infer.py (single-case and split mode) and paper.real_scans (`--sr3`)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,6 @@ from PIL import Image
 import eval as eval_cli
 import infer
 import sr
-from bench import real_scans
 from core.config import ConfigError, load_config, parse_config
 from data.fusion_rules import FUSION_RULES, fuse
 from data.images import read_image
@@ -28,6 +27,7 @@ from model import release
 from model.fuser import Fuser
 from model.model import TFSDiffModel, build_diffusion
 from model.sr3 import SR3Error, SuperResolver, fusion_method_of, load_sr3
+from paper import real_scans
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "config"

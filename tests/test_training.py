@@ -15,7 +15,7 @@ from PIL import Image
 
 import sr
 from core.config import config_to_dict, load_config
-from core.metrics import psnr_rgb
+from metrics.registry import psnr_rgb
 from model import model as model_module
 
 pytestmark = pytest.mark.slow  # sr.py end to end (tests/conftest.py: the two tiers)

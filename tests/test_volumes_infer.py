@@ -16,13 +16,13 @@ from PIL import Image
 
 import infer
 from core.config import SamplerConfig, load_config
-from core.fusion_metrics import to_grey
 from core.logger import setup_logger
+from data.builders.volumes import AFFINE_ATOL, window_volume
 from data.colour_maps import COLOUR_MAPS, colourise
 from data.dicom import DicomError, read_dicom_series
 from data.fusion_rules import fuse
 from data.volume_io import RGB24, on_one_grid, read_volume, slice_volumes
-from data.volumes import AFFINE_ATOL, window_volume
+from metrics.fusion import to_grey
 from model.fuser import Fuser
 from model.model import TFSDiffModel
 from model.volume_fusion import fuse_slices, slices_per_batch, volume_bytes

@@ -2,8 +2,8 @@
 
 Every metric here works on a **grey** float64 image with values 0..255: an 8-bit RGB image is converted with
 OpenCV's ``COLOR_RGB2GRAY`` applied to the float32 image (``0.299 R + 0.587 G + 0.114 B``) and rounded
-(``numpy.round``), as the CDDFuse evaluator reads images; see :func:`to_grey`. (LPIPS, on RGB, is in
-:mod:`core.lpips`.)
+(``numpy.round``), as the CDDFuse evaluator reads images; see :func:`to_grey` (``core.grey``). (LPIPS, on RGB, is in
+:mod:`metrics.lpips`.)
 
 Argument order, everywhere: the image under test first. Full-reference metrics take ``(img, ref)`` (the fused image,
 then the ground truth or one source); two-source metrics take ``(fused, a, b)``, as CDDFuse's ``Evaluator`` does;
@@ -20,18 +20,19 @@ Conventions (``convention=``, see ``docs/metrics.md``); only PSNR, SSIM and Qabf
 
 The two-source (dual-modal) forms of the full-reference metrics, :func:`mse_pair`, :func:`psnr_pair`,
 :func:`ssim_pair` and :func:`viff_pair`, are CDDFuse's: MSE averaged over A and B, PSNR from that mean MSE, SSIM
-and VIFF summed over A and B. Aggregation over three sources: :mod:`core.scoring`.
+and VIFF summed over A and B. Aggregation over three sources: :mod:`metrics.scoring`.
 """
 from __future__ import annotations
 
 import math
 from typing import Literal
 
-import cv2
 import numpy as np
 from scipy.ndimage import correlate1d, uniform_filter
 from scipy.signal import convolve2d
 from skimage.metrics import structural_similarity
+
+from core.grey import to_grey  # noqa: F401  (re-exported: the conversion of every metric here)
 
 Convention = Literal["paper", "cddfuse"]
 CONVENTIONS: tuple[Convention, ...] = ("paper", "cddfuse")
@@ -43,18 +44,6 @@ def check_convention(convention: str) -> Convention:
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown metric convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
     return convention  # type: ignore[return-value]
-
-
-# ----------------------------------------------------------------------------------------------- conversion
-
-def to_grey(img: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB or (H, W) grey image, values 0..255 -> (H, W) float64 grey, rounded to integer levels."""
-    if img.ndim == 2:
-        return np.round(img.astype(np.float64))
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"to_grey expects an (H, W) or (H, W, 3) image, got shape {img.shape}")
-    grey = cv2.cvtColor(np.ascontiguousarray(img, dtype=np.float32), cv2.COLOR_RGB2GRAY)
-    return np.round(grey).astype(np.float64)
 
 
 def _pair(img: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

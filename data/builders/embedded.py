@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-if __package__ in (None, ""):  # run as a script (python data/embedded.py): make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script (python data/builders/embedded.py): make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import cv2
 import numpy as np
@@ -66,7 +66,7 @@ FORMAT_VERSION = 1
 MODALITIES = ("MR-T1", "MR-T2", "SPECT")
 FUSION_RULE = "laplacian_ycbcr"
 MANIFEST = "manifest.json"
-COMMAND = "data/embedded.py"
+COMMAND = "data/builders/embedded.py"
 MAX_SEED = 2**32 - 1
 
 N_VAL, N_TEST, GAP_SLICES = 8, 16, 5
@@ -320,7 +320,7 @@ def ensure_embedded_dataset(root: str | Path, r_resolution: int, scales: Sequenc
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m data.embedded --root DIR --size 64 --scales 2 4 8 --seed 0 [--limit N]``."""
+    """CLI: ``python -m data.builders.embedded --root DIR --size 64 --scales 2 4 8 --seed 0 [--limit N]``."""
     parser = argparse.ArgumentParser(description="Build (or verify) the embedded MNI152 tri-modal dataset.")
     parser.add_argument("--root", required=True, help="output folder (created atomically, marked as the project's); "
                         "an existing dataset is checked and reused, any other non-empty folder is refused")

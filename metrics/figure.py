@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from core.results_layout import ImageReader, result_path
-from core.tables import display_name
+from metrics.tables import display_name
 
 MIN_TILE = 128
 GAP = 4

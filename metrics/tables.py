@@ -15,8 +15,8 @@ import io
 import math
 from dataclasses import dataclass
 
-from core.fusion_metrics import Convention
-from core.scoring import ABLATION_METRICS, METRICS, MethodScores, Reference, metric_label
+from metrics.fusion import Convention
+from metrics.scoring import ABLATION_METRICS, METRICS, MethodScores, Reference, metric_label
 
 MODEL_RUN = "tfsdiff"
 ABLATION_RUNS: dict[str, str] = {"wo_tmfa": "w/o TMFA", "wo_psf": "w/o PSF"}

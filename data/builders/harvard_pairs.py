@@ -40,8 +40,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from data.builders.splits import PrepareError, list_folder
 from data.images import IMAGE_EXTENSIONS, PairingError, pair_by_stem, read_image
-from data.splits import PrepareError, list_folder
 
 __all__ = ["KINDS", "DEFAULT_TEST_SUBJECTS", "Pair", "Triplet", "read_pairs", "subjects_by_kind", "split_subjects",
            "find_real_triplets", "read_triplet_folder", "match_triplets", "subject_of", "read_rgb"]
@@ -91,7 +91,8 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def _list_images(folder: Path) -> dict[str, Path]:
-    """Stem -> image file of ``folder`` (``data.splits.list_folder``: other files are skipped with a warning)."""
+    """Stem -> image file of ``folder`` (``data.builders.splits.list_folder``: other files are skipped with a
+    warning)."""
     return list_folder(folder, IMAGE_EXTENSIONS, [])
 
 

@@ -7,7 +7,7 @@ in each source), and over them the mean chroma magnitude of the fused image, in 
 a fused image that is grey wherever its inputs are; the anatomical sources are grey, so these are the pixels where
 the functional map is black or absent. A case without such pixels is NaN.
 
-    python -m bench.false_colour FOLDER [FOLDER ...]   # results folders (<id>_fused.png, <id>_src{1,2,3}.png)
+    python -m paper.false_colour FOLDER [FOLDER ...]   # results folders (<id>_fused.png, <id>_src{1,2,3}.png)
 
 prints, for each folder, its cases and the mean and largest false colour over them. A folder without fused images,
 a case with a missing or unreadable source, or a case whose fused image and sources differ in size is an error

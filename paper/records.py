@@ -1,12 +1,12 @@
 """The rows of the paper's experiments and the files their results are saved in (the one owner of that
-layout; ``bench.experiments`` writes it, ``bench.experiments_tables`` reads it).
+layout; ``paper.experiments`` writes it, ``paper.tables`` reads it).
 
 Under the results root (default ``results/experiments``)::
 
-    <scale>/data/              the real test split of that scale (bench.real_scans.build_test_split)
+    <scale>/data/              the real test split of that scale (paper.real_scans.build_test_split)
     <scale>/<method>/          fused images in the results layout (core.results_layout), so eval.py reads them too
     <scale>/<method>.json      the record: provenance and the per-case numbers of both metric conventions
-    tables.md, tables.json     the tables rebuilt from the records (bench.experiments --table)
+    tables.md, tables.json     the tables rebuilt from the records (paper.experiments --table)
 
 ``<method>`` is a row name (``tfsdiff_x4``, ``wo_tmfa_x4``, ...) or a bicubic-then-fuse rule of
 ``data.fusion_rules.FUSION_RULES``. A record (``format_version`` 1) holds ``method``, ``kind`` (``row`` or
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import UsageError
-from core.fusion_metrics import CONVENTIONS
-from core.scoring import PAPER_METRICS, MethodScores
+from metrics.fusion import CONVENTIONS
+from metrics.scoring import PAPER_METRICS, MethodScores
 
 FORMAT_VERSION = 1
 DATA_FOLDER = "data"
@@ -139,10 +139,10 @@ def _value(path: Path, convention: str, case: str, metric: str, values: Any) -> 
     if value is None:
         raise ResultsError(f"{path}: {field} is missing or null (a value that was not finite, e.g. a PSNR of "
                            "infinity for a fused image equal to its reference): the tables need a finite number; "
-                           "check that case, delete the record and run bench.experiments --run again")
+                           "check that case, delete the record and run paper.experiments --run again")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
         raise ResultsError(f"{path}: {field} is {value!r}, not a finite number: the tables need a finite number; "
-                           "delete the record and run bench.experiments --run again")
+                           "delete the record and run paper.experiments --run again")
     return float(value)
 
 
@@ -170,7 +170,7 @@ def _parse(path: Path, data: Any) -> Record:
 
 def load_record(path: Path) -> Record:
     """Read one record; ResultsError naming the file when it is not a record of this format."""
-    redo = "delete it and run bench.experiments --run again"
+    redo = "delete it and run paper.experiments --run again"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

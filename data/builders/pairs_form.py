@@ -1,9 +1,10 @@
 """The ``pairs`` form of ``data/prepare_data.py``: its options, and the plan and manifest of the dataset it writes.
 
-``prepare_data.py pairs`` (and ``bench.real_scans``, which builds the test split only) describe what to build with a
-:class:`PairsRequest`; :func:`plan_request` reads the public Harvard pair layout (``data.harvard_pairs``), splits it
-by subject and plans the cases of the requested splits (``data.harvard_cases``); :func:`request_manifest` is the
-pair-specific part of ``manifest.json``. ``data.prepare_data.prepare_pairs`` writes the planned cases.
+``prepare_data.py pairs`` (and ``paper.real_scans``, which builds the test split only) describe what to build with a
+:class:`PairsRequest`; :func:`plan_request` reads the public Harvard pair layout (``data.builders.harvard_pairs``),
+splits it by subject and plans the cases of the requested splits (``data.builders.harvard_cases``);
+:func:`request_manifest` is the pair-specific part of ``manifest.json``. ``data.prepare_data.prepare_pairs`` writes the
+planned cases.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from data import harvard_cases, harvard_pairs
-from data.splits import SPLITS
+from data.builders import harvard_cases, harvard_pairs
+from data.builders.splits import SPLITS
 
 __all__ = ["PairsRequest", "add_pairs_parser", "add_subject_args", "request_from_args", "plan_request",
            "request_manifest"]
@@ -40,8 +41,8 @@ def add_pairs_parser(forms: argparse._SubParsersAction, base: argparse.ArgumentP
     pairs = forms.add_parser("pairs", parents=[base], help="the public Harvard AANLIB pair layout "
                              "(CT-MRI/{CT,MRI}, PET-MRI/{MRI,PET}, SPECT-MRI/{MRI,SPECT})",
                              description="Split by subject; real triplets for test; train/val triplets from the pairs "
-                             "with a derived third image. Rules: data/harvard_pairs.py, data/harvard_cases.py, "
-                             "data/triplets.py.")
+                             "with a derived third image. Rules: data/builders/harvard_pairs.py, "
+                             "data/builders/harvard_cases.py, data/builders/triplets.py.")
     add_subject_args(pairs)
     pairs.add_argument("--triplets", nargs="+", type=Path, default=[], metavar="DIR", help="folders of real "
                        "triplets <case>_<k>_<modality>.png for the test split (e.g. harvard_trimodal)")

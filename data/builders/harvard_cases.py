@@ -2,10 +2,10 @@
 
 Every case is a triplet in the Harvard tri-modal order (anatomical A, MR-T2, functional):
 
-* **test**: the real triplets of the test subjects (``real_ct_spect_<id>``, from ``data.harvard_pairs``) and the
-  kept cases of the ``--triplets`` folders (``trimodal_<case>``), as they are (no augmentation).
+* **test**: the real triplets of the test subjects (``real_ct_spect_<id>``, from ``data.builders.harvard_pairs``)
+  and the kept cases of the ``--triplets`` folders (``trimodal_<case>``), as they are (no augmentation).
 * **train / val**: every pair of a train / val subject gives a triplet of its two real images and one derived image
-  (``data.triplets``); a real triplet of a train / val subject keeps its three real images (``real_...``):
+  (``data.builders.triplets``); a real triplet of a train / val subject keeps its three real images (``real_...``):
 
   ==========  =====================================  ======================  ================================
   pair        slot 1 (anatomical A)                  slot 2 (MR)             slot 3 (functional)
@@ -17,11 +17,11 @@ Every case is a triplet in the Harvard tri-modal order (anatomical A, MR-T2, fun
 
   Train gets ``copies`` copies ``<kind>_<id>_c<k>`` of each (kind ``ct_mri``, ``pet_mri``, ``spect_mri`` or
   ``real_ct_spect``/``real_ct_pet``; k = 0..copies-1), each derived and augmented
-  (``data.triplets.augment_triplet``) with its own generator ``numpy.random.default_rng([seed, kind code, id, k])``
-  (kind codes: CT-MRI 1, PET-MRI 2, SPECT-MRI 3, real 4); val gets one un-augmented copy (``<kind>_<id>_c0``;
-  a real triplet: ``real_..._<id>``).
-  Optionally at most ``embedded`` cases of the embedded MNI152 train split (``data.embedded.train_cases``, evenly
-  spread, ``mni_zNNN``, as that module makes them, not augmented) join train.
+  (``data.builders.triplets.augment_triplet``) with its own generator
+  ``numpy.random.default_rng([seed, kind code, id, k])`` (kind codes: CT-MRI 1, PET-MRI 2, SPECT-MRI 3, real 4); val
+  gets one un-augmented copy (``<kind>_<id>_c0``; a real triplet: ``real_..._<id>``).
+  Optionally at most ``embedded`` cases of the embedded MNI152 train split (``data.builders.embedded.train_cases``,
+  evenly spread, ``mni_zNNN``, as that module makes them, not augmented) join train.
 * Images of a case are zero-padded (centred) to a square of their common size before deriving. The writer then
   resizes them to ``r`` (``data.resample.resize_bicubic``) and computes the ground truth with the fusion rule.
 * Only the cases of the requested splits are planned (``splits``, default all three; embedded cases need train);
@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data import harvard_pairs as hp
-from data import triplets
-from data.embedded import train_cases
+from data.builders import harvard_pairs as hp
+from data.builders import triplets
+from data.builders.embedded import train_cases
+from data.builders.splits import SPLITS, PrepareError
 from data.images import pad_to_square
-from data.splits import SPLITS, PrepareError
 
 __all__ = ["MODALITIES", "KIND_CODES", "CaseSpec", "Plan", "plan_cases", "case_sources", "manifest_fields",
            "generate_cases"]
@@ -188,8 +188,8 @@ def manifest_fields(plan: Plan, input_root: Path, triplet_folders: list[Path], r
                                       "files": [_relative(p, roots) for p in t.files]} for t in plan.real},
         "dropped_triplets": plan.dropped_triplets,
         "held_out_pairs": plan.held_out_pairs,
-        "rules": {"layout_and_split": "data.harvard_pairs", "cases": "data.harvard_cases",
-                  "derivation_and_augmentation": "data.triplets", "colour_maps": "data.colour_maps"},
+        "rules": {"layout_and_split": "data.builders.harvard_pairs", "cases": "data.builders.harvard_cases",
+                  "derivation_and_augmentation": "data.builders.triplets", "colour_maps": "data.colour_maps"},
         "written_splits": list(plan.splits),
         "splits": {split: [] for split in plan.splits},
         "cases": {},
@@ -199,7 +199,7 @@ def manifest_fields(plan: Plan, input_root: Path, triplet_folders: list[Path], r
 
 def generate_cases(plan: Plan, seed: int, size: int, manifest: dict) -> Iterator[tuple[str, str, list[np.ndarray]]]:
     """(split, case id, three HR sources) of every case of ``plan``, the embedded ones last (at ``size``, as
-    ``data.embedded`` makes them). Records each case in ``manifest`` (from ``manifest_fields``) as it goes."""
+    ``data.builders.embedded`` makes them). Records each case in ``manifest`` (from ``manifest_fields``) as it goes."""
     roots = [Path(manifest["input"]), *map(Path, manifest["triplet_folders"])]
     for spec in plan.cases:
         sources, derived = case_sources(spec, seed)
@@ -210,6 +210,6 @@ def generate_cases(plan: Plan, seed: int, size: int, manifest: dict) -> Iterator
     if plan.embedded:
         for case_id, images in train_cases(size, limit=plan.embedded):
             manifest["splits"]["train"].append(case_id)
-            manifest["cases"][case_id] = {"from": ["data.embedded"], "derived": "", "augmented": False}
+            manifest["cases"][case_id] = {"from": ["data.builders.embedded"], "derived": "", "augmented": False}
             yield "train", case_id, [np.asarray(image) for image in images]
     manifest["counts"] = {split: len(ids) for split, ids in manifest["splits"].items()}

@@ -1,11 +1,11 @@
 """The paper's experiments at laptop scale: evaluate each trained row on the real test triplets, and
 rebuild the Table 1-like, Table 2-like and ablation-difference tables from the saved results.
 
-    python -m bench.experiments --run ROW --data <folder of the public Harvard pairs> [--triplets DIR ...]
+    python -m paper.experiments --run ROW --data <folder of the public Harvard pairs> [--triplets DIR ...]
         [--config FILE] [--checkpoint PATH] [--allow-partial] [--cases N] [--out DIR] [--no-progress]
-    python -m bench.experiments --table [--out DIR]
+    python -m paper.experiments --table [--out DIR]
 
-Rows (``bench.experiments_results.ROWS``), in two forms:
+Rows (``paper.records.ROWS``), in two forms:
 
 - the real-scan recipe (residual form, two stages; the form of the shipped weights): recipe_x2, recipe_x4, recipe_x8
   (configs ``config/harvard_x{2,4,8}_residual_start200_*.json``) and the Table 2 ablations recipe_wo_tmfa_x4,
@@ -15,7 +15,7 @@ Rows (``bench.experiments_results.ROWS``), in two forms:
 - the paper's own form (one stage): tfsdiff_x4, wo_tmfa_x4, wo_psf_x4, official_x4, tfsdiff_x2, tfsdiff_x8, each
   trained by ``python sr.py -p train -c config/experiments/<row>.json``.
 
-``--run ROW``, through the functions of ``bench.real_scans``:
+``--run ROW``, through the functions of ``paper.real_scans``:
 
 1. The row's config (``Row.config`` under ``config/``, or ``--config``; its scale must be the row's). Checkpoint:
    --checkpoint, else the config's released weights ``path.pretrained`` (recipe_x4: the shipped
@@ -30,10 +30,10 @@ Rows (``bench.experiments_results.ROWS``), in two forms:
    ``<out>/<scale>/<rule>/`` with their records, once per scale: again only when their records are missing or hold
    other cases or inputs.
 4. The row (``real_scans.fuse_model``, ``real_scans.score_all``) into ``<out>/<scale>/<ROW>/`` and its record
-   ``<out>/<scale>/<ROW>.json`` (layout: ``bench.experiments_results``), then the tables are rebuilt.
+   ``<out>/<scale>/<ROW>.json`` (layout: ``paper.records``), then the tables are rebuilt.
 
 ``--table`` rebuilds ``<out>/tables.md`` and ``<out>/tables.json`` from the records alone
-(``bench.experiments_tables``); a row without a record is reported as "not trained yet" (or "trained, not evaluated
+(``paper.tables``); a row without a record is reported as "not trained yet" (or "trained, not evaluated
 yet" when a run folder of it exists), never with numbers. A record holding a null or non-finite metric (but LPIPS,
 null without its weights) is refused, naming the record and the field. Errors print one ``error: ...`` line and
 exit with 2 (``core.cli.run_command``'s policy; ``--debug`` adds the traceback).
@@ -62,9 +62,6 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from bench import experiments_results as layout
-from bench import real_scans
-from bench.experiments_tables import build_tables
 from core.cli import add_debug_arg, run_and_report
 from core.config import (ConfigError, DatasetConfig, TFSDiffConfig, config_to_dict, load_config, parse_config,
                          resolve_input_paths)
@@ -75,6 +72,9 @@ from data.fusion_rules import FUSION_RULES
 from data.loader import dataset_from_config
 from model.checkpoint_io import (CHECKPOINT_FILE, newest_checkpoint, read_checkpoint,
                                  resolve_checkpoint)
+from paper import records as layout
+from paper import real_scans
+from paper.tables import build_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = ROOT / "config"  # the rows' configs (Row.config) are relative to it, from any folder
@@ -262,7 +262,7 @@ def run_row(args: argparse.Namespace, argv: list[str]) -> str:
     scale, scale_dir = setup.row.scale, args.out / setup.row.scale
     loader, subjects = _loader(args, setup, scale_dir)
     ids = list(loader.dataset.case_ids)
-    command = " ".join(["python -m bench.experiments", *argv])
+    command = " ".join(["python -m paper.experiments", *argv])
     if not _baselines_current(args.out, scale, ids, _inputs(args)):
         folders = real_scans.fuse_baselines(loader, scale_dir)
         _score_and_save(args, folders, ids, scale, subjects, dict.fromkeys(folders, {"command": command}))
@@ -290,7 +290,7 @@ def status_of(method: str) -> str:
         cfg = load_config(row_config(layout.ROWS[method]))
         root, budget, name = Path(cfg.path.experiments_root), cfg.train.n_iter, cfg.name
     except ConfigError:
-        cfg, root, budget, name = None, Path("experiments"), None, method
+        cfg, root, budget, name = None, Path("runs"), None, method
     if cfg is not None and cfg.path.pretrained and Path(cfg.path.pretrained).is_file():
         return "released, not evaluated yet"
     runs = [p for p in root.glob(f"{name}_train_*") if p.is_dir()] if root.is_dir() else []

@@ -1,4 +1,4 @@
-"""Paired uncertainty of one ablation difference over test cases (``bench.experiments --table``).
+"""Paired uncertainty of one ablation difference over test cases (``paper.experiments --table``).
 
 For per-case values ``a`` (TFS-Diff) and ``b`` (an ablation row) of the same cases, the differences are
 ``d_i = a_i - b_i`` and the statistic is their mean.

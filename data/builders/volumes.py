@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.builders.splits import PrepareError, list_folder, pair_folders
 from data.images import file_stem
-from data.splits import PrepareError, list_folder, pair_folders
 
 __all__ = ["NIFTI_EXTENSIONS", "PERCENTILES", "AFFINE_ATOL", "AXES", "single_subject", "find_subjects",
            "normalise_volume", "window_volume", "subject_slices"]

@@ -1,11 +1,11 @@
-"""The numbers of the real-scan benchmark (``bench.real_scans``): groups of cases by subject, the best baseline, the
+"""The numbers of the real-scan benchmark (``paper.real_scans``): groups of cases by subject, the best baseline, the
 margins of TFS-Diff over it, the issue's targets, and the Markdown and JSON they are written as.
 
 * Groups: ``all`` (every scored case), then one per subject that the dataset manifest records for a case (numeric
   order), then ``other`` for the cases whose subject is unknown.
 * Best baseline of a group: the bicubic-then-fuse rule with the highest mean grey PSNR (paper convention) over the
   group's cases; margins are TFS-Diff's mean minus that baseline's, for PSNR (dB) and SSIM.
-* False colour (``bench.false_colour``): each method's mean over a group's cases (cases without a pixel where all
+* False colour (``paper.false_colour``): each method's mean over a group's cases (cases without a pixel where all
   inputs are grey left out); reported, not a target.
 * Targets (issue 12): over all cases, PSNR margin >= 1.0 dB and SSIM margin > 0; for each of subjects 21 and 28,
   PSNR and SSIM margins > 0 (a subject without scored cases fails the target: it was not measured).
@@ -16,9 +16,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench.false_colour import GREY_TOLERANCE
-from core.scoring import MethodScores
-from core.tables import MODEL_RUN, ScaleSection, display_name
+from metrics.scoring import MethodScores
+from metrics.tables import MODEL_RUN, ScaleSection, display_name
+from paper.false_colour import GREY_TOLERANCE
 
 ALL = "all"
 OTHER = "other"
@@ -130,7 +130,7 @@ def false_colour_summary(per_case_values: Mapping[str, Mapping[str, float]],
             finite = [values[c] for c in ids if math.isfinite(values[c])]
             means[group][method] = sum(finite) / len(finite) if finite else None
     return {"rule": "mean chroma magnitude sqrt((Cb-128)^2 + (Cr-128)^2) of the fused image, in grey levels, over "
-                    f"the pixels where the chroma of every input is at most {GREY_TOLERANCE} (bench.false_colour)",
+                    f"the pixels where the chroma of every input is at most {GREY_TOLERANCE} (paper.false_colour)",
             "per_case": {m: {c: _finite(v) for c, v in values.items()} for m, values in per_case_values.items()},
             "mean": means}
 

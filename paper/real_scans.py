@@ -1,12 +1,12 @@
 """The real-scan benchmark (issue 12): TFS-Diff against every bicubic-then-fuse baseline on the real test triplets.
 
-    python -m bench.real_scans --data <folder of the public Harvard pairs> [--triplets <folder like harvard_trimodal>]
+    python -m paper.real_scans --data <folder of the public Harvard pairs> [--triplets <folder like harvard_trimodal>]
         [-c CONFIG] [--checkpoint PATH] [--cases N] [--out DIR] [--figure FILE] [--sampler S] [--steps N] [--eta E]
         [--samples K] [--start-step S] [--peer NAME[=DIR] ...] [--sr3 [CHECKPOINT]] [--sr3-config FILE]
         [--no-progress]
 
 1. **Test split.** The real triplets of the test subjects 21, 28 and 41 in --data plus the kept cases of --triplets,
-   built with the rules of ``prepare_data.py pairs --splits test`` (``data.pairs_form``,
+   built with the rules of ``prepare_data.py pairs --splits test`` (``data.builders.pairs_form``,
    ``data.prepare_data.prepare_pairs``) into ``<out>/data``: each 256x256 source is an HR image, the LR input is
    ``data.resample.degrade`` of it at the config's scale, and the ground truth is ``laplacian_ycbcr`` of the HR
    sources, exactly as in the test split of the prepared dataset. ``--cases N`` keeps the first N cases.
@@ -17,15 +17,15 @@
    adds published methods; ``--sr3`` adds the paper's sequential baselines ``sr3+NAME`` (``model.sr3``) for every
    rule and every ``--peer`` method into ``<out>/x<scale>/sr3+NAME/``: the SR3 model of the scale super-resolves each
    case's three bicubic inputs once (seeded), timed on its own, and each method fuses the SR3 images.
-3. **Scores.** ``core.scoring.score_folder``, eval.py's metrics against the ground truth (suite paper: grey metrics,
+3. **Scores.** ``metrics.scoring.score_folder``, eval.py's metrics against the ground truth (suite paper: grey metrics,
    and LPIPS when its AlexNet weights are installed), in the paper convention (``<out>/real_scans.md``, printed) and
    the cddfuse convention (``<out>/real_scans_cddfuse.md``), mean ± std over all cases and per subject (the
    manifest's record of each case; ``other`` when unknown).
 4. ``<out>/real_scans.json``: the run, per-case numbers, the summaries, TFS-Diff's seconds per fused image, its PSNR
    and SSIM margins over the best baseline (by mean grey PSNR) overall and per subject, and whether the issue's
-   targets are met (``bench.real_scans_report``); the false colour of every method (``bench.false_colour``: mean
+   targets are met (``paper.real_scans_report``); the false colour of every method (``paper.false_colour``: mean
    chroma where all three inputs are grey), per case and per group, also printed for all cases.
-5. ``--figure FILE``: ``core.figure.comparison_figure`` of 4 cases spread over the subjects.
+5. ``--figure FILE``: ``metrics.figure.comparison_figure`` of 4 cases spread over the subjects.
 
 The checkpoint is --checkpoint, else the config's ``path.resume_state``, else ``path.pretrained``. A missing folder,
 a config without a checkpoint, an unreadable image and the like print one line ``error: ...`` and exit with 2
@@ -36,8 +36,9 @@ the checkpoint is readable (``model.checkpoint_io.check_readable``), and
 
 - ``--out`` is never an input (``--data``, ``--triplets``, the checkpoint, the config), never lies inside an input
   folder and never contains an input; the same holds for ``--figure``;
-- ``--out`` is absent, empty, or a folder that bench.real_scans wrote (its ``.tfsdiff-output`` marker names
-  bench.real_scans); any other folder or file is refused and never deleted;
+- ``--out`` is absent, empty, or a folder that paper.real_scans wrote (its ``.tfsdiff-output`` marker names
+  paper.real_scans, or bench.real_scans, the module's former name); any other folder or file is refused and never
+  deleted;
 - inside it, the folders it replaces (``data/``, ``x<scale>/<method>/``) must be the project's (marked) and the
   files it replaces (``real_scans{.md,_cddfuse.md,.json}``, ``--figure``) must be the ones it wrote, unchanged since
   (``core.outputs`` ledger); a user's file or folder there is refused, never replaced.
@@ -61,37 +62,38 @@ from typing import Any, TypeVar
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from bench import real_scans_report as report
-from bench.false_colour import folder_false_colour
 from core.cli import add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, run_and_report
 from core.config import DatasetConfig, TFSDiffConfig, load_config
 from core.errors import UsageError
-from core.figure import FigureSection, comparison_figure
-from core.metrics import tensor2img
-from core.fusion_metrics import CONVENTIONS
 from core.logger import setup_logger
-from core.lpips import load_lpips, missing_weights_note
 from core.outputs import FOLDER_MARKER, OutputError, check_apart, check_file_target, check_folder_target, mark_folder, \
     publish_files, publish_folder, record_files
 from core.registry import FUSION_METHODS
-from core.scoring import MethodScores, metric_names, score_folder
-from core.tables import MODEL_RUN, to_markdown
+from data.builders.pairs_form import PairsRequest
 from data.fusion_rules import FUSION_RULES
 from data.images import read_image
 from data.loader import dataset_from_config
-from data.pairs_form import PairsRequest
 from data.prepare_data import Output, Settings, prepare_pairs
+from metrics.figure import FigureSection, comparison_figure
+from metrics.fusion import CONVENTIONS
+from metrics.lpips import load_lpips, missing_weights_note
+from metrics.registry import tensor2img
+from metrics.scoring import MethodScores, metric_names, score_folder
+from metrics.tables import MODEL_RUN, to_markdown
 from model.checkpoint_io import check_readable
 from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule, method_fuser
 from model.fuser import Fuser
 from model.sr3 import SR3_PREFIX, SequentialMethod, SuperResolver, load_sr3
+from paper import real_scans_report as report
+from paper.false_colour import folder_false_colour
 
 DEFAULT_CONFIG = "config/harvard_x4_residual_start200_64_256.json"
 DEFAULT_OUT = "results/real_scans"
 FIGURE_CASES = 4
 PREPARE_SEED = 0  # prepare_data's default; the test split does not depend on it (no augmentation in test)
 REFERENCE, SUITE = "gt", "paper"
-COMMAND = "bench.real_scans"
+COMMAND = "paper.real_scans"
+FORMER_COMMANDS = ("bench.real_scans",)  # the module's name before paper/: an --out written under it stays its own
 METHODS = (*FUSION_RULES, MODEL_RUN)
 REPORT_FILES = ("real_scans.md", "real_scans_cddfuse.md", "real_scans.json")
 T = TypeVar("T")
@@ -136,7 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "path.pretrained)")
     parser.add_argument("--cases", type=int, help="only the first N test cases (quick checks)")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder (default {DEFAULT_OUT}): "
-                        "absent, empty or a previous --out of bench.real_scans (its own results are replaced); never "
+                        "absent, empty or a previous --out of paper.real_scans (its own results are replaced); never "
                         "an input, inside one or containing one")
     parser.add_argument("--figure", type=Path, help="also write a comparison figure of 4 cases to this PNG file (never "
                         "over a file it did not write)")
@@ -213,7 +215,7 @@ def check_outputs(args: argparse.Namespace, setup: Setup) -> None:
         check_file_target(args.figure, True, "--figure")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputError(f"--out {out} is a file, not a folder of results: choose another --out")
-    if out.is_dir() and any(out.iterdir()) and _writer(out) != COMMAND:
+    if out.is_dir() and any(out.iterdir()) and _writer(out) not in (COMMAND, *FORMER_COMMANDS):
         raise OutputError(f"{out} already exists and was not written by {COMMAND} (it has no {FOLDER_MARKER} marker "
                           "of it): it is never replaced; choose another --out (absent or empty) or remove it yourself")
     scale_dir = out / setup.scale
@@ -227,7 +229,7 @@ def check_outputs(args: argparse.Namespace, setup: Setup) -> None:
 
 
 def _start_out(out: Path) -> bool:
-    """Create --out (checked by `check_outputs`) and mark it as bench.real_scans's; whether it was created now."""
+    """Create --out (checked by `check_outputs`) and mark it as paper.real_scans's; whether it was created now."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     mark_folder(out, COMMAND)

@@ -7,14 +7,14 @@ per pixel,
 - the spread: `model.fuser.FusedBatch.spread`, the standard deviation over the K samples of each sample's luminance
   in grey levels (the map's value / 16 before its rounding and saturation), with
 - the error: |grey(fused) - grey(ground truth)| in grey levels, `fused` the mean image that infer.py writes (uint8)
-  and grey the evaluator's `core.fusion_metrics.to_grey`.
+  and grey the evaluator's `metrics.fusion.to_grey`.
 
 It prints, over the pixels of all cases pooled (and over the foreground, the pixels where the ground truth's grey is
 above 0), the Spearman and Pearson correlations of spread and error, the mean error of the `--top` fraction (default
 10 %) of pixels with the largest spread against the mean error of the others (ties at the cut broken by pixel order),
 and, per case, the Spearman correlation. It writes no file.
 
-    python -m bench.uncertainty [-c config/harvard_x4_residual_start200_64_256.json] [--split val] [--samples 4]
+    python -m paper.uncertainty [-c config/harvard_x4_residual_start200_64_256.json] [--split val] [--samples 4]
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from tqdm import tqdm
 from core.cli import UsageError, add_debug_arg, add_sampler_args, apply_sampler_args, checkpoint_to_load, \
     run_and_report
 from core.config import load_config
-from core.fusion_metrics import to_grey
-from core.metrics import tensor2img
 from data.loader import dataset_from_config, ensure_config_data
+from metrics.fusion import to_grey
+from metrics.registry import tensor2img
 from model.fuser import Fuser
 
 DEFAULT_CONFIG = "config/harvard_x4_residual_start200_64_256.json"

@@ -1,6 +1,6 @@
-"""The tables of the paper's experiments, rebuilt from the saved records only (``bench.experiments --table``).
+"""The tables of the paper's experiments, rebuilt from the saved records only (``paper.experiments --table``).
 
-For each form of the rows (``bench.experiments_results.FORMS``: the real-scan recipe first, then the paper's own form):
+For each form of the rows (``paper.records.FORMS``: the real-scan recipe first, then the paper's own form):
 
 * Table 1-like, one per scale: the bicubic-then-fuse baselines and TFS-Diff of that scale, the paper's eight metrics in
   the paper convention, then the metrics whose definition against the ground truth differs in the CDDFuse
@@ -8,10 +8,10 @@ For each form of the rows (``bench.experiments_results.FORMS``: the real-scan re
 * Table 2-like: TFS-Diff x4, w/o TMFA, w/o PSF and the official placement and loss, in the paper's Table 2 column
   order, plus the same CDDFuse columns.
 * Ablation differences: for each ablation row and PSNR and SSIM (paper convention), TFS-Diff minus the row over the
-  cases both have (``bench.experiments_stats``: mean, 95 % paired bootstrap interval, paired sign-flip p-value).
+  cases both have (``paper.stats``: mean, 95 % paired bootstrap interval, paired sign-flip p-value).
 
 Cells are mean ± std (population, ddof 0) over each row's cases, exactly ``MethodScores.mean`` / ``.std`` of the
-saved per-case numbers; the best mean of a column is bold (``core.tables.best_rows``). A row without a record is
+saved per-case numbers; the best mean of a column is bold (``metrics.tables.best_rows``). A row without a record is
 listed with its status (``not trained yet`` ...), never with numbers.
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bench import experiments_stats as stats
-from bench.experiments_results import ABLATION_REFERENCE, ABLATION_ROWS, FORMS, MAIN_ROWS, ROWS, SCALES, Record
-from core.fusion_metrics import Convention
-from core.scoring import ABLATION_METRICS, METRICS, PAPER_METRICS, MethodScores, metric_label
-from core.tables import DECIMALS, best_rows, display_name
 from data.fusion_rules import FUSION_RULES
+from metrics.fusion import Convention
+from metrics.scoring import ABLATION_METRICS, METRICS, PAPER_METRICS, MethodScores, metric_label
+from metrics.tables import DECIMALS, best_rows, display_name
+from paper import stats
+from paper.records import ABLATION_REFERENCE, ABLATION_ROWS, FORMS, MAIN_ROWS, ROWS, SCALES, Record
 
 REFERENCE = "gt"
 DIFFERENCE_METRICS: dict[str, int] = {"PSNR": 2, "SSIM": 4}  # metric -> decimals of the differences
@@ -195,9 +195,9 @@ def runs_markdown(records: Mapping[str, Mapping[str, Record]], status_of: Status
 
 
 NOTES = (
-    "Rebuilt by `python -m bench.experiments --table` from the saved per-case records `<scale>/<method>.json` only: "
+    "Rebuilt by `python -m paper.experiments --table` from the saved per-case records `<scale>/<method>.json` only: "
     "no training, no sampling, no resampling of images.",
-    "Test cases: the real test triplets of bench.real_scans (subjects 21, 28 and 41 of the pairs, plus the kept "
+    "Test cases: the real test triplets of paper.real_scans (subjects 21, 28 and 41 of the pairs, plus the kept "
     "cases of --triplets), never used for training or checkpoint selection; LR = "
     "`data.resample.degrade` of each 256x256 source at the row's scale; reference: the ground truth "
     "`laplacian_ycbcr` of the 256x256 sources.",

@@ -1,11 +1,11 @@
 """The columns of the metric tables and the scoring of one tri-modal case, in the paper or the CDDFuse convention.
 
 Columns: the paper's eight metrics (Table 1 order) and, in the ``all`` suite, seven more from the fusion
-literature, all entries of the one metric registry :data:`core.metrics.METRICS` (re-exported here), which validation
+literature, all entries of the one metric registry :data:`metrics.registry.METRICS` (re-exported here), which validation
 reads too: each declares its function, whether higher is better (with the paper's arrows) and its label per
-convention, e.g. ``PSNR (grey, peak 255)``. Formulas and conventions: :mod:`core.fusion_metrics` and
+convention, e.g. ``PSNR (grey, peak 255)``. Formulas and conventions: :mod:`metrics.fusion` and
 ``docs/metrics.md``. :func:`score_metrics` computes any selection of the registry for one case (validation's is
-:data:`core.metrics.VALIDATION_METRICS`); RGB full-reference metrics are aggregated like the grey ones.
+:data:`metrics.registry.VALIDATION_METRICS`); RGB full-reference metrics are aggregated like the grey ones.
 
 Aggregation over the three sources (:func:`score_case`):
 
@@ -14,14 +14,14 @@ Aggregation over the three sources (:func:`score_case`):
 * ``reference="sources"``, convention ``paper``: each full-reference metric is the **mean over the three sources**
   of ``metric(fused, source_i)`` (PSNR: the mean of the three PSNRs).
 * ``reference="sources"``, convention ``cddfuse``: MSE, PSNR, SSIM and VIF follow CDDFuse's dual-modal definitions
-  (:func:`~core.fusion_metrics.mse_pair` etc.: SSIM and VIF **summed** over the two sources, PSNR from their mean
+  (:func:`~metrics.fusion.mse_pair` etc.: SSIM and VIF **summed** over the two sources, PSNR from their mean
   MSE with peak max(F)) and are averaged over the three source pairs (S1, S2), (S1, S3), (S2, S3). MAE, RMSE and
   LPIPS, which CDDFuse does not define, are the mean over the three sources as in the paper convention.
 * Two-source metrics (MI, Qabf, SCD, CC) in both conventions: the mean over the three source pairs of the
   two-source definition, so the values stay on the scale of the dual-modal literature.
 
 :func:`score_folder` scores every case of one method's results folder (``core.results_layout``) into a
-:class:`MethodScores`; ``eval.py`` and ``bench.real_scans`` both call it.
+:class:`MethodScores`; ``eval.py`` and ``paper.real_scans`` both call it.
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ import numpy as np
 from tqdm import tqdm
 
 from core.errors import UsageError
-from core.fusion_metrics import Convention, check_convention, to_grey
-from core.lpips import Lpips
-from core.metrics import METRICS, MetricKind, MetricSpec, Reference, metric_label
 from core.results_layout import ImageReader, result_path
+from metrics.fusion import Convention, check_convention, to_grey
+from metrics.lpips import Lpips
+from metrics.registry import METRICS, MetricKind, MetricSpec, Reference, metric_label
 
 __all__ = ["METRICS", "MetricKind", "MetricSpec", "Reference", "metric_label", "Suite", "PAPER_METRICS",
            "ABLATION_METRICS", "EXTRA_METRICS", "metric_names", "score_metrics", "score_case", "ScoringError",
@@ -65,7 +65,7 @@ def _mean_over_pairs(fn: Callable[[Grey, Grey, Grey], float], fused: Grey, sourc
 def score_metrics(names: Sequence[str], fused: np.ndarray, sources: Sequence[np.ndarray], gt: np.ndarray | None,
                   reference: Reference, lpips_scorer: Lpips | None,
                   convention: Convention = "paper") -> dict[str, float]:
-    """The metrics ``names`` of :data:`core.metrics.METRICS` for one case, aggregated over the references as the
+    """The metrics ``names`` of :data:`metrics.registry.METRICS` for one case, aggregated over the references as the
     module docstring says; metric name -> value in the order of ``names``. Arguments as :func:`score_case`."""
     convention = check_convention(convention)
     if reference == "gt" and gt is None:

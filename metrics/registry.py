@@ -3,23 +3,23 @@
 :data:`METRICS` (a `core.registry.Registry`) maps a metric's name to its :class:`MetricSpec`: the implementation, its
 kind (what it compares, see below), whether higher is better, its label qualifier per convention (``PSNR (grey,
 peak 255)``), and how many decimals tables and log lines print. It is declared and filled here, beside the RGB
-implementations; the grey ones are in :mod:`core.fusion_metrics`. :func:`core.scoring.score_metrics` computes any
-selection of them for one case; the selections are eval.py's suites (:mod:`core.scoring`) and validation's
+implementations; the grey ones are in :mod:`metrics.fusion`. :func:`metrics.scoring.score_metrics` computes any
+selection of them for one case; the selections are eval.py's suites (:mod:`metrics.scoring`) and validation's
 :data:`VALIDATION_METRICS`, which `model.evaluation` logs.
 
 Kinds (the image under test first, everywhere):
 
-* ``full_reference``: ``fn(fused, ref[, convention])`` on grey images (:func:`core.fusion_metrics.to_grey`);
+* ``full_reference``: ``fn(fused, ref[, convention])`` on grey images (:func:`metrics.fusion.to_grey`);
   ``pair_form(fused, a, b[, convention])``, when set, is its CDDFuse dual-modal form (convention ``cddfuse``
   against the sources).
 * ``rgb_full_reference``: ``fn(fused, ref)`` on the 8-bit RGB images: :func:`psnr_rgb` (peak 255 over all
   channels) and :func:`ssim_rgb` (scikit-image's ``structural_similarity``, 7x7 uniform window, data_range 255,
   averaged over the three channels), SR3's validation metrics.
 * ``no_reference``: ``fn(fused)`` on the grey image; ``source_pairs``: ``fn(fused, a, b[, convention])`` on grey
-  images, averaged over the three source pairs; ``lpips``: the AlexNet network (`core.lpips`), given at run time.
+  images, averaged over the three source pairs; ``lpips``: the AlexNet network (`metrics.lpips`), given at run time.
 
-**Adding a metric**: its function (here or in `core.fusion_metrics`) and one `METRICS.add` below; then name it in a
-selection (`core.scoring`'s suites, :data:`VALIDATION_METRICS`). `tests/test_metric_registry.py` runs every entry.
+**Adding a metric**: its function (here or in `metrics.fusion`) and one `METRICS.add` below; then name it in a
+selection (`metrics.scoring`'s suites, :data:`VALIDATION_METRICS`). `tests/test_metric_registry.py` runs every entry.
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from core.fusion_metrics import Convention, average_gradient, cc, check_convention, entropy, mae, mi_pair, mse, \
+from core.registry import Registry
+from metrics.fusion import Convention, average_gradient, cc, check_convention, entropy, mae, mi_pair, mse, \
     mse_pair, psnr, psnr_pair, qabf, rmse, scd, spatial_frequency, ssim, ssim_pair, standard_deviation, to_grey, \
     viff, viff_pair
-from core.registry import Registry
 
 MetricKind = Literal["full_reference", "rgb_full_reference", "lpips", "no_reference", "source_pairs"]
 Reference = Literal["gt", "sources"]
@@ -99,7 +99,7 @@ class MetricSpec:
     def __call__(self, *images: np.ndarray, convention: Convention = "paper") -> float:
         """``fn`` on the images (see the kinds in the module docstring), with ``convention`` when it takes one."""
         if self.fn is None:
-            raise TypeError(f"metric {self.name} needs its network (core.lpips), not a function call")
+            raise TypeError(f"metric {self.name} needs its network (metrics.lpips), not a function call")
         return self.fn(*images, convention=convention) if self._takes_convention[0] else self.fn(*images)
 
     def pair(self, fused: np.ndarray, a: np.ndarray, b: np.ndarray, convention: Convention = "cddfuse") -> float:
@@ -158,7 +158,7 @@ def ssim_rgb(img: np.ndarray, ref: np.ndarray) -> float:
 def grey_psnr_ssim(img: np.ndarray, ref: np.ndarray, convention: Convention = "paper") -> tuple[float, float]:
     """(PSNR in dB, SSIM) of the grey images of two (H, W, 3) uint8 RGB images, as `eval.py --reference gt` gives.
 
-    Paper convention: "PSNR (grey, peak 255)" and "SSIM (grey, data_range 255)"; see core.fusion_metrics.
+    Paper convention: "PSNR (grey, peak 255)" and "SSIM (grey, data_range 255)"; see metrics.fusion.
     """
     _check_rgb(img, ref)
     img_grey, ref_grey = to_grey(img), to_grey(ref)
