@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 __all__ = ["Registry", "Names", "SamplerSpec", "LossSpec", "FusionMethodSpec", "TaskSpec", "SAMPLERS", "LOSSES",
-           "FUSION_METHODS", "WEIGHT_FREE_FUSION", "TASKS"]
+           "FUSION_METHODS", "WEIGHT_FREE_FUSION", "PUBLISHED_FUSION", "TASKS"]
 
 S = TypeVar("S")
 F = TypeVar("F")
@@ -179,6 +179,8 @@ FUSION_METHODS: Registry[FusionMethodSpec] = Registry("fusion method", _fusion_s
     "model.peers.bitonicx", "model.peers.ctsr"))
 # the methods a name in the config or on a command line may choose without weights: residual bases, ground truths
 WEIGHT_FREE_FUSION = Names(FUSION_METHODS, lambda spec: not spec.needs_weights)
+# the published methods, each loaded with its authors' weights: the comparison rows (paper.real_scans --peer)
+PUBLISHED_FUSION = Names(FUSION_METHODS, lambda spec: spec.needs_weights)
 
 
 # ----------------------------------------------------------------------------------------------- tasks

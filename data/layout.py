@@ -6,6 +6,8 @@ A dataset root holds one folder per split (:data:`SPLITS`); a split folder holds
     {k}_sr_{l}_{r}/   source k = 1, 2, 3, degraded to l x l and bicubic-upsampled back to r x r (the model input)
     {k}_lr_{l}/       source k at l x l
     hr_{r}/           the ground-truth fused image, r x r
+    {k}_hr_{r}/       source k itself, r x r (only where asked: the test split of paper.real_scans, whose
+                      metrics against the HR sources read it; no dataset reads it)
 
 ``data/builders/embedded.py`` and ``data/prepare_data.py`` write this layout through :func:`write_case`;
 ``data/fusion_dataset.py`` reads it through :func:`sr_dir`, :func:`hr_dir` (and :func:`lr_dir`).
@@ -29,8 +31,8 @@ from PIL import Image
 
 from data.resample import degrade
 
-__all__ = ["SPLITS", "SOURCES", "split_dir", "sr_dir", "lr_dir", "hr_dir", "write_case", "single_sr_dir",
-           "single_lr_dir", "write_single_case"]
+__all__ = ["SPLITS", "SOURCES", "split_dir", "sr_dir", "lr_dir", "hr_dir", "source_hr_dir", "write_case",
+           "single_sr_dir", "single_lr_dir", "write_single_case"]
 
 SPLITS = ("train", "val", "test")
 SOURCES = (1, 2, 3)
@@ -65,6 +67,12 @@ def hr_dir(split_root: str | Path, r_resolution: int) -> Path:
     return Path(split_root) / f"hr_{r_resolution}"
 
 
+def source_hr_dir(split_root: str | Path, k: int, r_resolution: int) -> Path:
+    """``split_root/{k}_hr_{r}``: source ``k`` itself at the HR side ``r``."""
+    _check_source(k)
+    return Path(split_root) / f"{k}_hr_{r_resolution}"
+
+
 def single_sr_dir(split_root: str | Path, l_resolution: int, r_resolution: int) -> Path:
     """``split_root/sr_{l}_{r}``: the image of a single-image case degraded to ``l`` and upsampled back to ``r``."""
     return Path(split_root) / f"sr_{l_resolution}_{r_resolution}"
@@ -76,8 +84,9 @@ def single_lr_dir(split_root: str | Path, l_resolution: int) -> Path:
 
 
 def write_case(split_root: Path, case_id: str, sources: Sequence[Image.Image], target: Image.Image,
-               l_resolutions: Sequence[int]) -> None:
-    """Write one case as ``<case_id>.png`` into ``hr_{r}`` and, for every ``l``, ``{k}_lr_{l}`` and ``{k}_sr_{l}_{r}``.
+               l_resolutions: Sequence[int], hr_sources: bool = False) -> None:
+    """Write one case as ``<case_id>.png`` into ``hr_{r}`` and, for every ``l``, ``{k}_lr_{l}`` and ``{k}_sr_{l}_{r}``
+    (with ``hr_sources``, also each source itself into ``{k}_hr_{r}``).
 
     ``sources`` are the three HR source images and ``target`` the ground truth, all r x r RGB PIL images; the LR and
     SR images come from ``data.resample.degrade``. Folders are created when missing.
@@ -88,6 +97,8 @@ def write_case(split_root: Path, case_id: str, sources: Sequence[Image.Image], t
         raise ValueError(f"case {case_id!r}: expected three sources and a target of one square size, got "
                          f"{len(sources)} sources and sizes {sorted(sizes)}")
     outputs = {hr_dir(split_root, r_resolution): target}
+    if hr_sources:
+        outputs |= {source_hr_dir(split_root, k, r_resolution): img for k, img in zip(SOURCES, sources)}
     for l_res in l_resolutions:
         for k, img in zip(SOURCES, sources):
             lr, sr = degrade(img, l_res)

@@ -95,12 +95,14 @@ DEFAULT_GT_FUSION = "laplacian_ycbcr"
 
 @dataclass(frozen=True)
 class Settings:
-    """What every case job needs: HR side, LR sides, GT fusion rule, size policy."""
+    """What every case job needs: HR side, LR sides, GT fusion rule, size policy, and whether each HR source is
+    written too (``{k}_hr_{r}/``, ``data.layout.write_case``; the test split of paper.real_scans only)."""
 
     r_resolution: int
     l_resolutions: tuple[int, ...]
     gt_fusion: str
     resize: bool
+    hr_sources: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ def write_case(job: CaseJob) -> str:
     hrs = [_square_hr(a, cfg.r_resolution) for a in _case_arrays(job)]
     sources = hrs[:3]
     gt = hrs[3] if job.gt is not None else Image.fromarray(fuse(cfg.gt_fusion, [np.asarray(s) for s in sources]))
-    layout.write_case(job.split_root, job.case_id, sources, gt, cfg.l_resolutions)
+    layout.write_case(job.split_root, job.case_id, sources, gt, cfg.l_resolutions, cfg.hr_sources)
     return job.case_id
 
 

@@ -147,17 +147,21 @@ class MethodScores:
 
 
 def score_folder(folder: Path, ids: Sequence[str], reference: Reference, suite: Suite, lpips: Lpips | None,
-                 convention: Convention, read: ImageReader, progress: bool = False) -> MethodScores:
+                 convention: Convention, read: ImageReader, progress: bool = False,
+                 sources_of: Callable[[str], list[np.ndarray]] | None = None) -> MethodScores:
     """:func:`score_case` for every case ``ids`` of one method's results folder; the method is the folder's name.
 
     ``read`` reads one file of the layout (``<id>_fused.png``, ``<id>_src{1,2,3}.png`` and, for ``reference
-    "gt"``, ``<id>_hr.png``) as an (H, W, 3) uint8 RGB array; its errors pass through. ScoringError when the images
-    of a case differ in size. ``progress`` shows a progress bar.
+    "gt"``, ``<id>_hr.png``) as an (H, W, 3) uint8 RGB array; its errors pass through. ``sources_of(case id)``, when
+    given, returns the three sources of a case instead of the folder's ``<id>_src{1,2,3}.png`` (e.g. the HR sources
+    of a test split, ``paper.experiments``). ScoringError when the images of a case differ in size. ``progress``
+    shows a progress bar.
     """
     rows = []
     for case in tqdm(ids, desc=Path(folder).name, disable=not progress, leave=False):
         fused = read(result_path(folder, case, "fused"))
-        sources = [read(result_path(folder, case, f"src{k}")) for k in (1, 2, 3)]
+        sources = sources_of(case) if sources_of is not None else [read(result_path(folder, case, f"src{k}"))
+                                                                   for k in (1, 2, 3)]
         gt = read(result_path(folder, case, "hr")) if reference == "gt" else None
         shapes = {img.shape for img in [fused, *sources] + ([gt] if gt is not None else [])}
         if len(shapes) != 1:

@@ -1,8 +1,10 @@
-"""The paper's experiments at laptop scale: evaluate each trained row on the real test triplets, and
-rebuild the Table 1-like, Table 2-like and ablation-difference tables from the saved results.
+"""The paper's experiments at laptop scale: evaluate each trained row, and the paper's comparison rows, on the real
+test triplets, and rebuild the Table 1-like, no-reference, best-sequential, Table 2-like and ablation-difference tables
+from the saved results.
 
     python -m paper.experiments --run ROW --data <folder of the public Harvard pairs> [--triplets DIR ...]
-        [--config FILE] [--checkpoint PATH] [--allow-partial] [--cases N] [--out DIR] [--no-progress]
+        [--config FILE] [--checkpoint PATH] [--allow-partial] [--cases N] [--peer NAME[=DIR] ...]
+        [--sr3 [CHECKPOINT]] [--sr3-config FILE] [--out DIR] [--no-progress]
     python -m paper.experiments --table [--out DIR]
 
 Rows (``paper.records.ROWS``), in two forms:
@@ -25,18 +27,29 @@ Rows (``paper.records.ROWS``), in two forms:
    have been trained with the row's training keys (``seed``, ``datasets.train`` but ``num_workers``, ``model`` but
    ``sampler``, ``train.optimizer``, ``train.ema_scheduler``): evaluating a checkpoint under the wrong row is an error
    naming the keys that differ.
-2. The real test split at the row's scale (``real_scans.build_test_split``) into ``<out>/<scale>/data``.
-3. The bicubic-then-fuse baselines of that scale (``real_scans.fuse_baselines``, ``real_scans.score_all``) into
-   ``<out>/<scale>/<rule>/`` with their records, once per scale: again only when their records are missing or hold
-   other cases or inputs.
-4. The row (``real_scans.fuse_model``, ``real_scans.score_all``) into ``<out>/<scale>/<ROW>/`` and its record
+   ``--peer NAME[=DIR]`` (repeatable) and ``--sr3 [CHECKPOINT]`` / ``--sr3-config FILE`` mean and are checked as
+   in ``paper.real_scans`` (``real_scans.check_comparison_args``, ``load_peers``, ``load_sr3_pipelines``: the SR3
+   config defaults to ``config/sr3_x<s>_<l>_<r>.json`` of the row's scale, its weights to that config's
+   ``path.pretrained``); the published methods and the SR3 model are loaded before anything is written.
+2. The real test split at the row's scale, with its HR sources (``real_scans.build_test_split``), into
+   ``<out>/<scale>/data``.
+3. The comparisons of that scale (``paper.comparisons``): every bicubic-then-fuse rule, bicubic + each ``--peer``
+   method and, with ``--sr3``, SR3 + each rule and each ``--peer`` method (``sr3+NAME``), fused, timed and scored into
+   ``<out>/<scale>/<method>/`` with their records, once per scale: again only when a record is missing, holds other
+   cases or inputs, or lacks its time or its scores against the HR sources.
+4. The row (``real_scans.fuse_model``, then ``comparisons.save_scored``) into ``<out>/<scale>/<ROW>/`` and its record
    ``<out>/<scale>/<ROW>.json`` (layout: ``paper.records``), then the tables are rebuilt.
+
+Every record holds the per-case numbers against the ground truth in both conventions, the no-reference metrics
+against the three HR sources (``paper.records.SOURCE_METRICS``, CDDFuse convention) and the seconds per image (for
+``sr3+NAME``: SR3's seconds for the three sources plus NAME's), so ``--table`` never reads an image.
 
 ``--table`` rebuilds ``<out>/tables.md`` and ``<out>/tables.json`` from the records alone
 (``paper.tables``); a row without a record is reported as "not trained yet" (or "trained, not evaluated
-yet" when a run folder of it exists), never with numbers. A record holding a null or non-finite metric (but LPIPS,
-null without its weights) is refused, naming the record and the field. Errors print one ``error: ...`` line and
-exit with 2 (``core.cli.run_command``'s policy; ``--debug`` adds the traceback).
+yet" when a run folder of it exists), never with numbers; a comparison without a record is left out. A record
+holding a null or non-finite metric (but LPIPS, null without its weights) is refused, naming the record and the
+field. Errors print one ``error: ...`` line and exit with 2 (``core.cli.run_command``'s policy; ``--debug`` adds
+the traceback).
 
 What may be written (``core.outputs``). The tables are derived from the records, so ``--table`` and
 ``--run`` rewrite their own tables without a flag, and only their own:
@@ -48,14 +61,15 @@ What may be written (``core.outputs``). The tables are derived from the records,
   ``docs/experiments_results``. Any other file of those names (the user's, or tables edited by hand) is never
   replaced: the command stops naming it, before writing anything.
 - Both files are published together (``core.outputs.publish_files``). ``--run`` checks them before it evaluates.
-- ``--run``'s ``--out`` is never one of its inputs (``--data``, ``--triplets``, ``--config``, the checkpoint), never
-  inside one, and never contains one.
+- ``--run``'s ``--out`` is never one of its inputs (``--data``, ``--triplets``, ``--config``, the checkpoint, the
+  ``--peer`` folders, ``--sr3`` and ``--sr3-config``), never inside one, and never contains one.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,8 +86,10 @@ from data.fusion_rules import FUSION_RULES
 from data.loader import dataset_from_config
 from model.checkpoint_io import (CHECKPOINT_FILE, newest_checkpoint, read_checkpoint,
                                  resolve_checkpoint)
+from model.sr3 import SR3_PREFIX
 from paper import records as layout
 from paper import real_scans
+from paper.comparisons import Comparison, Evaluation, run_comparisons, save_scored
 from paper.tables import build_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="evaluate a checkpoint before the budget train.n_iter (the tables mark the row partial)")
     parser.add_argument("--cases", type=int, help="only the first N test cases (quick checks)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results root (default {DEFAULT_OUT})")
+    real_scans.add_comparison_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_debug_arg(parser)
     return parser.parse_args(argv)
@@ -212,43 +229,42 @@ def repository_relative(path: str) -> str:
         return path
 
 
-def _inputs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"data": str(args.data.resolve()), "triplets": [str(t.resolve()) for t in args.triplets]}
+def _provenance(path: str | None) -> str | None:
+    """An input path as a record names it: resolved, then `repository_relative`."""
+    return None if path is None else repository_relative(str(Path(path).resolve()))
 
 
-def _baselines_current(out: Path, scale: str, ids: list[str], inputs: dict[str, Any]) -> bool:
-    """Whether every baseline of ``scale`` has a record of exactly ``ids`` from the same input folders."""
-    for rule in FUSION_RULES:
-        path = layout.record_path(out, scale, rule)
-        if not path.is_file():
-            return False
-        record = layout.load_record(path)
-        if list(record.scores["paper"].case_ids) != ids or {k: record.info.get(k) for k in inputs} != inputs:
-            return False
-    return True
+def comparison_plan(args: argparse.Namespace, peers: dict[str, Callable],
+                    pipelines: real_scans.SR3Pipelines | None) -> dict[str, Comparison]:
+    """The comparisons of this run: every rule, every loaded --peer method and, with --sr3, every sr3+NAME, each with
+    the inputs its record names besides --data and --triplets."""
+    dirs = {name: _provenance(folder) for name, folder in real_scans.published_methods(args).items()}
+    plan = {rule: Comparison(FUSION_RULES[rule], {}) for rule in FUSION_RULES}
+    plan |= {name: Comparison(fuse, {"peer_dir": dirs[name]}) for name, fuse in peers.items()}
+    if pipelines is not None:
+        sr3 = {"sr3_config": _provenance(pipelines.config), "sr3_checkpoint": _provenance(pipelines.weights),
+               "sr3_sampler": config_to_dict(pipelines.cfg)["model"]["sampler"]}
+        for method, pipeline in pipelines.methods.items():
+            name = method.removeprefix(SR3_PREFIX)
+            plan[method] = Comparison(pipeline, sr3 | ({"peer_dir": dirs[name]} if name in dirs else {}))
+    return plan
 
 
-def _score_and_save(args: argparse.Namespace, folders: dict[str, Path], ids: list[str], scale: str,
-                    subjects: dict[str, str | None], info: dict[str, dict[str, Any]]) -> None:
-    """Score each method folder (``real_scans.score_all``) and save its record with ``info[method]``."""
-    scores, lpips_missing = real_scans.score_all(folders, ids, not args.no_progress)
-    for i, method in enumerate(folders):
-        kind = "row" if method in layout.ROWS else "baseline"
-        per_convention = {convention: methods[i] for convention, methods in scores.items()}
-        layout.save_record(args.out, scale, method, kind, per_convention, subjects,
-                           info[method] | _inputs(args) | {"lpips": lpips_missing})
-
-
-def _loader(args: argparse.Namespace, setup: Setup, scale_dir: Path) -> tuple[DataLoader, dict[str, str | None]]:
-    where = argparse.Namespace(data=args.data, triplets=args.triplets, out=scale_dir, no_progress=args.no_progress)
+def _evaluation(args: argparse.Namespace, setup: Setup, argv: list[str]) -> tuple[Evaluation, DataLoader]:
+    """Build the test split of the row's scale (``real_scans.build_test_split``) and its loader."""
+    where = argparse.Namespace(data=args.data, triplets=args.triplets, out=args.out / setup.row.scale,
+                               no_progress=args.no_progress)
     test_root, subjects = real_scans.build_test_split(where, setup.split)
     loader = dataset_from_config(replace(setup.split, dataroot=str(test_root), data_len=args.cases or -1),
                                  seed=setup.cfg.seed, train=False)[2]
-    return loader, subjects
+    inputs = {"data": str(args.data.resolve()), "triplets": [str(t.resolve()) for t in args.triplets]}
+    run = Evaluation(args.out, setup.row.scale, list(loader.dataset.case_ids), subjects, test_root,
+                     setup.split.r_resolution, " ".join(["python -m paper.experiments", *argv]), inputs,
+                     not args.no_progress)
+    return run, loader
 
 
-def run_row(args: argparse.Namespace, argv: list[str]) -> str:
-    """Evaluate one row (and the baselines of its scale when needed); returns the rebuilt tables' Markdown."""
+def _check_run_args(args: argparse.Namespace) -> None:
     if args.data is None or not args.data.is_dir():
         raise ExperimentError("--run needs --data, an existing folder of the public Harvard pairs")
     for folder in args.triplets:
@@ -256,25 +272,31 @@ def run_row(args: argparse.Namespace, argv: list[str]) -> str:
             raise ExperimentError(f"--triplets folder {folder} does not exist")
     if args.cases is not None and args.cases < 1:
         raise ExperimentError(f"--cases must be at least 1, got {args.cases}")
+    real_scans.check_comparison_args(args)
+
+
+def run_row(args: argparse.Namespace, argv: list[str]) -> str:
+    """Evaluate one row (and the comparisons of its scale when needed); returns the rebuilt tables' Markdown."""
+    _check_run_args(args)
     setup = row_setup(args)
-    check_apart(args.out, [args.data, *args.triplets, setup.config, setup.checkpoint], "--out")
+    # the published methods and the SR3 model are loaded (their weights checked) before anything is written
+    peers = real_scans.load_peers(args)
+    pipelines = real_scans.load_sr3_pipelines(args, setup.split, peers)
+    check_apart(args.out, [args.data, *args.triplets, setup.config, setup.checkpoint,
+                           *real_scans.comparison_inputs(args)], "--out")
     table_contents(args.out)  # the tables may be rewritten: checked before the evaluation
-    scale, scale_dir = setup.row.scale, args.out / setup.row.scale
-    loader, subjects = _loader(args, setup, scale_dir)
-    ids = list(loader.dataset.case_ids)
-    command = " ".join(["python -m paper.experiments", *argv])
-    if not _baselines_current(args.out, scale, ids, _inputs(args)):
-        folders = real_scans.fuse_baselines(loader, scale_dir)
-        _score_and_save(args, folders, ids, scale, subjects, dict.fromkeys(folders, {"command": command}))
-    folder = layout.method_folder(args.out, scale, setup.row.name)
-    seconds = real_scans.fuse_model(setup.cfg, setup.checkpoint, loader, folder, not args.no_progress)
-    info = {"command": command, "config": repository_relative(setup.config),
+    run, loader = _evaluation(args, setup, argv)
+    run_comparisons(run, comparison_plan(args, peers, pipelines), loader,
+                    None if pipelines is None else pipelines.resolver)
+    folder = layout.method_folder(args.out, run.scale, setup.row.name)
+    seconds = real_scans.fuse_model(setup.cfg, setup.checkpoint, loader, folder, run.progress)
+    info = {"command": run.command, "config": repository_relative(setup.config),
             "checkpoint": repository_relative(setup.checkpoint),
             "step": setup.step,
             "n_iter": setup.cfg.train.n_iter, "sampler": config_to_dict(setup.cfg)["model"]["sampler"],
             "seconds_per_image": seconds, "l_resolution": setup.split.l_resolution,
             "r_resolution": setup.split.r_resolution}
-    _score_and_save(args, {setup.row.name: folder}, ids, scale, subjects, {setup.row.name: info})
+    save_scored(run, {setup.row.name: folder}, {setup.row.name: info})
     return rebuild_tables(args.out)
 
 

@@ -9,7 +9,8 @@
    built with the rules of ``prepare_data.py pairs --splits test`` (``data.builders.pairs_form``,
    ``data.prepare_data.prepare_pairs``) into ``<out>/data``: each 256x256 source is an HR image, the LR input is
    ``data.resample.degrade`` of it at the config's scale, and the ground truth is ``laplacian_ycbcr`` of the HR
-   sources, exactly as in the test split of the prepared dataset. ``--cases N`` keeps the first N cases.
+   sources, exactly as in the test split of the prepared dataset, which it extends only by the HR sources
+   themselves (``{k}_hr_{r}/``, ``data.layout.source_hr_dir``). ``--cases N`` keeps the first N cases.
 2. **Fusion.** TFS-Diff (a ``model.fuser.Fuser``, weights only, through ``model.evaluation.evaluate_model``,
    timed without the model loading) into ``<out>/x<scale>/tfsdiff/`` and every rule of
    ``data.fusion_rules.FUSION_RULES`` on the same bicubic-upsampled inputs (``fuse_with_rule``) into
@@ -68,7 +69,7 @@ from core.errors import UsageError
 from core.logger import setup_logger
 from core.outputs import FOLDER_MARKER, OutputError, check_apart, check_file_target, check_folder_target, mark_folder, \
     publish_files, publish_folder, record_files
-from core.registry import FUSION_METHODS
+from core.registry import PUBLISHED_FUSION
 from data.builders.pairs_form import PairsRequest
 from data.fusion_rules import FUSION_RULES
 from data.images import read_image
@@ -83,7 +84,7 @@ from metrics.tables import MODEL_RUN, to_markdown
 from model.checkpoint_io import check_readable
 from model.evaluation import BASELINE_RULE, evaluate_model, fuse_with_rule, method_fuser
 from model.fuser import Fuser
-from model.sr3 import SR3_PREFIX, SequentialMethod, SuperResolver, load_sr3
+from model.sr3 import SR3_PREFIX, SequentialMethod, SuperResolver, default_sr3_config, load_sr3
 from paper import real_scans_report as report
 from paper.false_colour import folder_false_colour
 
@@ -127,6 +128,32 @@ class Fused:
     sr3_seconds: float | None = None  # SR3's seconds per case (three sources), for the sr3+NAME rows
 
 
+@dataclass(frozen=True)
+class SR3Pipelines:
+    """The SR3 model of --sr3 (its config file, the config, its weights and the cached `SuperResolver`) and the
+    sequential methods sr3+NAME that share it."""
+
+    config: str
+    cfg: TFSDiffConfig
+    weights: str
+    resolver: SuperResolver
+    methods: dict[str, SequentialMethod]
+
+
+def add_comparison_args(parser: argparse.ArgumentParser) -> None:
+    """--peer, --sr3 and --sr3-config: the comparison methods (also paper.experiments --run)."""
+    parser.add_argument("--peer", action="append", default=[], metavar="NAME[=DIR]",
+                        help="also fuse with the published method NAME (ifcnn, prrgan, matr, mufusion, ctsr, bitonicx), "
+                             "its authors' weights in DIR (a clone of their repository; bitonicx has none); repeat "
+                             "for several methods")
+    parser.add_argument("--sr3", nargs="?", const="", metavar="CHECKPOINT",
+                        help="also run the paper's sequential baselines sr3+NAME for every rule and every --peer "
+                             "method: SR3 super-resolves the three inputs, then NAME fuses them; CHECKPOINT: the SR3 "
+                             "weights (default: the SR3 config's path.pretrained, pretrained/sr3_x<s>_<l>_<r>.pth)")
+    parser.add_argument("--sr3-config", metavar="FILE", help="with --sr3: the SR3 config (default: "
+                        "config/sr3_x<s>_<l>_<r>.json of the scale)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="folder of the public Harvard pairs (CT-MRI/, "
@@ -142,16 +169,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "an input, inside one or containing one")
     parser.add_argument("--figure", type=Path, help="also write a comparison figure of 4 cases to this PNG file (never "
                         "over a file it did not write)")
-    parser.add_argument("--peer", action="append", default=[], metavar="NAME[=DIR]",
-                        help="also fuse with the published method NAME (ifcnn, prrgan, matr, mufusion, ctsr, bitonicx), "
-                             "its authors' weights in DIR (a clone of their repository; bitonicx has none); repeat "
-                             "for several methods")
-    parser.add_argument("--sr3", nargs="?", const="", metavar="CHECKPOINT",
-                        help="also run the paper's sequential baselines sr3+NAME for every rule and every --peer "
-                             "method: SR3 super-resolves the three inputs, then NAME fuses them; CHECKPOINT: the SR3 "
-                             "weights (default: the SR3 config's path.pretrained, pretrained/sr3_x<s>_<l>_<r>.pth)")
-    parser.add_argument("--sr3-config", metavar="FILE", help="with --sr3: the SR3 config (default: "
-                        "config/sr3_x<s>_<l>_<r>.json of the scale)")
+    add_comparison_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_debug_arg(parser)
     add_sampler_args(parser)
@@ -168,7 +186,7 @@ def sequential_methods(args: argparse.Namespace) -> list[str]:
 def published_methods(args: argparse.Namespace) -> dict[str, str | None]:
     """--peer NAME[=DIR] as name -> weights folder (None without one), in the order given; BenchError for a name that
     is not a published method or a repeated one."""
-    published = [name for name, spec in FUSION_METHODS.items() if spec.needs_weights]
+    published = PUBLISHED_FUSION.names()
     peers: dict[str, str | None] = {}
     for given in args.peer:
         name, _, folder = given.partition("=")
@@ -180,6 +198,19 @@ def published_methods(args: argparse.Namespace) -> dict[str, str | None]:
     return peers
 
 
+def check_comparison_args(args: argparse.Namespace) -> None:
+    """BenchError naming the argument when --peer (`published_methods`) or --sr3-config (only with --sr3) is
+    unusable; loads nothing."""
+    published_methods(args)
+    if args.sr3_config and args.sr3 is None:
+        raise BenchError("--sr3-config goes with --sr3 (the sequential baselines)")
+
+
+def comparison_inputs(args: argparse.Namespace) -> list[str]:
+    """The files and folders that --peer and --sr3 name (the weights folders, the SR3 checkpoint and config)."""
+    return [*filter(None, published_methods(args).values()), *filter(None, (args.sr3, args.sr3_config))]
+
+
 def _check_inputs(args: argparse.Namespace) -> None:
     for folder in (args.data, *args.triplets):
         if not folder.is_dir():
@@ -188,14 +219,12 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise BenchError(f"--cases must be at least 1, got {args.cases}")
     if args.figure is not None and args.figure.suffix.lower() != ".png":
         raise BenchError(f"--figure {args.figure}: expected a .png file name")
-    if args.sr3_config and args.sr3 is None:
-        raise BenchError("--sr3-config goes with --sr3 (the sequential baselines)")
+    check_comparison_args(args)
 
 
 def _inputs(args: argparse.Namespace, setup: Setup) -> list[Path | str]:
     """Every file and folder the run reads: --data, --triplets, the checkpoint and the config."""
-    return [args.data, *args.triplets, setup.checkpoint, args.config, *filter(None, published_methods(args).values()),
-            *filter(None, (args.sr3, args.sr3_config))]
+    return [args.data, *args.triplets, setup.checkpoint, args.config, *comparison_inputs(args)]
 
 
 def _writer(folder: Path) -> str | None:
@@ -266,7 +295,7 @@ def _replace_folder(folder: Path, write: Callable[[Path], T]) -> T:
 def build_test_split(args: argparse.Namespace, split: DatasetConfig) -> tuple[Path, dict[str, str | None]]:
     """Write the test split into ``<out>/data`` (replacing the project's previous one); returns its folder and case
     id -> subject (None when unknown)."""
-    settings = Settings(split.r_resolution, (split.l_resolution,), BASELINE_RULE, resize=False)
+    settings = Settings(split.r_resolution, (split.l_resolution,), BASELINE_RULE, resize=False, hr_sources=True)
     output = Output(args.out / "data", settings, (split.r_resolution // split.l_resolution,), (0, 0, 0),
                     PREPARE_SEED, workers=0, overwrite=True, progress=not args.no_progress)
     root = prepare_pairs(PairsRequest(args.data, tuple(args.triplets), splits=("test",)), output)
@@ -275,19 +304,12 @@ def build_test_split(args: argparse.Namespace, split: DatasetConfig) -> tuple[Pa
     return root / "test", subjects
 
 
-def fuse_baselines(loader: DataLoader, scale_dir: Path) -> dict[str, Path]:
-    """Every rule of FUSION_RULES into ``scale_dir/<rule>/`` (each folder replaced when complete); rule -> folder."""
-    folders = {rule: scale_dir / rule for rule in FUSION_RULES}
-    for rule, folder in folders.items():
-        _replace_folder(folder, lambda staging, rule=rule: fuse_with_rule(rule, loader, staging))
-    return folders
-
-
-def fuse_published(peers: dict[str, Callable], loader: DataLoader, scale_dir: Path) -> dict[str, float]:
-    """Every loaded published method of `peers` (name -> fusion function, `method_fuser`) into
-    ``scale_dir/<name>/`` (each replaced when complete); name -> seconds per fused image."""
+def fuse_methods(methods: dict[str, Callable], loader: DataLoader, scale_dir: Path) -> dict[str, float]:
+    """Every fusion function of `methods` (name -> function of three uint8 sources: a rule of FUSION_RULES, a loaded
+    published method, `method_fuser`, or a sequential method sr3+NAME) into ``scale_dir/<name>/`` (each replaced when
+    complete); name -> seconds per fused image (writing the results layout included)."""
     seconds = {}
-    for name, fuse_case in peers.items():
+    for name, fuse_case in methods.items():
         def write(staging: Path, fuse_case: Callable = fuse_case) -> float:
             start = time.perf_counter()
             count = len(fuse_with_rule(fuse_case, loader, staging))
@@ -295,6 +317,32 @@ def fuse_published(peers: dict[str, Callable], loader: DataLoader, scale_dir: Pa
 
         seconds[name] = _replace_folder(scale_dir / name, write)
     return seconds
+
+
+def fuse_baselines(loader: DataLoader, scale_dir: Path) -> dict[str, float]:
+    """Every rule of FUSION_RULES into ``scale_dir/<rule>/`` (`fuse_methods`); rule -> seconds per fused image."""
+    return fuse_methods(dict(FUSION_RULES), loader, scale_dir)
+
+
+def load_peers(args: argparse.Namespace) -> dict[str, Callable]:
+    """The published methods of --peer, loaded with their weights (checked, `method_fuser`): name -> fusion
+    function."""
+    return {name: method_fuser(name, folder) for name, folder in published_methods(args).items()}
+
+
+def load_sr3_pipelines(args: argparse.Namespace, split: DatasetConfig,
+                       peers: dict[str, Callable]) -> SR3Pipelines | None:
+    """The SR3 model of --sr3 / --sr3-config for the scale of `split` (config and weights checked,
+    `model.sr3.load_sr3`; one cached `SuperResolver`) and its sr3+NAME methods for every rule and every loaded
+    `peers` method; None without --sr3."""
+    if args.sr3 is None:
+        return None
+    cfg, weights = load_sr3(split, args.sr3_config, args.sr3 or None)
+    resolver = SuperResolver(Fuser.from_checkpoint(cfg, weights), cache=True)
+    fusers = {**FUSION_RULES, **peers}
+    methods = {method: SequentialMethod(method, resolver, fusers[method.removeprefix(SR3_PREFIX)])
+               for method in sequential_methods(args)}
+    return SR3Pipelines(args.sr3_config or str(default_sr3_config(split)), cfg, weights, resolver, methods)
 
 
 def super_resolve(resolver: SuperResolver, loader: DataLoader, progress: bool) -> float:
@@ -327,12 +375,12 @@ def fuse_all(cfg: TFSDiffConfig, checkpoint: str, loader: DataLoader, scale_dir:
     """Every baseline rule, every published method of `peers`, every sequential method sr3+NAME of `sequential`
     (SR3 run once per case first, `super_resolve`) and TFS-Diff into ``scale_dir/<method>/`` (each folder replaced
     when complete)."""
-    folders = fuse_baselines(loader, scale_dir)
-    peer_seconds = fuse_published(peers or {}, loader, scale_dir)
+    folders = {rule: scale_dir / rule for rule in fuse_baselines(loader, scale_dir)}
+    peer_seconds = fuse_methods(peers or {}, loader, scale_dir)
     sr3_seconds = None
     if sequential:
         sr3_seconds = super_resolve(next(iter(sequential.values())).resolver, loader, progress)
-        peer_seconds |= fuse_published(dict(sequential), loader, scale_dir)
+        peer_seconds |= fuse_methods(dict(sequential), loader, scale_dir)
     folders |= {name: scale_dir / name for name in peer_seconds} | {MODEL_RUN: scale_dir / MODEL_RUN}
     seconds_per_image = fuse_model(cfg, checkpoint, loader, folders[MODEL_RUN], progress)
     return Fused(folders, seconds_per_image, peer_seconds, sr3_seconds)
@@ -422,16 +470,11 @@ def _heading(args: argparse.Namespace, setup: Setup, cases: int) -> list[str]:
 def run(args: argparse.Namespace) -> str:
     """The whole benchmark; returns the Markdown to print (also written to ``<out>/real_scans.md``)."""
     _check_inputs(args)
-    # published methods are loaded (their weights checked) before anything is written
-    peers = {name: method_fuser(name, folder) for name, folder in published_methods(args).items()}
+    # published methods and the SR3 model are loaded (their weights checked) before anything is written
+    peers = load_peers(args)
     setup = _setup(args)
-    sequential: dict[str, SequentialMethod] = {}
-    if args.sr3 is not None:  # the SR3 model is loaded (its config and weights checked) before anything is written
-        sr3_cfg, sr3_weights = load_sr3(setup.split, args.sr3_config, args.sr3 or None)
-        resolver = SuperResolver(Fuser.from_checkpoint(sr3_cfg, sr3_weights), cache=True)
-        fusers = {**{rule: FUSION_RULES[rule] for rule in FUSION_RULES}, **peers}
-        sequential = {method: SequentialMethod(method, resolver, fusers[method.removeprefix(SR3_PREFIX)])
-                      for method in sequential_methods(args)}
+    pipelines = load_sr3_pipelines(args, setup.split, peers)
+    sequential = pipelines.methods if pipelines is not None else {}
     check_outputs(args, setup)
     created = _start_out(args.out)
     try:

@@ -1,7 +1,9 @@
 """Tests of the paper's experiments (issue 15): the committed row configs (config/experiments/) against the real-scan
 recipe, the paired statistics (paper/stats.py), the tables rebuilt from saved records
-(paper/tables.py, paper/records.py) and one ``--run`` end to end on synthetic pair folders
-with a tiny untrained checkpoint (paper/experiments.py). Nothing here trains."""
+(paper/tables.py, paper/records.py), with the comparison rows (bicubic + published methods, SR3 + fusion), their
+times, the no-reference table and the best sequential pipeline, and ``--run`` end to end on synthetic pair folders
+with a tiny untrained checkpoint and a tiny untrained SR3 model (paper/experiments.py, paper/comparisons.py).
+Nothing here trains."""
 from __future__ import annotations
 
 import json
@@ -12,14 +14,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.config import config_to_dict, load_config
 from core.outputs import FOLDER_MARKER
+from core.registry import PUBLISHED_FUSION
 from core.typed_json import read_json_with_comments
 from data.fusion_rules import FUSION_RULES
-from metrics.scoring import PAPER_METRICS, MethodScores
-from paper import experiments
+from data.images import read_image
+from data.layout import SOURCES, source_hr_dir
+from metrics.scoring import PAPER_METRICS, MethodScores, score_metrics
+from model.model import TFSDiffModel
+from paper import experiments, tables
 from paper import records as layout
 from paper.stats import RESAMPLES, bootstrap_interval, paired_difference, sign_flip_p
 
@@ -49,6 +56,7 @@ def _flat(path: Path) -> dict[str, Any]:
 
 
 PAPER_ROWS = [name for name, row in layout.ROWS.items() if row.form == "paper"]
+PUBLISHED = ("ifcnn", "prrgan", "matr", "mufusion", "bitonicx", "ctsr")  # the registry's order
 RECIPE_ROWS = [name for name, row in layout.ROWS.items() if row.form == "recipe"]
 
 
@@ -302,6 +310,150 @@ def test_a_malformed_record_is_an_error_naming_it(saved: dict[str, Any], capsys:
     assert f"error: {path}: not a JSON record" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------------------------------------ comparison rows
+
+PUBLISHED_ORDER = ("ifcnn", "matr")  # in the registry's order (ifcnn before matr), saved below in the other order
+SEQUENTIAL_ORDER = ("sr3+laplacian_ycbcr", "sr3+average", "sr3+ifcnn")  # rules (FUSION_RULES order), then published
+
+
+def _source_scores(method: str, cases: list[str], seed: int) -> MethodScores:
+    rng = np.random.default_rng(100 + seed)
+    return MethodScores(method, tuple(cases), {m: rng.uniform(0.1, 3.0, len(cases)) for m in layout.SOURCE_METRICS})
+
+
+@pytest.fixture()
+def compared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """x4 records of every rule (dwt written before times and HR-source scores were saved), two published methods,
+    three sequential ones (sr3+ifcnn, the best by PSNR, on the first 10 cases only) and tfsdiff_x4; x2 records of the
+    rules and tfsdiff_x2 but no sequential one; then ``--table``."""
+    monkeypatch.chdir(tmp_path)
+    out, subjects = tmp_path / "results", {c: c[14:16] for c in CASES}
+    scores: dict[str, dict[str, MethodScores]] = {}
+    sources: dict[str, MethodScores] = {}
+    methods = [(rule, CASES, 0.0) for rule in FUSION_RULES] + [("matr", CASES, 0.0), ("ifcnn", CASES, 0.0)]
+    methods += [("sr3+average", CASES, 0.1), ("sr3+ifcnn", CASES[:10], 2.0), ("sr3+laplacian_ycbcr", CASES, 0.0)]
+    for seed, (method, cases, shift) in enumerate([*methods, ("tfsdiff_x4", CASES, 3.0)]):
+        scores[method] = _scores(method, cases, seed, shift)
+        sources[method] = _source_scores(method, cases, seed)
+        info: dict[str, Any] = {"command": "test", "seconds_per_image": 0.001 * (seed + 1)}
+        if method.startswith("sr3+"):
+            info |= {"sr3_seconds_per_case": 20.0, "fusion_seconds_per_image": 0.5, "seconds_per_image": 20.5}
+        if method == "tfsdiff_x4":
+            info |= {"step": 6000, "n_iter": 6000, "seconds_per_image": 12.25}
+        if method == "dwt":
+            layout.save_record(out, "x4", method, "baseline", scores[method], subjects, {"command": "old"})
+            continue
+        layout.save_record(out, "x4", method, layout.kind_of(method), scores[method], subjects, info, sources[method])
+    for seed, method in enumerate((*FUSION_RULES, "tfsdiff_x2")):
+        info = {"step": 6000, "n_iter": 6000} if method == "tfsdiff_x2" else {}
+        layout.save_record(out, "x2", method, layout.kind_of(method), _scores(method, CASES, seed), subjects,
+                           info | {"seconds_per_image": 1.0}, _source_scores(method, CASES, seed))
+    assert experiments.main(["--table", "--out", str(out)]) == 0
+    return {"out": out, "scores": scores, "sources": sources, "doc": json.loads((out / "tables.json").read_text()),
+            "markdown": (out / "tables.md").read_text()}
+
+
+def _section(markdown: str, heading: str) -> list[str]:
+    """The table lines under ``heading``, up to the next heading."""
+    lines = markdown.splitlines()
+    rest = lines[lines.index(heading) + 1:]
+    end = next((i for i, line in enumerate(rest) if line.startswith("## ")), len(rest))
+    return [line for line in rest[:end] if line.startswith("|")]
+
+
+def test_table1_lists_rules_then_published_then_sequential_then_tfsdiff(compared: dict[str, Any]) -> None:
+    expected = [*FUSION_RULES, *PUBLISHED_ORDER, *SEQUENTIAL_ORDER, "tfsdiff_x4"]
+    assert list(compared["doc"]["forms"]["paper"]["table1"]["x4"]) == expected
+    assert list(compared["doc"]["forms"]["recipe"]["table1"]["x4"]) == [*expected[:-1], "recipe_x4"]
+    labels = [line.split(" | ")[0].removeprefix("| ") for line in
+              _section(compared["markdown"], "## Table 1-like (paper form), ×4")[2:]]
+    assert labels == ["Bicubic + Laplacian-YCbCr", "Bicubic + Average", "Bicubic + Maximum", "Bicubic + PCA",
+                      "Bicubic + DWT", "Bicubic + IFCNN", "Bicubic + MATR", "SR3 + Laplacian-YCbCr", "SR3 + Average",
+                      "SR3 + IFCNN", "TFS-Diff, paper form (tfsdiff_x4)"]
+    assert list(compared["doc"]["forms"]["paper"]["table1"]["x2"]) == [*FUSION_RULES, "tfsdiff_x2"]  # none recorded
+    psnr = compared["scores"]["sr3+ifcnn"]["paper"].values["PSNR"]
+    assert compared["doc"]["forms"]["paper"]["table1"]["x4"]["sr3+ifcnn"]["metrics"]["PSNR"]["mean"] == float(
+        np.mean(psnr))
+
+
+def test_table1_has_the_seconds_per_image_of_each_record(compared: dict[str, Any]) -> None:
+    table = compared["doc"]["forms"]["paper"]["table1"]["x4"]
+    assert table["sr3+average"]["seconds_per_image"] == 20.5 and table["tfsdiff_x4"]["seconds_per_image"] == 12.25
+    assert table["laplacian_ycbcr"]["seconds_per_image"] == 0.001 and table["dwt"]["seconds_per_image"] is None
+    section = "## Table 1-like (paper form), ×4"
+    assert _section(compared["markdown"], section)[0].endswith("| s / image |")
+    assert _line(compared["markdown"], "SR3 + Average", section)[-1] == "20.500"
+    assert _line(compared["markdown"], "Bicubic + Laplacian-YCbCr", section)[-1] == "0.001"
+    assert _line(compared["markdown"], "Bicubic + DWT", section)[-1] == "n/a"
+    assert _line(compared["markdown"], "TFS-Diff (recipe_x4)", "## Table 1-like, ×4")[-1] == "—"
+    assert "s / image" not in _section(compared["markdown"], "## Table 2-like (paper form): ablations, ×4")[0]
+
+
+def test_no_reference_table_holds_the_scores_against_the_hr_sources(compared: dict[str, Any]) -> None:
+    doc, markdown = compared["doc"]["forms"]["paper"]["no_reference"]["x4"], compared["markdown"]
+    assert list(doc) == list(compared["doc"]["forms"]["paper"]["table1"]["x4"])
+    for method in ("laplacian_ycbcr", "ifcnn", "sr3+ifcnn", "tfsdiff_x4"):
+        values = compared["sources"][method].values
+        assert doc[method]["metrics"] == {m: {"mean": float(np.mean(values[m])), "std": float(np.std(values[m]))}
+                                          for m in layout.SOURCE_METRICS}
+    assert all(cell == {"mean": None, "std": None} for cell in doc["dwt"]["metrics"].values())
+    heading = "## No-reference metrics (paper form), ×4: against the three HR sources, cddfuse convention"
+    lines = _section(markdown, heading)
+    assert lines[0] == ("| Method | n | EN (grey, bits) ↑ | SD (grey) ↑ | SF (grey) ↑ | MI (grey, nats, sum over 2 "
+                        "sources) ↑ | SCD (grey) ↑ | VIF (grey, VIFF, sum over 2 sources) ↑ | Qabf (grey, GAF = gF) "
+                        "↑ | SSIM (grey, data_range 2, sum over 2 sources) ↑ |")
+    assert _line(markdown, "Bicubic + DWT", heading)[1:] == ["12", *["n/a"] * len(layout.SOURCE_METRICS)]
+    en = compared["sources"]["sr3+ifcnn"].values["EN"]
+    assert _line(markdown, "SR3 + IFCNN", heading)[2].strip("*") == f"{np.mean(en):.3f} ± {np.std(en):.3f}"
+    assert tables.NO_SOURCES in markdown.split(heading, 1)[1].split("## ", 1)[0]
+    x2 = "## No-reference metrics (paper form), ×2: against the three HR sources, cddfuse convention"
+    assert tables.NO_SOURCES not in markdown.split(x2, 1)[1].split("## ", 1)[0]  # every x2 record has them
+
+
+def test_tfsdiff_against_the_best_sequential_pipeline(compared: dict[str, Any]) -> None:
+    entry = compared["doc"]["forms"]["paper"]["sequential"]["x4"]
+    assert (entry["best"], entry["reference"]) == ("sr3+ifcnn", "tfsdiff_x4")
+    assert entry["candidates"] == list(SEQUENTIAL_ORDER)
+    ours, best = compared["scores"]["tfsdiff_x4"]["paper"], compared["scores"]["sr3+ifcnn"]["paper"]
+    for d, metric in zip(entry["differences"], ("PSNR", "SSIM")):
+        expected = ours.select(CASES[:10]).values[metric] - best.values[metric]
+        assert (d["metric"], d["n"], d["cases"], d["row"]) == (metric, 10, CASES[:10], "sr3+ifcnn")
+        assert d["mean_difference"] == float(expected.mean())
+        assert (d["ci_low"], d["ci_high"]) == bootstrap_interval(expected)
+        assert (d["p_value"], d["exact_p"]) == sign_flip_p(expected)
+    heading = "## TFS-Diff (paper form) against the best SR3 + fusion pipeline, ×4, paired over cases"
+    cells = _line(compared["markdown"], "SR3 + IFCNN (best of 3 SR3 + fusion rows by mean PSNR)", heading)
+    assert cells[1:4] == ["PSNR (grey, peak 255)", "10", f"{entry['differences'][0]['mean_difference']:+.2f}"]
+    recipe = compared["doc"]["forms"]["recipe"]["sequential"]["x4"]
+    assert recipe["best"] == "sr3+ifcnn"
+    assert all(d["status"] == "TFS-Diff (recipe_x4): released, not evaluated yet" for d in recipe["differences"])
+
+
+def test_no_sequential_record_is_said_in_one_line(compared: dict[str, Any]) -> None:
+    entry = compared["doc"]["forms"]["paper"]["sequential"]["x2"]
+    assert (entry["best"], entry["differences"], entry["status"]) == (None, [], tables.NO_SEQUENTIAL)
+    lines = _section(compared["markdown"], "## TFS-Diff (paper form) against the best SR3 + fusion pipeline, ×2, "
+                                           "paired over cases")
+    assert lines[2:] == [f"| SR3 + fusion | — | — | {tables.NO_SEQUENTIAL} | — | — |"]  # one line, no numbers
+
+
+def test_a_malformed_source_score_is_an_error_naming_it(compared: dict[str, Any],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = compared["out"] / "x4" / "ifcnn.json"
+    record = json.loads(path.read_text())
+    record["per_case_sources"][CASES[3]]["Qabf"] = None
+    path.write_text(json.dumps(record))
+    assert experiments.main(["--table", "--out", str(compared["out"])]) == 2
+    assert f"error: {path}: per_case_sources.{CASES[3]}.Qabf is missing or null" in capsys.readouterr().err
+
+
+def test_kinds_and_the_order_of_the_comparison_methods() -> None:
+    assert PUBLISHED_FUSION.names() == PUBLISHED
+    assert layout.comparison_methods() == (*PUBLISHED, *(f"sr3+{m}" for m in (*FUSION_RULES, *PUBLISHED)))
+    assert [layout.kind_of(m) for m in ("recipe_x4", "pca", "ifcnn", "sr3+ifcnn", "sr3+dwt")] == [
+        "row", "baseline", "published", "sequential", "sequential"]
+
+
 # ------------------------------------------------------------------------------------------------ --run end to end
 
 SIZE, SCALE, PAIR_SIZE = 16, 4, 32
@@ -370,6 +522,68 @@ def test_run_evaluates_the_newest_run_and_the_baselines_once(run_inputs: dict, t
     assert all("metrics" in table1[r] for r in FUSION_RULES)
     assert _run(run_inputs, "tfsdiff_x4", out, "--checkpoint", str(run_inputs["final"])) == 0
     assert baseline_times == {r: (out / "x4" / f"{r}.json").stat().st_mtime_ns for r in FUSION_RULES}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--peer", "median"], "--peer median: 'median' is not a published method (one of ifcnn, prrgan, matr"),
+    (["--peer", "bitonicx", "--peer", "bitonicx"], "--peer bitonicx is given twice"),
+    (["--sr3-config", "sr3.json"], "--sr3-config goes with --sr3 (the sequential baselines)"),
+    (["--sr3", "--sr3-config", "{root}/none.json"], "--sr3-config {root}/none.json does not exist"),
+    (["--sr3", "--sr3-config", "{config}"], "is a config of task 'fusion', not an SR3 config"),
+    (["--peer", "ifcnn={root}/nowhere"], "IFCNN: {root}/nowhere/Code/snapshots/IFCNN-MAX.pth does not exist"),
+])
+def test_run_refuses_unusable_peer_and_sr3_arguments(run_inputs: dict, tmp_path: Path, extra: list[str],
+                                                     message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--peer / --sr3 / --sr3-config as paper.real_scans checks them: exit 2, one error naming the argument, before
+    anything is written."""
+    names = {"root": run_inputs["root"], "config": run_inputs["configs"]["tfsdiff_x4"]}
+    out = tmp_path / "results"
+    assert _run(run_inputs, "tfsdiff_x4", out, *(arg.format(**names) for arg in extra)) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and message.format(**names) in err and "Traceback" not in err
+    assert not out.exists()
+
+
+SR3_TINY = {"model.task": "sr3", "model.unet.in_channel": 6, "model.tmfa": {"placement": "off"},
+            "model.loss": {"type": "mse"}, "model.unet.inner_channel": 8, "model.unet.norm_groups": 4,
+            "model.unet.attn_res": [], "name": "sr3_tiny"}
+
+
+@pytest.mark.slow
+def test_run_adds_the_sequential_rows_once_with_times_and_hr_source_scores(
+        run_inputs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_tiny_config) -> None:
+    """--run with --sr3 (a tiny untrained SR3 model): the sr3+NAME records beside the baselines, each with SR3's
+    time plus its own, every record with its scores against the HR sources of the test split; a second --run leaves
+    them as they are; the tables pick the best sequential row and pair TFS-Diff with it."""
+    monkeypatch.chdir(tmp_path)
+    sr3_config = tmp_path / "sr3_tiny.json"
+    sr3_config.write_text(json.dumps(make_tiny_config(SIZE, SCALE, changes=SR3_TINY)), encoding="utf-8")
+    torch.manual_seed(0)
+    sr3_weights = TFSDiffModel(load_config(sr3_config), torch.device("cpu")).save(tmp_path / "sr3")
+    out, extra = tmp_path / "results", ("--sr3", str(sr3_weights), "--sr3-config", str(sr3_config))
+    assert _run(run_inputs, "tfsdiff_x4", out, *extra) == 0
+    sequential = [f"sr3+{rule}" for rule in FUSION_RULES]
+    saved = {m: json.loads((out / "x4" / f"{m}.json").read_text()) for m in (*FUSION_RULES, *sequential, "tfsdiff_x4")}
+    for method in sequential:
+        record = saved[method]
+        assert record["kind"] == "sequential" and record["sr3_checkpoint"] == str(sr3_weights)
+        assert record["seconds_per_image"] == record["sr3_seconds_per_case"] + record["fusion_seconds_per_image"]
+        assert record["sr3_seconds_per_case"] > 0 and record["sr3_sampler"]["type"] == "ddpm"
+    assert all(saved[rule]["seconds_per_image"] > 0 for rule in FUSION_RULES)
+    case, test_split = "real_ct_spect_21001", out / "x4" / "data" / "test"
+    hr_sources = [read_image(source_hr_dir(test_split, k, SIZE) / f"{case}.png") for k in SOURCES]
+    for method, record in saved.items():
+        fused = read_image(out / "x4" / method / f"{case}_fused.png")
+        expected = score_metrics(layout.SOURCE_METRICS, fused, hr_sources, None, "sources", None, "cddfuse")
+        assert record["per_case_sources"][case] == pytest.approx(expected, rel=1e-12)
+    times = {m: (out / "x4" / f"{m}.json").stat().st_mtime_ns for m in (*FUSION_RULES, *sequential)}
+    assert _run(run_inputs, "tfsdiff_x4", out, *extra) == 0
+    assert times == {m: (out / "x4" / f"{m}.json").stat().st_mtime_ns for m in (*FUSION_RULES, *sequential)}
+    doc = json.loads((out / "tables.json").read_text())["forms"]["paper"]
+    assert list(doc["table1"]["x4"]) == [*FUSION_RULES, *sequential, "tfsdiff_x4"]
+    best = max(sequential, key=lambda m: np.mean([v["PSNR"] for v in saved[m]["per_case"]["paper"].values()]))
+    entry = doc["sequential"]["x4"]
+    assert entry["best"] == best and [d["n"] for d in entry["differences"]] == [2, 2]
 
 
 @pytest.mark.slow

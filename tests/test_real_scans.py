@@ -19,8 +19,9 @@ from PIL import Image
 import eval as eval_cli
 from core.config import load_config
 from core.outputs import FOLDER_MARKER
-from data.fusion_rules import FUSION_RULES
+from data.fusion_rules import FUSION_RULES, fuse
 from data.images import read_image
+from data.layout import SOURCES, source_hr_dir
 from data.prepare_data import main as prepare_main
 from metrics.scoring import MethodScores, ScoringError, score_folder
 from paper import real_scans
@@ -126,9 +127,14 @@ def test_test_split_is_the_prepared_dataset_test_split(bench_run: dict, capsys: 
                          "--out", str(prepared), "--size", str(SIZE), "--scales", str(SCALE), "--quiet"])
     assert code == 0, capsys.readouterr().err
     ours = bench_run["out"] / "data" / "test"
-    files = sorted(p.relative_to(ours) for p in ours.rglob("*.png"))
+    hr_sources = {source_hr_dir(ours, k, SIZE).name for k in SOURCES}  # the HR sources, which only ours holds
+    files = sorted(p.relative_to(ours) for p in ours.rglob("*.png") if p.parent.name not in hr_sources)
     assert files == sorted(p.relative_to(prepared / "test") for p in (prepared / "test").rglob("*.png"))
     assert all((ours / f).read_bytes() == (prepared / "test" / f).read_bytes() for f in files)
+    gt = prepared / "test" / f"hr_{SIZE}"
+    for case in gt.glob("*.png"):  # the ground truth is the baseline rule of exactly these HR sources
+        sources = [read_image(source_hr_dir(ours, k, SIZE) / case.name) for k in SOURCES]
+        assert np.array_equal(read_image(case), fuse("laplacian_ycbcr", sources))
     assert json.loads((bench_run["out"] / "data" / "manifest.json").read_text())["written_splits"] == ["test"]
 
 
