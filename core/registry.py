@@ -52,10 +52,11 @@ class Names:
 
 
 class Registry(Generic[S]):
-    """Named entries of one extension point, in registration order.
+    """Named entries of one extension point, in the order of their ``providers``, then of registration.
 
     ``make_spec(obj, **meta)`` turns what `register` decorates into the stored spec; ``providers`` are the modules
-    that register the entries, imported on the first lookup.
+    that register the entries, imported on the first lookup. An entry registered by a provider keeps that provider's
+    place whichever module was imported first; entries from elsewhere (``add``) follow them.
     """
 
     def __init__(self, kind: str, make_spec: Callable[..., S], providers: tuple[str, ...] = ()) -> None:
@@ -64,11 +65,13 @@ class Registry(Generic[S]):
         self.providers = providers
         self._loaded = not providers
         self._specs: dict[str, S] = {}
+        self._origin: dict[str, str] = {}  # name -> the module that registered it with `register`
 
     def register(self, name: str, **meta: Any) -> Callable[[F], F]:
         """Decorator: register the decorated object under ``name`` (with ``meta`` for its spec); returns it as is."""
         def add(obj: F) -> F:
             self.add(name, self._make_spec(obj, **meta))
+            self._origin[name] = obj.__module__
             return obj
         return add
 
@@ -88,13 +91,16 @@ class Registry(Generic[S]):
                 self._loaded = False  # a failed import is raised again by the next lookup, never an empty registry
                 raise
 
-    def names(self) -> tuple[str, ...]:
+    def _ordered(self) -> dict[str, S]:
         self._load()
-        return tuple(self._specs)
+        rank = {module: i for i, module in enumerate(self.providers)}
+        return dict(sorted(self._specs.items(), key=lambda item: rank.get(self._origin.get(item[0], ""), len(rank))))
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._ordered())
 
     def items(self) -> Iterator[tuple[str, S]]:
-        self._load()
-        return iter(tuple(self._specs.items()))
+        return iter(tuple(self._ordered().items()))
 
     def __contains__(self, name: object) -> bool:
         return name in self.names()
@@ -103,7 +109,7 @@ class Registry(Generic[S]):
         """The spec of ``name``; ValueError naming the known names when there is none."""
         self._load()
         if name not in self._specs:
-            raise ValueError(f"unknown {self.kind} {name!r}; expected one of {', '.join(map(repr, self._specs))}")
+            raise ValueError(f"unknown {self.kind} {name!r}; expected one of {', '.join(map(repr, self.names()))}")
         return self._specs[name]
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,30 @@ def test_registry_names_once_in_order_and_loads_its_providers() -> None:
     with pytest.raises(ValueError, match="unknown widget 'c'; expected one of 'b', 'a'"):
         reg.get("c")
     assert Names(reg, lambda spec: spec[1] == 1).names() == ("a",)
+
+
+def test_entries_keep_their_providers_order_whichever_module_was_imported_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test or a user that imports one provider before the first lookup does not reorder the names (the tables,
+    the CLI choices and the error messages list them)."""
+    for module in ("widgets_a", "widgets_b"):
+        monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
+    reg: Registry[Any] = Registry("widget", lambda obj: obj, ("widgets_a", "widgets_b"))
+
+    def register(name: str, module: str) -> None:
+        def widget() -> None:
+            return None
+        widget.__module__ = module
+        reg.register(name)(widget)
+
+    register("b1", "widgets_b")  # widgets_b imported first
+    reg.add("elsewhere", print)
+    register("a1", "widgets_a")
+    register("b2", "widgets_b")
+    assert reg.names() == ("a1", "b1", "b2", "elsewhere")
+    assert [name for name, _ in reg.items()] == list(reg.names())
+    with pytest.raises(ValueError, match="expected one of 'a1', 'b1', 'b2', 'elsewhere'"):
+        reg.get("c")
 
 
 def test_importing_the_config_loads_no_provider() -> None:
