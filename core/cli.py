@@ -51,7 +51,8 @@ _OS_ERROR_CLASSES = {FileExistsError: errno.EEXIST, PermissionError: errno.EACCE
 
 
 def add_sampler_args(parser: argparse.ArgumentParser) -> None:
-    """Add --sampler, --steps, --eta, --samples, --clip and --start-step (each overrides model.sampler)."""
+    """Add --sampler, --steps, --eta, --samples, --clip, --start-step and --start-from (each overrides
+    model.sampler)."""
     group = parser.add_argument_group("sampler (overrides model.sampler)")
     group.add_argument("--sampler", choices=SAMPLERS.names(),  # core.registry: the samplers of model/samplers.py
                        help=", ".join(f"{name} = {spec.help}" for name, spec in SAMPLERS.items()))
@@ -62,6 +63,8 @@ def add_sampler_args(parser: argparse.ArgumentParser) -> None:
                        "so that the fused image lies in [-1, 1] (image; differs only for a residual model)")
     group.add_argument("--start-step", type=int, help="respaced/ddim: start the chain at this step from a zero clean "
                        "signal noised to its level (default: the whole chain from pure noise)")
+    group.add_argument("--start-from", choices=("zero", "condition"), help="with --start-step: the clean signal "
+                       "noised to the start: zero (default) or the conditioning image (SR3 only)")
 
 
 def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerConfig:
@@ -74,8 +77,10 @@ def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerCo
     samples = args.samples if args.samples is not None else base.samples
     start = args.start_step if args.start_step is not None else (base.start_step if same else None)
     clip = args.clip or base.clip
+    start_from = args.start_from or (base.start_from if start is not None else "zero")
     try:
-        sampler = SamplerConfig(type=kind, steps=steps, eta=eta, samples=samples, start_step=start, clip=clip)
+        sampler = SamplerConfig(type=kind, steps=steps, eta=eta, samples=samples, start_step=start, clip=clip,
+                                start_from=start_from)
     except ConfigError as err:
         raise ConfigError(f"--{err.key.replace('_', '-')}", f"{err.reason} (with --sampler {kind})") from None
     n_timestep = cfg.model.beta_schedule.val.n_timestep
@@ -88,6 +93,10 @@ def sampler_from_args(args: argparse.Namespace, cfg: TFSDiffConfig) -> SamplerCo
     if max_step is not None and (sampler.start_step is None or sampler.start_step > max_step):
         raise ConfigError("--start-step", f"this model was trained on steps 1..{max_step} only "
                           f"(model.diffusion.train_max_step): pass --start-step {max_step} or less")
+    try:
+        replace(cfg.model, sampler=sampler)  # the model's own checks of its sampler (start_from: SR3 only)
+    except ConfigError as err:
+        raise ConfigError(f"--{err.key.removeprefix('sampler.').replace('_', '-')}", err.reason) from None
     return sampler
 
 

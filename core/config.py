@@ -301,9 +301,15 @@ class SamplerConfig:
     # at most 1 / residual_scale of the range. "image" = x0 such that the fused image base + x0 / residual_scale
     # lies in [-1, 1], so the correction can reach the whole range. Both are the same for a model without a base.
     clip: Literal["x0", "image"] = "x0"
+    # with start_step, the clean signal the chain starts from: "zero" (above) or "condition", the conditioning image
+    # noised to the start step's level, gamma_S * condition + sqrt(1 - gamma_S^2) eps (SDEdit from the bicubic image;
+    # only for a task conditioned on one image of the output's channels, SR3)
+    start_from: Literal["zero", "condition"] = "zero"
 
     def __post_init__(self) -> None:
         spec = _spec(SAMPLERS, self.type, "type")
+        _check(self.start_from == "zero" or self.start_step is not None, "start_from",
+               f"'{self.start_from}' sets what the chain starts from at start_step; set start_step too")
         _check(1 <= self.samples <= MAX_SAMPLES, "samples", f"expected an integer from 1 to {MAX_SAMPLES} (each "
                f"sample costs a whole sampling chain), got {self.samples}")
         if self.start_step is not None:
@@ -365,6 +371,9 @@ class ModelConfig:
         _check(unet.in_channel == condition + unet.out_channel, "unet.in_channel",
                f"expected {condition} + out_channel = {condition + unet.out_channel} ({what} of task {self.task!r} "
                f"+ the noisy image), got {unet.in_channel}")
+        _check(self.sampler.start_from == "zero" or condition == unet.out_channel, "sampler.start_from",
+               f"'condition' starts the chain from the noised conditioning image, which needs one condition image of "
+               f"the output's {unet.out_channel} channels (task 'sr3'); task {self.task!r} is conditioned on {what}")
         if not task.fuses:
             _check(self.tmfa.placement == "off", "tmfa.placement",
                    f"task {self.task!r} is conditioned on one image: it has no tri-modal attention; set "

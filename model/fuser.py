@@ -197,18 +197,18 @@ class Fuser:
             base = residual_base(self.residual.rule, case_sources(batch), batch.src1.device)
         kept: list[torch.Tensor] | None = [] if keep_samples else None
         with self._eval_mode():
-            result = self._sample(batch.condition, base, chain, generator, process, progress, settings.samples,
-                                  settings.clip, kept)
+            result = self._sample(batch.condition, base, chain, generator, process, progress, settings, kept)
         samples = torch.stack(kept) if kept is not None else None
         return FusedBatch(result[-1], result, samples) if process else FusedBatch(result, None, samples)
 
     def _sample(self, condition: torch.Tensor, base: torch.Tensor | None, chain: Sampler,
-                generator: torch.Generator, process: bool, progress: bool, samples: int, clip: str,
+                generator: torch.Generator, process: bool, progress: bool, settings: SamplerConfig,
                 kept: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Sample at the condition's own size: padded to the U-Net's size multiple, the result cropped back; the mean
-        of `samples` samples drawn one after another (frame by frame for the process); for a residual model, the
-        image of the residual, with each step's x0 clipped as `clip` (`SamplerConfig.clip`) says. With `kept` (a
-        list), each sample's own fused image (B, 3, H, W), clipped to [-1, 1], is appended to it."""
+        of `settings.samples` samples drawn one after another (frame by frame for the process), each chain started
+        as `settings.start_from` says; for a residual model, the image of the residual, with each step's x0 clipped
+        as `settings.clip` says. With `kept` (a list), each sample's own fused image (B, 3, H, W), clipped to
+        [-1, 1], is appended to it."""
         h, w = condition.shape[-2:]
         padded = pad_to_multiple(condition, self.size_multiple)
         net = self.net
@@ -217,14 +217,15 @@ class Fuser:
             if len(grid) > 1:  # one tile is the whole image: sampled without the wrapper, bit for bit as untiled
                 net = TiledNet(self.net, grid, padded.device)
         bounds = None
-        if base is not None and clip == "image":
+        if base is not None and settings.clip == "image":
             bounds = self.residual.clip_bounds(pad_to_multiple(base, self.size_multiple))
         total: torch.Tensor | int = 0  # summed as sum() did, so the mean is bit for bit the same
-        for _ in range(samples):
+        start = padded if settings.start_from == "condition" else None
+        for _ in range(settings.samples):
             sample = sample_loop(net, chain, padded, generator, self.channels, continuous=process,
-                                 progress=progress, bounds=bounds)
+                                 progress=progress, bounds=bounds, start=start)
             total = total + sample
             if kept is not None:
                 last = sample[-1] if process else sample
                 kept.append(self.residual.to_image(last[..., :h, :w], base).clamp(-1.0, 1.0))
-        return self.residual.to_image((total / samples)[..., :h, :w], base)
+        return self.residual.to_image((total / settings.samples)[..., :h, :w], base)

@@ -196,10 +196,12 @@ def build_sampler(schedule: NoiseSchedule, cfg: SamplerConfig, clip_denoised: bo
 
 @torch.no_grad()
 def sample_loop(net: NoiseNet, sampler: Sampler, condition: torch.Tensor, generator: torch.Generator, channels: int,
-                *, continuous: bool = False, progress: bool = True, bounds: Bounds | None = None) -> torch.Tensor:
+                *, continuous: bool = False, progress: bool = True, bounds: Bounds | None = None,
+                start: torch.Tensor | None = None) -> torch.Tensor:
     """Sample from x_T ~ N(0, I) (drawn from `generator`; times `sampler.start_noise` when the chain starts from a
     zero signal at a lower step) along `sampler`'s kept steps, clipping x0 to `bounds` (B, channels, H, W each)
-    instead of [-1, 1] when given.
+    instead of [-1, 1] when given. `start` (B, channels, H, W), only for a chain that starts at a lower step, is the
+    clean signal it starts from instead of zero: x_S = gamma_S start + sqrt(1 - gamma_S^2) eps.
 
     `condition` (B, 9, H, W); its memory format is kept for x. Returns the result (B, channels, H, W), or with
     `continuous` (K, B, channels, H, W): x_T, about ten intermediate states, and the result last.
@@ -208,6 +210,10 @@ def sample_loop(net: NoiseNet, sampler: Sampler, condition: torch.Tensor, genera
     x = _noise((b, channels, h, w), condition, generator)
     if sampler.start_noise != 1.0:
         x = x * sampler.start_noise
+    if start is not None:
+        if sampler.start_noise == 1.0:
+            raise ValueError("a start signal needs a chain that starts at a lower step (start_step)")
+        x = x + (1.0 - sampler.start_noise ** 2) ** 0.5 * start.to(x)
     levels = torch.tensor(sampler.noise_levels, dtype=torch.float32)[:, None].expand(-1, b).contiguous()
     levels = levels.to(condition.device)  # (n, B): one host-to-device copy before the loop
     n = len(sampler.timesteps)

@@ -119,6 +119,45 @@ def test_a_chain_started_at_a_lower_step_begins_from_a_noised_zero_signal(diffus
     assert build_sampler(schedule, SamplerConfig(type="respaced", steps=4)).start_noise == 1.0
 
 
+def test_a_chain_may_start_from_a_noised_start_signal(diffusion: GaussianDiffusion, condition: torch.Tensor) -> None:
+    """start_from "condition" (SR3): x_S = gamma_S start + sqrt(1 - gamma_S^2) eps, the same noise as a zero start."""
+    schedule = NoiseSchedule.from_spec(SimpleNamespace(schedule="linear", n_timestep=20, linear_start=1e-4,
+                                                       linear_end=0.1))
+    start = condition[:, :3]
+    gamma = float(np.sqrt(schedule.alphas_cumprod[6]))
+    for cfg in (SamplerConfig(type="respaced", steps=4, start_step=7),
+                SamplerConfig(type="ddim", steps=4, start_step=7)):
+        sampler = build_sampler(schedule, cfg)
+        frames = {name: sample_loop(diffusion.denoise_fn, sampler, condition, torch.Generator().manual_seed(2), 3,
+                                    continuous=True, progress=False, start=signal)
+                  for name, signal in (("zero", None), ("start", start), ("zeros", torch.zeros_like(start)))}
+        assert torch.allclose(frames["start"][0], frames["zero"][0] + gamma * start, atol=1e-6)
+        assert torch.equal(frames["zeros"], frames["zero"])
+        assert not torch.allclose(frames["start"][-1], frames["zero"][-1])
+    with pytest.raises(ValueError, match="needs a chain that starts at a lower step"):
+        sample_loop(diffusion.denoise_fn, build_sampler(schedule, SamplerConfig(type="respaced", steps=4)),
+                    condition, torch.Generator().manual_seed(2), 3, progress=False, start=start)
+
+
+def test_start_from_condition_needs_a_start_step_and_a_single_image_task() -> None:
+    with pytest.raises(ConfigError, match="start_from.*set start_step too"):
+        SamplerConfig(type="respaced", steps=4, start_from="condition")
+    cfg = config_to_dict(load_config("config/sr3_x4_64_256.json"))
+    cfg["model"]["sampler"] = {"type": "ddim", "steps": 5, "start_step": 50, "start_from": "condition"}
+    assert parse_config(copy.deepcopy(cfg)).model.sampler.start_from == "condition"
+    fusion = config_to_dict(load_config("config/demo.json"))
+    fusion["model"]["sampler"] = {"type": "ddim", "steps": 5, "start_step": 50, "start_from": "condition"}
+    with pytest.raises(ConfigError, match="model.sampler.start_from.*task 'fusion' is conditioned on three"):
+        parse_config(fusion)
+    sr3 = load_config("config/sr3_x4_64_256.json")
+    assert sampler_from_args(parse(["--start-step", "300", "--start-from", "condition"]), sr3) == SamplerConfig(
+        type="respaced", steps=20, start_step=300, start_from="condition")
+    with pytest.raises(ConfigError, match="--start-from.*set start_step too"):
+        sampler_from_args(parse(["--start-from", "condition"]), sr3)
+    with pytest.raises(ConfigError, match="--start-from.*task 'fusion' is conditioned on three"):
+        sampler_from_args(parse(["--start-step", "300", "--start-from", "condition"]), load_config("config/demo.json"))
+
+
 def test_spaced_timesteps() -> None:
     assert spaced_timesteps(1000, 10) == (999, 888, 777, 666, 555, 444, 333, 222, 111, 0)
     assert spaced_timesteps(10, 10) == tuple(range(9, -1, -1))
