@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -150,12 +151,26 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {k.removesuffix("."): v for k, v in flat.items()}
 
 
+def _same_in_clone(ours: Any, theirs: Any) -> bool:
+    """Whether two values of a key are equal, a dataroot inside this repository also as the same path inside the
+    clone that trained the checkpoint (its absolute path differs when the clone was moved or was a worktree)."""
+    if ours == theirs:
+        return True
+    inside = repository_relative(ours) if isinstance(ours, str) and isinstance(theirs, str) else None
+    if inside is None or Path(inside).is_absolute():
+        return False
+    parts = Path(inside).parts
+    return Path(theirs).parts[-len(parts):] == parts
+
+
 def training_differences(cfg: TFSDiffConfig, trained: TFSDiffConfig) -> list[str]:
-    """``key: row value != checkpoint value`` for each training key (TRAINING_KEYS but IGNORED_KEYS) that differs."""
+    """``key: row value != checkpoint value`` for each training key (TRAINING_KEYS but IGNORED_KEYS) that differs;
+    dataroots inside the repository compare as paths inside the clone (`_same_in_clone`)."""
     ours, theirs = flatten(config_to_dict(cfg)), flatten(config_to_dict(trained))
     keys = sorted(k for k in ours.keys() | theirs.keys()
                   if k.startswith(TRAINING_KEYS) and not k.startswith(IGNORED_KEYS))
-    return [f"{k}: {ours.get(k)!r} != {theirs.get(k)!r}" for k in keys if ours.get(k) != theirs.get(k)]
+    return [f"{k}: {ours.get(k)!r} != {theirs.get(k)!r}" for k in keys
+            if not (_same_in_clone if k.endswith(".dataroot") else operator.eq)(ours.get(k), theirs.get(k))]
 
 
 def row_config(row: layout.Row) -> Path:
