@@ -332,10 +332,11 @@ def test_stage_2_of_the_real_scan_recipe_changes_only_what_it_says(scale: str) -
     assert stage1.model.sampler.start_step == 200 and stage2.model.sampler.steps == 2
     same_diffusion = replace(stage2.model.diffusion, train_max_step=None, train_zero_start=0.0)
     assert replace(stage2.model, diffusion=same_diffusion, sampler=stage1.model.sampler) == stage1.model
-    # x4 and x2 have released weights, whose sampler clips with "image" (chosen on validation); x8 has none yet
-    released = {"x4": "pretrained/tfsdiff_x4_64_256.pth", "x2": "pretrained/tfsdiff_x2_128_256.pth"}
-    assert stage2.path.pretrained == (str(REPO / released[scale]) if scale in released else None)
-    assert stage2.model.sampler.clip == ("image" if scale in released else "x0")
+    # every scale has released weights, whose sampler clips with "image" (chosen on validation)
+    released = {"x4": "pretrained/tfsdiff_x4_64_256.pth", "x2": "pretrained/tfsdiff_x2_128_256.pth",
+                "x8": "pretrained/tfsdiff_x8_32_256.pth"}
+    assert stage2.path.pretrained == str(REPO / released[scale])
+    assert stage2.model.sampler.clip == "image"
     assert replace(stage2, name=stage1.name, model=stage1.model, path=stage1.path,
                    train=replace(stage2.train, n_iter=stage1.train.n_iter, val_freq=stage1.train.val_freq,
                                  optimizer=stage1.train.optimizer)) == stage1
@@ -350,11 +351,9 @@ def test_the_x2_and_x8_recipes_are_the_x4_recipe_at_their_scale(scale: str, stag
     expected = replace(x4, name=x4.name.replace("x4", scale), datasets=replace(x4.datasets, **splits))
     if scale == "x8":  # trained under bf16 autocast (on an AMX CPU), the one change beside the scale
         expected = replace(expected, performance=replace(x4.performance, autocast="bf16"))
-    if stage == 2 and scale == "x2":  # its own release; the sampler chosen on its validation split is x4's
-        expected = replace(expected, path=replace(x4.path, pretrained=str(REPO / "pretrained/tfsdiff_x2_128_256.pth")))
-    if stage == 2 and scale == "x8":  # no released weights yet, so no sampler chosen on its validation split
-        expected = replace(expected, path=replace(x4.path, pretrained=None),
-                           model=replace(x4.model, sampler=replace(x4.model.sampler, clip="x0")))
+    if stage == 2:  # its own release; the sampler chosen on its validation split is x4's
+        expected = replace(expected, path=replace(x4.path, pretrained=str(REPO / f"pretrained/tfsdiff_{scale}_"
+                                                                             f"{256 // int(scale[1:])}_256.pth")))
     assert ours == expected
 
 

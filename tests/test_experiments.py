@@ -129,6 +129,18 @@ def test_training_differences_ignore_loader_and_sampler_keys_only() -> None:
         f"train.optimizer.lr: {cfg.train.optimizer.lr!r} != 0.001"]
 
 
+def test_a_dataroot_compares_as_the_path_inside_the_clone_that_trained() -> None:
+    """A checkpoint trained in a moved clone or a git worktree records another absolute dataroot: the same path
+    inside the clone is the same data; another folder is not."""
+    cfg = load_config(ROOT / "config" / "harvard_x8_residual_start200_32_256.json")
+    data = config_to_dict(cfg)
+    data["datasets"]["train"]["dataroot"] = "/elsewhere/clone/datasets/harvard_x8/train"
+    assert experiments.training_differences(cfg, experiments.parse_config(data, "worktree")) == []
+    data["datasets"]["train"]["dataroot"] = "/elsewhere/clone/datasets/harvard_x4/train"
+    assert experiments.training_differences(cfg, experiments.parse_config(data, "other")) == [
+        f"datasets.train.dataroot: {cfg.datasets.train.dataroot!r} != '/elsewhere/clone/datasets/harvard_x4/train'"]
+
+
 def test_records_name_repository_configs_relative_to_the_repository(tmp_path: Path) -> None:
     assert experiments.repository_relative(str(CONFIG_DIR / "wo_psf_x4.json")) == "config/experiments/wo_psf_x4.json"
     assert experiments.repository_relative(str(tmp_path / "mine.json")) == str(tmp_path / "mine.json")
@@ -277,8 +289,8 @@ def test_missing_rows_are_reported_never_invented(saved: dict[str, Any]) -> None
     assert {m["method"]: m["status"] for m in doc["missing"]} == {
         "official_x4": "trained, not evaluated yet", "tfsdiff_x2": "training: step 3000 of 6000",
         "tfsdiff_x8": "training: step 0 of 6000", "recipe_x4": "released, not evaluated yet",
-        "recipe_x2": "released, not evaluated yet",
-        **{row: "not trained yet" for row in RECIPE_ROWS if row not in ("recipe_x4", "recipe_x2")}}
+        "recipe_x2": "released, not evaluated yet", "recipe_x8": "released, not evaluated yet",
+        **{row: "not trained yet" for row in RECIPE_ROWS if row not in ("recipe_x4", "recipe_x2", "recipe_x8")}}
     paper = doc["forms"]["paper"]
     for scale, status in (("x2", "training: step 3000 of 6000"), ("x8", "training: step 0 of 6000")):
         assert all("metrics" not in entry for entry in paper["table1"][scale].values())
@@ -636,7 +648,7 @@ def test_the_published_tables_are_rebuilt_from_the_committed_records(tmp_path: P
     assert doc == committed and all(m["status"] == "not trained yet" for m in doc["missing"])
     evaluated = {Path(name).stem for name in names}
     assert {m["method"] for m in doc["missing"]} == set(layout.ROWS) - evaluated
-    assert set(PAPER_ROWS) | {"recipe_x4", "recipe_x2"} <= evaluated
+    assert set(PAPER_ROWS) | {"recipe_x4", "recipe_x2", "recipe_x8"} <= evaluated
     page = (ROOT / "docs" / "experiments.md").read_text().splitlines()
     table_lines = [line for line in rebuilt.split("## Table 1-like", 1)[1].splitlines() if line.startswith("| ")]
     assert len(table_lines) >= 30 and [line for line in table_lines if line not in page] == []
