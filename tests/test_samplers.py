@@ -149,11 +149,12 @@ def test_start_from_condition_needs_a_start_step_and_a_single_image_task() -> No
     fusion["model"]["sampler"] = {"type": "ddim", "steps": 5, "start_step": 50, "start_from": "condition"}
     with pytest.raises(ConfigError, match="model.sampler.start_from.*task 'fusion' is conditioned on three"):
         parse_config(fusion)
-    sr3 = load_config("config/sr3_x4_64_256.json")
-    assert sampler_from_args(parse(["--start-step", "300", "--start-from", "condition"]), sr3) == SamplerConfig(
+    sr3 = load_config("config/sr3_x4_64_256.json")  # its sampler starts from the condition at step 50
+    assert sampler_from_args(parse(["--steps", "20", "--start-step", "300"]), sr3) == SamplerConfig(
         type="respaced", steps=20, start_step=300, start_from="condition")
+    assert sampler_from_args(parse(["--start-step", "300", "--start-from", "zero"]), sr3).start_from == "zero"
     with pytest.raises(ConfigError, match="--start-from.*set start_step too"):
-        sampler_from_args(parse(["--start-from", "condition"]), sr3)
+        sampler_from_args(parse(["--sampler", "ddim", "--steps", "5", "--start-from", "condition"]), sr3)
     with pytest.raises(ConfigError, match="--start-from.*task 'fusion' is conditioned on three"):
         sampler_from_args(parse(["--start-step", "300", "--start-from", "condition"]), load_config("config/demo.json"))
 
